@@ -1,0 +1,804 @@
+// The shard loop and its completion handlers. See shard.hh for ownership; STYLE.md for the loop.
+#include "ring/shard.hh"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+namespace derp::ring {
+namespace {
+
+constexpr std::uint8_t accept_retry_timer_id = 0x7f;
+constexpr std::uint32_t wake_slot_eventfd = 1;    // op::wake from our eventfd read
+constexpr std::uint32_t cancel_slot_listener = slot_max;
+constexpr std::uint64_t accept_retry_ns = 100'000'000;  // after EMFILE/ENFILE: 100 ms
+constexpr std::size_t pending_input_keep_bytes = 64 * 1024;
+
+std::string io_uring_disabled_value() {
+    std::ifstream in("/proc/sys/kernel/io_uring_disabled");
+    std::string value;
+    if (in >> value) return value;
+    return "unknown";
+}
+
+}  // namespace
+
+const char* close_cause_name(close_cause cause) noexcept {
+    switch (cause) {
+    case close_cause::peer_closed: return "peer_closed";
+    case close_cause::io_error: return "io_error";
+    case close_cause::closed_by_app: return "closed_by_app";
+    case close_cause::write_timeout: return "write_timeout";
+    case close_cause::input_overflow: return "input_overflow";
+    case close_cause::shutdown: return "shutdown";
+    }
+    return "unknown";
+}
+
+shard::shard(shard_config config, std::span<thread_link> links,
+             std::vector<spsc_ring<message>*> outbound, std::vector<spsc_ring<message>*> inbound,
+             shard_counters& counters)
+    : _config(std::move(config)),
+      _links(links),
+      _outbound(std::move(outbound)),
+      _inbound(std::move(inbound)),
+      _counters(counters),
+      _timers(monotonic_ns()) {
+    DERP_ASSERT(_config.index < _config.thread_count);
+    DERP_ASSERT(_outbound.size() == _config.thread_count && _inbound.size() == _config.thread_count);
+    DERP_ASSERT(_config.conn_slots > 0 && _config.conn_slots <= slot_max);
+    DERP_ASSERT((_config.recv_buffer_count & (_config.recv_buffer_count - 1)) == 0);
+    DERP_ASSERT(_config.recv_buffer_count <= 32768);
+}
+
+shard::~shard() {
+    _service.reset();  // before the pools and slots it may refer to
+    if (_ring_ready) io_uring_queue_exit(&_ring);  // cancels whatever is still in flight
+    for (auto& s : _slots)
+        if (s.fd >= 0) ::close(s.fd);
+    for (int fd : _config.listen_fds) ::close(fd);
+    if (_recv_memory != nullptr) munmap(_recv_memory, _recv_ring_bytes);
+}
+
+result<void, std::string> shard::init() noexcept {
+    const std::string who = _config.is_admin ? "admin" : fmt::format("shard {}", _config.index);
+    if (_config.cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(static_cast<unsigned>(_config.cpu), &set);
+        if (const int err = pthread_setaffinity_np(pthread_self(), sizeof set, &set); err != 0)
+            log(log_level::warn, "{}: cannot pin to cpu {}: {}", who, _config.cpu, std::strerror(err));
+    }
+
+    // Ring set-up: SINGLE_ISSUER|DEFER_TASKRUN (6.1+) runs completion work only when this thread
+    // waits, so nothing interrupts the loop; older kernels get COOP_TASKRUN (5.19+) and then
+    // plain rings. Each refusal is logged, never silent.
+    struct attempt {
+        unsigned flags;
+        const char* name;
+    };
+    const attempt attempts[] = {
+        {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+         "SINGLE_ISSUER|DEFER_TASKRUN"},
+        {IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG | IORING_SETUP_SUBMIT_ALL,
+         "COOP_TASKRUN"},
+        {0, "no setup flags"},
+    };
+    int rc = -EINVAL;
+    for (const auto& a : attempts) {
+        io_uring_params params{};
+        params.flags = a.flags | IORING_SETUP_CQSIZE;
+        params.cq_entries = _config.ring_entries * 4;  // multishot ops post many CQEs per SQE
+        rc = io_uring_queue_init_params(_config.ring_entries, &_ring, &params);
+        if (rc == 0) {
+            _setup_note = a.name;
+            break;
+        }
+        if (rc != -EINVAL) break;
+        log(log_level::warn, "{}: kernel refused io_uring setup with {} ({}); trying the next mode",
+            who, a.name, std::strerror(-rc));
+    }
+    if (rc == -EPERM || rc == -EACCES)
+        return unexpected(fmt::format(
+            "io_uring_setup: {}: io_uring is disabled for this process. Check sysctl "
+            "kernel.io_uring_disabled (now {}; 0 allows everyone, 1 only members of "
+            "kernel.io_uring_group) and any seccomp filter (container runtime, systemd "
+            "SystemCallFilter=) that blocks io_uring_setup",
+            std::strerror(-rc), io_uring_disabled_value()));
+    if (rc == -ENOSYS)
+        return unexpected(std::string(
+            "io_uring_setup: this kernel has no io_uring (derpd needs Linux 6.0 or newer built "
+            "with CONFIG_IO_URING)"));
+    if (rc == -ENOMEM)
+        return unexpected(std::string(
+            "io_uring_setup: out of locked memory; raise LimitMEMLOCK= in the systemd unit or "
+            "ulimit -l"));
+    if (rc != 0) return unexpected(fmt::format("io_uring_setup: {}", std::strerror(-rc)));
+    _ring_ready = true;
+    io_uring_register_ring_fd(&_ring);  // saves an fd lookup per enter; optional
+    _links[_config.index].ring_fd = _ring.ring_fd;
+
+    // Send buffers, registered so that WRITE_FIXED skips per-send page pinning. Registration
+    // pins memory (RLIMIT_MEMLOCK for unprivileged users); without it, plain sends work too.
+    _send_pool = std::make_unique<buffer_pool>(_config.send_buffer_count, _config.send_buffer_bytes);
+    iovec region{_send_pool->region(), _send_pool->region_bytes()};
+    if (const int err = io_uring_register_buffers(&_ring, &region, 1); err == 0) {
+        _use_fixed_sends = true;
+    } else {
+        log(log_level::warn,
+            "{}: cannot register {} MiB of send buffers ({}); sending from unregistered memory "
+            "(raise LimitMEMLOCK= to enable fixed-buffer sends)",
+            who, _send_pool->region_bytes() >> 20, std::strerror(-err));
+    }
+
+    // Provided-buffer ring for multishot recv: the ring of descriptors, then the buffers, in one
+    // mapping. liburing 2.3 has no io_uring_setup_buf_ring, so we map and register it ourselves.
+    const std::size_t ring_bytes = sizeof(io_uring_buf) * _config.recv_buffer_count;
+    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    const std::size_t ring_bytes_aligned = (ring_bytes + page - 1) / page * page;
+    _recv_ring_bytes = ring_bytes_aligned +
+                       static_cast<std::size_t>(_config.recv_buffer_count) * _config.recv_buffer_bytes;
+    void* memory = mmap(nullptr, _recv_ring_bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED)
+        return unexpected(fmt::format("{}: mmap of {} MiB of receive buffers: {}", who,
+                                      _recv_ring_bytes >> 20, std::strerror(errno)));
+    _recv_memory = static_cast<std::uint8_t*>(memory);
+    _recv_ring = reinterpret_cast<io_uring_buf_ring*>(_recv_memory);
+    io_uring_buf_ring_init(_recv_ring);
+    io_uring_buf_reg reg{};
+    reg.ring_addr = reinterpret_cast<std::uint64_t>(_recv_ring);
+    reg.ring_entries = _config.recv_buffer_count;
+    reg.bgid = 0;
+    if (const int err = io_uring_register_buf_ring(&_ring, &reg, 0); err != 0) {
+        if (err == -EINVAL)
+            return unexpected(fmt::format(
+                "{}: the kernel refused a provided-buffer ring ({}); derpd needs Linux 6.0 or "
+                "newer (provided-buffer rings and multishot recv)",
+                who, std::strerror(-err)));
+        return unexpected(fmt::format("{}: io_uring_register_buf_ring: {}", who, std::strerror(-err)));
+    }
+    _recv_ring_registered = true;
+    const int mask = io_uring_buf_ring_mask(_config.recv_buffer_count);
+    std::uint8_t* buffers = _recv_memory + ring_bytes_aligned;
+    for (std::uint32_t bid = 0; bid < _config.recv_buffer_count; ++bid)
+        io_uring_buf_ring_add(_recv_ring, buffers + static_cast<std::size_t>(bid) * _config.recv_buffer_bytes,
+                              _config.recv_buffer_bytes, static_cast<unsigned short>(bid), mask,
+                              static_cast<int>(bid));
+    io_uring_buf_ring_advance(_recv_ring, static_cast<int>(_config.recv_buffer_count));
+
+    _slots.resize(_config.conn_slots);
+    for (std::uint32_t i = 0; i < _config.conn_slots; ++i) _slots[i].next_free = i + 1;
+    _free_head = 0;
+    _accept_armed.assign(_config.listen_fds.size(), false);
+    _listener_retry.resize(_config.listen_fds.size());
+    _write_list.reserve(256);
+
+    _now_ns = monotonic_ns();
+    prep_wake_read();
+    if (_config.signal_fd >= 0) prep_signal_read();
+    for (std::uint32_t l = 0; l < _config.listen_fds.size(); ++l) prep_accept(l);
+    log(log_level::debug, "{}: io_uring ready ({}; {} fixed sends)", who, _setup_note,
+        _use_fixed_sends ? "with" : "without");
+    return {};
+}
+
+io_uring_sqe* shard::get_sqe() noexcept {
+    io_uring_sqe* sqe = io_uring_get_sqe(&_ring);
+    if (sqe == nullptr) {
+        // The submission queue is full mid-batch: hand it to the kernel and take a fresh entry.
+        io_uring_submit(&_ring);
+        _counters.submits.add();
+        sqe = io_uring_get_sqe(&_ring);
+        DERP_ASSERT(sqe != nullptr);
+    }
+    _counters.sqes.add();
+    return sqe;
+}
+
+shard::conn_slot* shard::lookup(conn_id conn) noexcept {
+    if (conn.slot >= _slots.size()) return nullptr;
+    conn_slot& s = _slots[conn.slot];
+    if (s.gen != conn.gen || s.state != conn_state::open) return nullptr;
+    return &s;
+}
+const shard::conn_slot* shard::lookup(conn_id conn) const noexcept {
+    return const_cast<shard*>(this)->lookup(conn);
+}
+
+bool shard::is_open(conn_id conn) const noexcept { return lookup(conn) != nullptr; }
+int shard::fd_of(conn_id conn) const noexcept {
+    const conn_slot* s = lookup(conn);
+    return s != nullptr ? s->fd : -1;
+}
+
+void shard::want_write(conn_id conn) noexcept {
+    conn_slot* s = lookup(conn);
+    if (s == nullptr) return;
+    s->want_write = true;
+    if (!s->in_write_list && !s->send_in_flight) {
+        s->in_write_list = true;
+        _write_list.push_back(conn.slot);
+    }
+}
+
+void shard::close(conn_id conn) noexcept {
+    if (lookup(conn) != nullptr) begin_close(conn.slot, close_cause::closed_by_app);
+}
+
+void shard::close_after_flush(conn_id conn) noexcept {
+    conn_slot* s = lookup(conn);
+    if (s == nullptr) return;
+    s->close_when_flushed = true;
+    if (!s->send_in_flight && !s->want_write) begin_close(conn.slot, close_cause::closed_by_app);
+}
+
+void shard::set_write_timeout(conn_id conn, std::int64_t timeout_ns) noexcept {
+    if (conn_slot* s = lookup(conn)) s->write_timeout_ns = timeout_ns;
+}
+
+void shard::arm_timer(conn_id conn, std::uint8_t timer_id, std::uint64_t deadline_ns) noexcept {
+    DERP_ASSERT(timer_id < service_timer_count);
+    conn_slot* s = lookup(conn);
+    if (s == nullptr) return;
+    timer_node& node = s->timers[timer_id];
+    node.owner = conn.slot;
+    node.id = timer_id;
+    _timers.arm(node, deadline_ns);
+}
+
+void shard::cancel_timer(conn_id conn, std::uint8_t timer_id) noexcept {
+    DERP_ASSERT(timer_id < service_timer_count);
+    if (conn_slot* s = lookup(conn)) _timers.cancel(s->timers[timer_id]);
+}
+
+bool shard::post(std::uint32_t to_thread, message m) noexcept {
+    DERP_ASSERT(to_thread < _config.thread_count && to_thread != _config.index);
+    m.from_thread = static_cast<std::uint16_t>(_config.index);
+    if (!_outbound[to_thread]->push(m)) {
+        _counters.ring_full.add();
+        return false;
+    }
+    _counters.messages_posted.add();
+    return true;
+}
+
+void shard::prep_accept(std::uint32_t listener) noexcept {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_multishot_accept(sqe, _config.listen_fds[listener], nullptr, nullptr, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, pack_user_data(op::accept, listener, 0));
+    _accept_armed[listener] = true;
+    ++_global_ops;
+}
+
+void shard::prep_recv(std::uint32_t slot) noexcept {
+    conn_slot& s = _slots[slot];
+    DERP_ASSERT(!s.recv_armed);
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_recv_multishot(sqe, s.fd, nullptr, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = 0;
+    io_uring_sqe_set_data64(sqe, pack_user_data(op::recv, slot, s.gen));
+    s.recv_armed = true;
+    ++s.ops_in_flight;
+}
+
+void shard::prep_wake_read() noexcept {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_read(sqe, _links[_config.index].wake_eventfd, &_wake_value, sizeof _wake_value, 0);
+    io_uring_sqe_set_data64(sqe, pack_user_data(op::wake, wake_slot_eventfd, 0));
+}
+
+void shard::prep_signal_read() noexcept {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_read(sqe, _config.signal_fd, &_signal_info, sizeof _signal_info, 0);
+    io_uring_sqe_set_data64(sqe, pack_user_data(op::signal_read, 0, 0));
+}
+
+void shard::submit_send(std::uint32_t slot) noexcept {
+    conn_slot& s = _slots[slot];
+    DERP_ASSERT(s.state == conn_state::open && !s.send_in_flight);
+    if (s.send_buffer == no_buffer) {
+        auto buffer = _send_pool->acquire();
+        if (!buffer) {
+            // Every send buffer is on the wire: retry when a send completes. The data stays in
+            // the service's queues, which apply their own limits.
+            _counters.send_pool_exhausted.add();
+            _send_starved = true;
+            if (!s.in_write_list) {
+                s.in_write_list = true;
+                _write_list.push_back(slot);
+            }
+            return;
+        }
+        s.send_buffer = *buffer;
+    }
+    s.want_write = false;
+    const conn_id id{slot, s.gen};
+    const std::size_t written = _service->on_writable(id, _send_pool->data(s.send_buffer));
+    DERP_ASSERT(written <= _config.send_buffer_bytes);
+    if (s.state != conn_state::open) return;  // the service closed it from on_writable
+    if (written == 0) {
+        _send_pool->release(s.send_buffer);
+        s.send_buffer = no_buffer;
+        _send_starved = false;
+        if (s.close_when_flushed && !s.want_write) begin_close(slot, close_cause::closed_by_app);
+        return;
+    }
+    s.send_offset = 0;
+    s.send_length = static_cast<std::uint32_t>(written);
+    _send_pool->start_sending(s.send_buffer);
+    std::uint8_t* data = _send_pool->data(s.send_buffer).data();
+    io_uring_sqe* sqe = get_sqe();
+    // WRITE_FIXED, not SEND with IORING_RECVSEND_FIXED_BUF (-EINVAL on the kernels we target).
+    // A write to a socket has no MSG_NOSIGNAL: the runtime ignores SIGPIPE process-wide.
+    if (_use_fixed_sends)
+        io_uring_prep_write_fixed(sqe, s.fd, data, s.send_length, 0, 0);
+    else
+        io_uring_prep_send(sqe, s.fd, data, s.send_length, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, pack_user_data(op::send, slot, s.gen));
+    s.send_in_flight = true;
+    ++s.ops_in_flight;
+    if (s.write_timeout_ns > 0) {
+        timer_node& node = s.timers[write_timer_id];
+        node.owner = slot;
+        node.id = write_timer_id;
+        _timers.arm(node, _now_ns + static_cast<std::uint64_t>(s.write_timeout_ns));
+    }
+}
+
+void shard::begin_close(std::uint32_t slot, close_cause cause) noexcept {
+    conn_slot& s = _slots[slot];
+    if (s.state != conn_state::open) return;
+    s.state = conn_state::closing;
+    _counters.closes[static_cast<std::size_t>(cause)].add();
+    for (auto& node : s.timers) _timers.cancel(node);
+    if (_service) _service->on_closed(conn_id{slot, s.gen}, cause);
+    if (s.ops_in_flight > 0 && !s.cancel_sent) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel_fd(sqe, s.fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, slot, s.gen));
+        s.cancel_sent = true;
+        ++s.ops_in_flight;
+    }
+    maybe_finish_close(slot);
+}
+
+void shard::maybe_finish_close(std::uint32_t slot) noexcept {
+    conn_slot& s = _slots[slot];
+    if (s.state != conn_state::closing || s.ops_in_flight > 0) return;
+    // Every op on the descriptor has completed, so no CQE can name this generation again.
+    ::close(s.fd);
+    if (s.send_buffer != no_buffer) {
+        _send_pool->release(s.send_buffer);
+        _send_starved = false;
+    }
+    std::vector<std::uint8_t>().swap(s.pending_input);
+    const std::uint32_t next_gen = s.gen + 1;
+    s = conn_slot{};
+    s.gen = next_gen;
+    s.next_free = _free_head;
+    _free_head = slot;
+    --_conns_in_use;
+    _counters.conns_open.sub();
+}
+
+void shard::op_done(std::uint32_t slot) noexcept {
+    conn_slot& s = _slots[slot];
+    DERP_ASSERT(s.ops_in_flight > 0);
+    --s.ops_in_flight;
+}
+
+void shard::dispatch(const io_uring_cqe& cqe) noexcept {
+    _counters.cqes.add();
+    const user_data_fields ud = unpack_user_data(cqe.user_data);
+    switch (ud.kind) {
+    case op::accept: handle_accept(ud.slot, cqe); break;
+    case op::recv: handle_recv(ud.slot, ud.gen, cqe); break;
+    case op::send: handle_send(ud.slot, ud.gen, cqe); break;
+    case op::cancel:
+        if (ud.slot == cancel_slot_listener) break;  // a listener's accept is being cancelled
+        if (ud.slot < _slots.size() && _slots[ud.slot].gen == ud.gen) {
+            op_done(ud.slot);
+            maybe_finish_close(ud.slot);
+        } else {
+            _counters.late_cqes.add();
+        }
+        break;
+    case op::wake:
+        // Either a MSG_RING from a peer thread (slot 0: the CQE itself is the wake-up) or our
+        // eventfd read completing (slot 1), which is re-armed unless the loop is ending.
+        if (ud.slot == wake_slot_eventfd && !_stopping) prep_wake_read();
+        break;
+    case op::msg_ring:
+        // Only failures post a CQE (IOSQE_CQE_SKIP_SUCCESS): the peer's ring is gone, which
+        // happens only while stopping.
+        log(log_level::debug, "thread {}: MSG_RING wake-up failed: {}", _config.index,
+            std::strerror(-cqe.res));
+        break;
+    case op::signal_read:
+        if (cqe.res == static_cast<int>(sizeof _signal_info)) {
+            if (_signal_handler != nullptr)
+                _signal_handler(_signal_context, static_cast<int>(_signal_info.ssi_signo));
+        }
+        if (!_stopping) prep_signal_read();
+        break;
+    case op::none:
+    case op::shutdown:
+    case op::close:
+        break;
+    }
+}
+
+void shard::handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexcept {
+    const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
+    if (!more) {
+        _accept_armed[listener] = false;
+        --_global_ops;
+    }
+    if (cqe.res >= 0) {
+        const int fd = cqe.res;
+        if (_stopping) {
+            ::close(fd);
+        } else if (_free_head >= _slots.size()) {
+            ::close(fd);
+            _counters.accepts_refused_full.add();
+            if (const auto n = _accept_error_log.allow(_now_ns))
+                log(log_level::warn,
+                    "shard {}: connection table full ({} slots); refused {} connection(s). "
+                    "Raise the open-files limit (LimitNOFILE=) or add shards",
+                    _config.index, _slots.size(), n);
+        } else {
+            const std::uint32_t slot = _free_head;
+            conn_slot& s = _slots[slot];
+            _free_head = s.next_free;
+            s.fd = fd;
+            s.state = conn_state::open;
+            s.write_timeout_ns = _config.default_write_timeout_ns;
+            ++_conns_in_use;
+            _counters.accepts.add();
+            _counters.conns_open.add();
+            sockaddr_storage peer{};
+            socklen_t peer_length = sizeof peer;
+            if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_length) != 0)
+                peer.ss_family = AF_UNSPEC;  // reset before we looked: the service sees no address
+            _service->on_accept(conn_id{slot, s.gen}, peer);
+            if (s.state == conn_state::open) prep_recv(slot);
+        }
+    } else if (cqe.res != -ECANCELED) {
+        _counters.accept_errors.add();
+        if (const auto n = _accept_error_log.allow(_now_ns)) {
+            const bool fd_limit = cqe.res == -EMFILE || cqe.res == -ENFILE;
+            log(log_level::warn, "shard {}: accept failed {} time(s): {}{}", _config.index, n,
+                std::strerror(-cqe.res),
+                fd_limit ? " (out of file descriptors: raise LimitNOFILE= or ulimit -n)" : "");
+        }
+    }
+    if (!more && !_stopping) {
+        if (cqe.res == -EMFILE || cqe.res == -ENFILE || cqe.res == -ENOMEM) {
+            // Re-arming at once would fail at once; give closing connections time to free fds.
+            timer_node& node = _listener_retry[listener];
+            node.owner = listener;
+            node.id = accept_retry_timer_id;
+            _timers.arm(node, _now_ns + accept_retry_ns);
+        } else {
+            prep_accept(listener);
+        }
+    }
+}
+
+void shard::recycle_recv_buffer(std::uint16_t bid) noexcept {
+    std::uint8_t* buffers = reinterpret_cast<std::uint8_t*>(_recv_ring) +
+                            (_recv_ring_bytes - static_cast<std::size_t>(_config.recv_buffer_count) *
+                                                    _config.recv_buffer_bytes);
+    io_uring_buf_ring_add(_recv_ring, buffers + static_cast<std::size_t>(bid) * _config.recv_buffer_bytes,
+                          _config.recv_buffer_bytes, bid,
+                          io_uring_buf_ring_mask(_config.recv_buffer_count),
+                          static_cast<int>(_recv_recycled_pending));
+    ++_recv_recycled_pending;
+}
+
+void shard::handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept {
+    const bool has_buffer = (cqe.flags & IORING_CQE_F_BUFFER) != 0;
+    const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+    const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
+    conn_slot& s = _slots[slot];
+    if (s.gen != gen || s.state == conn_state::free) {
+        _counters.late_cqes.add();
+        if (has_buffer) recycle_recv_buffer(bid);
+        return;
+    }
+    if (!more) {
+        s.recv_armed = false;
+        op_done(slot);
+    }
+    if (cqe.res > 0) {
+        DERP_ASSERT(has_buffer);
+        const auto length = static_cast<std::size_t>(cqe.res);
+        _counters.recv_bytes.add(length);
+        const std::uint8_t* buffers = reinterpret_cast<const std::uint8_t*>(_recv_ring) +
+                                      (_recv_ring_bytes - static_cast<std::size_t>(_config.recv_buffer_count) *
+                                                              _config.recv_buffer_bytes);
+        if (s.state == conn_state::open)
+            deliver_input(slot, {buffers + static_cast<std::size_t>(bid) * _config.recv_buffer_bytes, length});
+        recycle_recv_buffer(bid);
+        // A multishot recv can end without an error (e.g. CQ overflow): keep reading.
+        if (!more && s.state == conn_state::open && s.gen == gen) _rearm_recv.push_back(slot);
+    } else {
+        if (has_buffer) recycle_recv_buffer(bid);
+        if (cqe.res == 0) {
+            begin_close(slot, close_cause::peer_closed);
+        } else if (cqe.res == -ENOBUFS) {
+            // Every receive buffer is waiting to be recycled: backpressure, not failure. The
+            // buffers come back at the end of this batch; re-arm then.
+            _counters.recv_no_buffers.add();
+            if (!more && s.state == conn_state::open) _rearm_recv.push_back(slot);
+        } else if (cqe.res == -ECANCELED) {
+            // Expected: we cancelled it while closing.
+        } else if (cqe.res == -ECONNRESET || cqe.res == -EPIPE) {
+            begin_close(slot, close_cause::peer_closed);
+        } else if (cqe.res == -EINTR) {
+            if (!more && s.state == conn_state::open) _rearm_recv.push_back(slot);
+        } else {
+            log(log_level::debug, "shard {}: recv on slot {}: {}", _config.index, slot,
+                std::strerror(-cqe.res));
+            begin_close(slot, close_cause::io_error);
+        }
+    }
+    if (s.gen == gen) maybe_finish_close(slot);
+}
+
+void shard::deliver_input(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept {
+    conn_slot& s = _slots[slot];
+    const conn_id id{slot, s.gen};
+    if (s.pending_input.empty()) {
+        // Fast path: the service parses straight out of the receive buffer; only a partial
+        // frame at the end is copied.
+        const std::size_t consumed = _service->on_data(id, bytes);
+        DERP_ASSERT(consumed <= bytes.size());
+        if (s.state != conn_state::open || s.gen != id.gen || consumed == bytes.size()) return;
+        if (bytes.size() - consumed > _config.input_buffered_bytes_max) {
+            begin_close(slot, close_cause::input_overflow);
+            return;
+        }
+        s.pending_input.assign(bytes.begin() + static_cast<std::ptrdiff_t>(consumed), bytes.end());
+        return;
+    }
+    if (s.pending_input.size() + bytes.size() > _config.input_buffered_bytes_max) {
+        begin_close(slot, close_cause::input_overflow);
+        return;
+    }
+    s.pending_input.insert(s.pending_input.end(), bytes.begin(), bytes.end());
+    const std::size_t consumed = _service->on_data(id, s.pending_input);
+    if (s.state != conn_state::open || s.gen != id.gen) return;
+    DERP_ASSERT(consumed <= s.pending_input.size());
+    s.pending_input.erase(s.pending_input.begin(),
+                          s.pending_input.begin() + static_cast<std::ptrdiff_t>(consumed));
+    if (s.pending_input.empty() && s.pending_input.capacity() > pending_input_keep_bytes)
+        std::vector<std::uint8_t>().swap(s.pending_input);
+}
+
+void shard::handle_send(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept {
+    conn_slot& s = _slots[slot];
+    // A slot is never freed while its send is in flight, so a mismatch is a bug.
+    DERP_ASSERT(s.gen == gen && s.send_in_flight);
+    s.send_in_flight = false;
+    op_done(slot);
+    _timers.cancel(s.timers[write_timer_id]);
+    _send_pool->finish_sending(s.send_buffer);
+    if (cqe.res < 0) {
+        if (s.state == conn_state::open) {
+            const bool reset = cqe.res == -EPIPE || cqe.res == -ECONNRESET;
+            if (!reset)
+                log(log_level::debug, "shard {}: send on slot {}: {}", _config.index, slot,
+                    std::strerror(-cqe.res));
+            begin_close(slot, reset ? close_cause::peer_closed : close_cause::io_error);
+        }
+        maybe_finish_close(slot);
+        return;
+    }
+    const auto sent = static_cast<std::uint32_t>(cqe.res);
+    _counters.send_bytes.add(sent);
+    s.send_offset += sent;
+    if (s.state != conn_state::open) {
+        maybe_finish_close(slot);
+        return;
+    }
+    if (s.send_offset < s.send_length) {
+        // Short write (socket buffer full): send the rest of the same buffer.
+        _counters.send_partial.add();
+        _send_pool->start_sending(s.send_buffer);
+        std::uint8_t* data = _send_pool->data(s.send_buffer).data() + s.send_offset;
+        const std::uint32_t remaining = s.send_length - s.send_offset;
+        io_uring_sqe* sqe = get_sqe();
+        if (_use_fixed_sends)
+            io_uring_prep_write_fixed(sqe, s.fd, data, remaining, 0, 0);
+        else
+            io_uring_prep_send(sqe, s.fd, data, remaining, MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(sqe, pack_user_data(op::send, slot, s.gen));
+        s.send_in_flight = true;
+        ++s.ops_in_flight;
+        if (s.write_timeout_ns > 0)
+            _timers.arm(s.timers[write_timer_id], _now_ns + static_cast<std::uint64_t>(s.write_timeout_ns));
+        return;
+    }
+    if (s.want_write) {
+        submit_send(slot);  // refill the same buffer
+        return;
+    }
+    _send_pool->release(s.send_buffer);
+    s.send_buffer = no_buffer;
+    _send_starved = false;  // a buffer is free again: starved writers get their turn
+    if (s.close_when_flushed) begin_close(slot, close_cause::closed_by_app);
+}
+
+void shard::flush_writes() noexcept {
+    if (_write_list.empty() || _send_starved) return;
+    // Swap in the spare list: on_writable() may ask for more writes while we walk this one.
+    _write_batch.swap(_write_list);
+    for (std::size_t i = 0; i < _write_batch.size(); ++i) {
+        const std::uint32_t slot = _write_batch[i];
+        conn_slot& s = _slots[slot];
+        if (!s.in_write_list) continue;
+        s.in_write_list = false;
+        if (s.state != conn_state::open || s.send_in_flight || !s.want_write) continue;
+        if (_send_starved) {  // no buffer was free a moment ago: keep the order for next time
+            s.in_write_list = true;
+            _write_list.push_back(slot);
+            continue;
+        }
+        submit_send(slot);
+    }
+    _write_batch.clear();
+}
+
+void shard::drain_inbound() noexcept {
+    for (std::uint32_t from = 0; from < _config.thread_count; ++from) {
+        spsc_ring<message>* ring = _inbound[from];
+        if (ring == nullptr) continue;
+        std::uint32_t taken = 0;
+        while (taken < _config.inbound_batch_max) {
+            const message* m = ring->pop();
+            if (m == nullptr) break;
+            const message copy = *m;
+            ++taken;
+            if (copy.kind >= message_kind_service_base && _service) _service->on_message(copy);
+        }
+        if (taken > 0) {
+            ring->release();
+            _counters.messages_received.add(taken);
+        }
+    }
+}
+
+bool shard::inbound_empty() const noexcept {
+    for (const auto* ring : _inbound)
+        if (ring != nullptr && !ring->empty_for_consumer()) return false;
+    return true;
+}
+
+void shard::publish_outbound() noexcept {
+    for (std::uint32_t to = 0; to < _config.thread_count; ++to) {
+        spsc_ring<message>* ring = _outbound[to];
+        if (ring == nullptr || !ring->publish()) continue;
+        // Dekker pairing with the consumer's may_sleep store and inbound re-check (both
+        // seq_cst): either it sees this batch before blocking, or we see its flag here. Only
+        // one producer wins the exchange, so a sleeping thread gets one wake-up per sleep.
+        thread_link& peer = _links[to];
+        if (peer.may_sleep.load(std::memory_order_seq_cst) &&
+            peer.may_sleep.exchange(false, std::memory_order_seq_cst)) {
+            io_uring_sqe* sqe = get_sqe();
+            io_uring_prep_msg_ring(sqe, peer.ring_fd, 0, pack_user_data(op::wake, 0, 0), 0);
+            sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+            io_uring_sqe_set_data64(sqe, pack_user_data(op::msg_ring, to, 0));
+            _counters.wakeups_sent.add();
+        }
+    }
+}
+
+void shard::start_stopping() noexcept {
+    _stopping = true;
+    _stop_deadline_ns = _now_ns + static_cast<std::uint64_t>(_config.shutdown_grace_ns);
+    if (_service) _service->on_stop();
+    for (std::uint32_t l = 0; l < _config.listen_fds.size(); ++l) {
+        _timers.cancel(_listener_retry[l]);
+        if (!_accept_armed[l]) continue;
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel_fd(sqe, _config.listen_fds[l], IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
+    }
+    for (std::uint32_t slot = 0; slot < _slots.size(); ++slot)
+        if (_slots[slot].state == conn_state::open) begin_close(slot, close_cause::shutdown);
+}
+
+void shard::run() noexcept {
+    DERP_ASSERT(_ring_ready && (_service || _config.is_admin));
+    thread_link& self = _links[_config.index];
+    _now_ns = monotonic_ns();
+    for (;;) {  // The only unbounded loop; everything inside is batch-bounded.
+        _counters.loop_iterations.add();
+        drain_inbound();
+        if (!_stopping && self.stop_requested.load(std::memory_order_acquire)) start_stopping();
+        flush_writes();
+        for (std::uint32_t slot : _rearm_recv) {
+            conn_slot& s = _slots[slot];
+            if (s.state == conn_state::open && !s.recv_armed) prep_recv(slot);
+        }
+        _rearm_recv.clear();
+        if (_recv_recycled_pending > 0) {
+            io_uring_buf_ring_advance(_recv_ring, static_cast<int>(_recv_recycled_pending));
+            _recv_recycled_pending = 0;
+        }
+        const bool service_busy = _service && _service->on_turn_end();
+        publish_outbound();
+        if (_stopping) {
+            if (_conns_in_use == 0 && _global_ops == 0) break;
+            if (_now_ns > _stop_deadline_ns) {
+                log(log_level::warn, "thread {}: {} connection(s) still closing after the grace "
+                    "period; tearing the ring down", _config.index, _conns_in_use);
+                break;
+            }
+        }
+
+        // Sleep until a completion, a timer, or a peer's wake-up; do not sleep with work queued.
+        bool may_block = (_write_list.empty() || _send_starved) && !service_busy;
+        std::optional<std::uint64_t> wake_ns = _timers.next_wake_ns();
+        if (_stopping) wake_ns = std::min(wake_ns.value_or(_stop_deadline_ns), _now_ns + 50'000'000);
+        int rc = 0;
+        if (may_block) {
+            self.may_sleep.store(true, std::memory_order_seq_cst);
+            may_block = inbound_empty();
+        }
+        if (!may_block) {
+            self.may_sleep.store(false, std::memory_order_relaxed);
+            rc = io_uring_submit_and_get_events(&_ring);
+        } else if (wake_ns) {
+            const std::uint64_t delta = *wake_ns > _now_ns ? *wake_ns - _now_ns : 0;
+            __kernel_timespec ts{static_cast<long long>(delta / 1'000'000'000),
+                                 static_cast<long long>(delta % 1'000'000'000)};
+            io_uring_cqe* cqe = nullptr;
+            rc = io_uring_submit_and_wait_timeout(&_ring, &cqe, 1, &ts, nullptr);
+        } else {
+            rc = io_uring_submit_and_wait(&_ring, 1);
+        }
+        self.may_sleep.store(false, std::memory_order_relaxed);
+        _counters.submits.add();
+        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
+            log(log_level::error, "thread {}: io_uring_enter: {}", _config.index, std::strerror(-rc));
+        _now_ns = monotonic_ns();
+
+        unsigned head = 0;
+        unsigned handled = 0;
+        io_uring_cqe* cqe = nullptr;
+        io_uring_for_each_cqe(&_ring, head, cqe) {
+            dispatch(*cqe);
+            ++handled;
+        }
+        io_uring_cq_advance(&_ring, handled);
+
+        _counters.timers_fired.add(_timers.expire(_now_ns, [this](timer_node& node) noexcept {
+            if (node.id == accept_retry_timer_id) {
+                if (!_stopping && !_accept_armed[node.owner]) prep_accept(node.owner);
+                return;
+            }
+            conn_slot& s = _slots[node.owner];
+            if (s.state != conn_state::open) return;
+            if (node.id == write_timer_id) {
+                begin_close(node.owner, close_cause::write_timeout);
+                return;
+            }
+            _service->on_timer(conn_id{node.owner, s.gen}, node.id);
+        }));
+    }
+    // Every accept has completed: the listeners can go, so that new connections are refused
+    // at once rather than queued in a backlog nobody accepts from.
+    for (int fd : _config.listen_fds) ::close(fd);
+    _config.listen_fds.clear();
+}
+
+}  // namespace derp::ring

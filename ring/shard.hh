@@ -1,0 +1,200 @@
+// One shard: a thread pinned to a core that owns one io_uring, its listening sockets, a fixed
+// table of connection slots, a provided-buffer ring for multishot recv, a registered buffer pool
+// for sends, a timer wheel, and its ends of the SPSC rings to every other thread. Nothing here is
+// touched by another thread except through those rings, the wake-up flag and the counters.
+// The admin thread runs the same loop with no listeners (and the signalfd).
+#pragma once
+
+#include <liburing.h>
+#include <sys/signalfd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/result.hh"
+#include "ring/buffer_pool.hh"
+#include "ring/counters.hh"
+#include "ring/log.hh"
+#include "ring/service.hh"
+#include "ring/spsc.hh"
+#include "ring/timer_wheel.hh"
+#include "ring/user_data.hh"
+
+namespace derp::ring {
+
+// What every thread publishes to the others so that they can wake it. Owned by the runtime.
+struct alignas(cache_line_bytes) thread_link {
+    std::atomic<bool> may_sleep{false};  // set by the owner just before it blocks
+    std::atomic<bool> stop_requested{false};
+    int ring_fd = -1;                    // target of IORING_OP_MSG_RING
+    int wake_eventfd = -1;               // for threads that own no ring (signals, main, tests)
+};
+
+struct shard_config {
+    std::uint32_t index = 0;           // this thread's index: shards 0..N-1, admin N
+    std::uint32_t thread_count = 1;    // shards + admin
+    int cpu = -1;                      // core to pin to; -1 = not pinned
+    bool is_admin = false;
+    std::uint32_t ring_entries = 1024;
+    std::uint32_t conn_slots = 1024;
+    std::uint32_t recv_buffer_count = 512;   // power of two
+    std::uint32_t recv_buffer_bytes = 16384;
+    std::uint32_t send_buffer_count = 1024;
+    std::uint32_t send_buffer_bytes = 16384;
+    std::uint32_t input_buffered_bytes_max = 1u << 20;
+    std::uint32_t inbound_batch_max = 256;   // messages taken from one ring per loop turn
+    std::int64_t default_write_timeout_ns = 0;  // 0 = none
+    std::int64_t shutdown_grace_ns = 5'000'000'000;
+    std::vector<int> listen_fds;             // owned from start() on
+    int signal_fd = -1;                      // admin only: SIGINT/SIGTERM/SIGHUP
+};
+
+// Optional callback for signals read by the admin thread (which owns the signalfd).
+using signal_handler = void (*)(void* context, int signal_number) noexcept;
+
+class shard {
+public:
+    static constexpr std::uint8_t service_timer_count = 2;
+
+    shard(shard_config config, std::span<thread_link> links,
+          std::vector<spsc_ring<message>*> outbound, std::vector<spsc_ring<message>*> inbound,
+          shard_counters& counters);
+    ~shard();
+    shard(const shard&) = delete;
+    shard& operator=(const shard&) = delete;
+
+    // Runs on the shard's own thread: sets up the io_uring (which must be created by the thread
+    // that submits to it under SINGLE_ISSUER|DEFER_TASKRUN), registers buffers. Start-up errors
+    // come back as text with a hint.
+    result<void, std::string> init() noexcept;
+    void set_service(std::unique_ptr<service> svc) noexcept { _service = std::move(svc); }
+    void set_signal_handler(signal_handler handler, void* context) noexcept {
+        _signal_handler = handler;
+        _signal_context = context;
+    }
+    // The loop; returns after a stop request once every connection is gone.
+    void run() noexcept;
+    // After the thread has stopped: a message that was never delivered goes to the service.
+    void discard_pending(const message& m) noexcept {
+        if (_service) _service->discard_message(m);
+    }
+
+    // --- Calls for the service, on this shard's thread only. Stale ids are ignored. ---
+    std::uint32_t index() const noexcept { return _config.index; }
+    std::uint32_t thread_count() const noexcept { return _config.thread_count; }
+    std::uint32_t shard_count() const noexcept { return _config.thread_count - 1; }
+    std::uint32_t admin_index() const noexcept { return _config.thread_count - 1; }
+    std::uint64_t now_ns() const noexcept { return _now_ns; }
+    bool is_open(conn_id conn) const noexcept;
+    int fd_of(conn_id conn) const noexcept;
+    // Asks for on_writable() when the connection can send.
+    void want_write(conn_id conn) noexcept;
+    void close(conn_id conn) noexcept;
+    // Closes once everything the service has asked to send has been sent.
+    void close_after_flush(conn_id conn) noexcept;
+    void set_write_timeout(conn_id conn, std::int64_t timeout_ns) noexcept;
+    void arm_timer(conn_id conn, std::uint8_t timer_id, std::uint64_t deadline_ns) noexcept;
+    void cancel_timer(conn_id conn, std::uint8_t timer_id) noexcept;
+    // Queues a message for another thread; it is published at the end of this loop turn.
+    // False when that ring is full: counted, and the caller decides (drop, retry later).
+    bool post(std::uint32_t to_thread, message m) noexcept;
+    shard_counters& counters() noexcept { return _counters; }
+    buffer_pool& send_pool() noexcept { return *_send_pool; }
+    std::uint32_t open_connections() const noexcept { return _conns_in_use; }
+    // What the io_uring setup fell back to, for logs and metrics.
+    const std::string& ring_setup_note() const noexcept { return _setup_note; }
+
+private:
+    enum class conn_state : std::uint8_t { free, open, closing };
+    static constexpr std::uint32_t no_buffer = ~0u;
+    static constexpr std::uint8_t write_timer_id = service_timer_count;
+
+    struct conn_slot {
+        int fd = -1;
+        std::uint32_t gen = 0;
+        conn_state state = conn_state::free;
+        bool recv_armed = false;
+        bool send_in_flight = false;
+        bool want_write = false;
+        bool in_write_list = false;
+        bool close_when_flushed = false;
+        bool cancel_sent = false;
+        std::uint16_t ops_in_flight = 0;
+        std::uint32_t send_buffer = no_buffer;
+        std::uint32_t send_offset = 0;
+        std::uint32_t send_length = 0;
+        std::int64_t write_timeout_ns = 0;
+        std::vector<std::uint8_t> pending_input;
+        timer_node timers[service_timer_count + 1];
+        std::uint32_t next_free = 0;
+    };
+
+    conn_slot* lookup(conn_id conn) noexcept;
+    const conn_slot* lookup(conn_id conn) const noexcept;
+    io_uring_sqe* get_sqe() noexcept;
+    void prep_recv(std::uint32_t slot) noexcept;
+    void prep_accept(std::uint32_t listener) noexcept;
+    void prep_wake_read() noexcept;
+    void prep_signal_read() noexcept;
+    void submit_send(std::uint32_t slot) noexcept;
+    void begin_close(std::uint32_t slot, close_cause cause) noexcept;
+    void maybe_finish_close(std::uint32_t slot) noexcept;
+    void op_done(std::uint32_t slot) noexcept;
+
+    void dispatch(const io_uring_cqe& cqe) noexcept;
+    void handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexcept;
+    void handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept;
+    void handle_send(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept;
+    void deliver_input(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept;
+    void flush_writes() noexcept;
+    void drain_inbound() noexcept;
+    void publish_outbound() noexcept;
+    void start_stopping() noexcept;
+    bool inbound_empty() const noexcept;
+    void recycle_recv_buffer(std::uint16_t bid) noexcept;
+
+    shard_config _config;
+    std::span<thread_link> _links;
+    std::vector<spsc_ring<message>*> _outbound;  // by destination thread (nullptr for self)
+    std::vector<spsc_ring<message>*> _inbound;   // by source thread (nullptr for self)
+    shard_counters& _counters;
+    std::unique_ptr<service> _service;
+    signal_handler _signal_handler = nullptr;
+    void* _signal_context = nullptr;
+
+    io_uring _ring{};
+    bool _ring_ready = false;
+    std::string _setup_note;
+    bool _use_fixed_sends = false;
+    std::unique_ptr<buffer_pool> _send_pool;
+    // Provided-buffer ring for multishot recv (IORING_REGISTER_PBUF_RING, group 0).
+    io_uring_buf_ring* _recv_ring = nullptr;
+    std::uint8_t* _recv_memory = nullptr;
+    std::size_t _recv_ring_bytes = 0;
+    std::uint32_t _recv_recycled_pending = 0;
+    bool _recv_ring_registered = false;
+
+    std::vector<conn_slot> _slots;
+    std::uint32_t _free_head = 0;
+    std::uint32_t _conns_in_use = 0;
+    std::vector<std::uint32_t> _write_list;
+    std::vector<std::uint32_t> _write_batch;   // flush_writes' working copy, kept for reuse
+    bool _send_starved = false;              // a writer found the send pool empty
+    std::vector<std::uint32_t> _rearm_recv;  // slots whose multishot recv ended (e.g. ENOBUFS)
+    std::vector<bool> _accept_armed;
+    std::vector<timer_node> _listener_retry;  // accept re-arm after EMFILE/ENFILE
+    timer_wheel _timers;
+    std::uint64_t _now_ns = 0;
+    std::uint64_t _wake_value = 0;           // eventfd read target
+    signalfd_siginfo _signal_info{};         // signalfd read target (admin)
+    bool _stopping = false;
+    std::uint64_t _stop_deadline_ns = 0;
+    std::uint32_t _global_ops = 0;           // listener, eventfd and signalfd ops in flight
+    log_limiter _accept_error_log{1'000'000'000};
+};
+
+}  // namespace derp::ring
