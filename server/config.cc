@@ -1,0 +1,82 @@
+// Flag registration and validation for derpd (see config.hh).
+#include "server/config.hh"
+
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "core/flags.hh"
+
+namespace derp::server {
+
+bool listener_serves_tls(std::string_view listen_address, std::string_view certmode) noexcept {
+    const auto colon = listen_address.rfind(':');
+    const std::string_view port =
+        colon == std::string_view::npos ? std::string_view() : listen_address.substr(colon + 1);
+    return port == "443" || port == "https" || certmode == "manual";
+}
+
+result<parse_outcome, std::string> parse_command_line(std::span<const std::string_view> args) {
+    parse_outcome out;
+    config& c = out.cfg;
+    flag_set flags("derpd");
+    flags.add_string("a", &c.listen_address,
+                     "server HTTP/HTTPS listen address, in form \":port\", \"ip:port\", or for IPv6 "
+                     "\"[ip]:port\". If the IP is omitted, it defaults to all interfaces. Serves "
+                     "HTTPS if the port is 443 and/or -certmode is manual, otherwise HTTP.");
+    flags.add_bool("dev", &c.dev,
+                   "run in localhost development mode: plain HTTP on localhost:3340 with a fresh "
+                   "key each start (overrides -a unless -a is given too)");
+    flags.add_string("c", &c.config_path, "config file path");
+    flags.add_bool("version", &c.print_version, "print version and exit");
+    flags.add_bool("derp", &c.serve_derp, "whether to run a DERP server. The only reason to set this false is if you're decommissioning a server but want to keep its bootstrap DNS functionality still running.");
+    flags.add_string("certmode", &c.certmode, "mode for getting a cert. possible options: manual, letsencrypt");
+    flags.add_string("certdir", &c.certdir, "directory to store LetsEncrypt certs, if addr's port is :443");
+    flags.add_string("hostname", &c.hostname, "LetsEncrypt host name, if addr's port is :443. When --certmode=manual, this can be an IP address to avoid SNI checks");
+    flags.add_int("http-port", &c.http_port, "The port on which to serve HTTP. Set to -1 to disable. The listener is bound to the same IP (if any) as specified in the -a flag.");
+    flags.add_bool("stun", &c.stun, "whether to run a STUN server. It will bind to the same IP (if any) as the --addr flag value.");
+    flags.add_int("stun-port", &c.stun_port, "The UDP port on which to serve STUN. The listener is bound to the same IP (if any) as specified in the -a flag.");
+    flags.add_string("mesh-psk-file", &c.mesh_psk_file, "if non-empty, path to file containing the mesh pre-shared key file. It should contain some hex string; whitespace is trimmed.");
+    flags.add_duration("tcp-keepalive-time", &c.tcp_keepalive_time_ns, "TCP keepalive time");
+    flags.add_duration("tcp-user-timeout", &c.tcp_user_timeout_ns, "TCP user timeout");
+    flags.add_duration("tcp-write-timeout", &c.tcp_write_timeout_ns, "TCP write timeout; 0 results in no timeout being set on writes");
+    flags.add_int("shards", &c.shards, "derpd: shard threads, one io_uring each (0 = online cores minus one, at least 1)");
+    flags.add_string("log-level", &c.log_level, "derpd: debug, info, warn or error");
+    flags.add_int("conns-per-shard", &c.conns_per_shard_max, "derpd: connection slots per shard (0 = share the open-files limit among the shards)");
+
+    auto parsed = flags.parse(args);
+    if (!parsed) return unexpected(parsed.error());
+    if (parsed->help_requested) {
+        out.help = true;
+        out.usage = flags.usage();
+        return out;
+    }
+    if (!parsed->positional.empty())
+        return unexpected(fmt::format("unexpected argument \"{}\" (derpd takes only flags)",
+                                      parsed->positional.front()));
+
+    if (c.dev && !flags.was_set("a")) c.listen_address = "localhost:3340";
+    if (c.shards < 0 || c.shards > 1023)
+        return unexpected(fmt::format("invalid value {} for flag -shards: want 0..1023", c.shards));
+    if (c.conns_per_shard_max < 0 || c.conns_per_shard_max > 1'000'000)
+        return unexpected(fmt::format("invalid value {} for flag -conns-per-shard: want 0..1000000",
+                                      c.conns_per_shard_max));
+    if (c.log_level != "debug" && c.log_level != "info" && c.log_level != "warn" && c.log_level != "error")
+        return unexpected(fmt::format("invalid value \"{}\" for flag -log-level: want debug, info, warn or error",
+                                      c.log_level));
+    if (c.certmode != "letsencrypt" && c.certmode != "manual" && c.certmode != "gcp")
+        return unexpected(fmt::format("invalid value \"{}\" for flag -certmode: want manual or letsencrypt",
+                                      c.certmode));
+    if (c.stun_port < 0 || c.stun_port > 65535)
+        return unexpected(fmt::format("invalid value {} for flag -stun-port", c.stun_port));
+    if (c.http_port < -1 || c.http_port > 65535)
+        return unexpected(fmt::format("invalid value {} for flag -http-port", c.http_port));
+    for (auto [name, value] : {std::pair{"tcp-write-timeout", c.tcp_write_timeout_ns},
+                               std::pair{"tcp-user-timeout", c.tcp_user_timeout_ns},
+                               std::pair{"tcp-keepalive-time", c.tcp_keepalive_time_ns}})
+        if (value < 0) return unexpected(fmt::format("invalid negative duration for flag -{}", name));
+    c.tls = listener_serves_tls(c.listen_address, c.certmode);
+    return out;
+}
+
+}  // namespace derp::server

@@ -1,0 +1,57 @@
+// derpd's command line: derper's flags in derper's spelling and defaults (spec section 4), plus
+// derpd's own (`--shards`, `--log-level`, ...), checked into one validated configuration.
+// Pure apart from reading the environment for -dev's mesh key: argv in, config or a one-line
+// error naming the flag out.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "core/key.hh"
+#include "core/result.hh"
+
+namespace derp::server {
+
+struct config {
+    // derper's flags.
+    std::string listen_address = ":443";  // -a
+    bool dev = false;                     // -dev
+    std::string config_path;              // -c
+    bool print_version = false;           // -version
+    bool serve_derp = true;               // -derp
+    std::string certmode = "letsencrypt"; // -certmode
+    std::string certdir;                  // -certdir
+    std::string hostname = "derp.tailscale.com";  // -hostname
+    std::int64_t http_port = 80;          // -http-port (TLS mode only)
+    bool stun = true;                     // -stun
+    std::int64_t stun_port = 3478;        // -stun-port
+    std::string mesh_psk_file;            // -mesh-psk-file
+    std::int64_t tcp_keepalive_time_ns = 600'000'000'000;  // -tcp-keepalive-time (10m)
+    std::int64_t tcp_user_timeout_ns = 15'000'000'000;     // -tcp-user-timeout (15s)
+    std::int64_t tcp_write_timeout_ns = 2'000'000'000;     // -tcp-write-timeout (2s)
+    // derpd's own.
+    std::int64_t shards = 0;              // --shards; 0 = online cores - 1, at least 1
+    std::string log_level = "info";       // --log-level
+    std::int64_t conns_per_shard_max = 0; // --conns-per-shard; 0 = from the open-files limit
+
+    // Derived by validate().
+    bool tls = false;                     // the main listener would serve TLS (spec 3.1)
+    std::optional<key_mesh> mesh_key;     // from -mesh-psk-file, or TAILSCALE_DERPER_MESH_KEY in -dev
+};
+
+struct parse_outcome {
+    config cfg;
+    bool help = false;
+    std::string usage;
+};
+
+// Parses argv (without argv[0]) and validates. Errors are one line, naming the flag.
+result<parse_outcome, std::string> parse_command_line(std::span<const std::string_view> args);
+
+// The plain-HTTP rule of spec 3.1: TLS iff the port is 443 (or "https") or certmode is manual.
+bool listener_serves_tls(std::string_view listen_address, std::string_view certmode) noexcept;
+
+}  // namespace derp::server

@@ -1,0 +1,70 @@
+// The DERP server's counters, one set per shard, each written only by its shard (see
+// ring/counters.hh); the admin plane and the tests sum them. Names follow derper's expvars
+// (spec 7.2) so that /debug/varz can keep derper's metric names.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string_view>
+
+#include "core/close_reason.hh"
+#include "ring/counters.hh"
+
+namespace derp::server {
+
+// derper's drop reasons (spec 2.5), in derper's order.
+enum class drop_reason : std::uint8_t {
+    unknown_dest,
+    unknown_dest_on_fwd,
+    gone_disconnected,
+    queue_head,
+    queue_tail,
+    write_error,
+    dup_client,
+};
+inline constexpr std::size_t drop_reason_count = 7;
+std::string_view to_string(drop_reason reason) noexcept;
+
+enum class packet_kind : std::uint8_t { disco = 0, other = 1 };
+
+// Why derpd dropped a packet where derper never would have to: derpd-only reasons, counted
+// apart so derper's series keep derper's meaning.
+enum class derpd_drop_reason : std::uint8_t {
+    transfer_pool_exhausted,  // no transfer buffer free on the sending shard
+    ring_backlog_full,        // the ring to the destination shard and its backlog were full
+};
+inline constexpr std::size_t derpd_drop_reason_count = 2;
+
+using ring::counter;
+
+struct alignas(ring::cache_line_bytes) derp_counters {
+    counter accepts;                       // connections handed to the DERP server
+    counter current_connections;           // gauge: registered DERP connections
+    counter current_home_connections;      // gauge
+    counter current_notideal_connections;  // gauge
+    counter watchers;                      // gauge
+    counter clients_local;                 // gauge: keys this shard owns with a connection
+    counter current_dup_client_keys;       // gauge (owner side)
+    counter current_dup_client_conns;      // gauge (owner side)
+    counter total_dup_client_conns;
+    counter packets_received, bytes_received;
+    std::array<counter, 2> packets_received_kind;  // by packet_kind
+    counter packets_sent, bytes_sent;
+    std::array<std::array<counter, 2>, drop_reason_count> packets_dropped;  // [reason][kind]
+    std::array<std::array<counter, 2>, drop_reason_count> bytes_dropped;
+    std::array<counter, derpd_drop_reason_count> derpd_packets_dropped;
+    counter unknown_frames;
+    counter home_moves_in, home_moves_out;
+    counter got_ping, sent_pong;
+    counter peer_gone_disconnected_frames, peer_gone_not_here_frames;
+    counter packets_forwarded_in, packets_forwarded_out;
+    counter sclient_write_timeouts;
+    std::array<counter, close_reason_count> protocol_closes;  // by core close_reason
+    counter http_requests;
+    counter http_errors;                   // malformed requests answered 4xx/5xx and closed
+    counter handshake_timeouts;            // no complete upgrade + ClientInfo in time
+    counter cross_shard_packets;           // relayed through a ring to another shard
+    counter control_backlog;               // gauge-ish: control messages waiting for ring space
+};
+
+}  // namespace derp::server

@@ -1,0 +1,928 @@
+// The DERP relay service: see derp_service.hh for the shape, spec sections 1-2 for the rules.
+#include "server/derp_service.hh"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+
+#include "core/derp_upgrade.hh"
+#include "core/http_request.hh"
+#include "ring/log.hh"
+
+namespace derp::server {
+
+std::string_view to_string(drop_reason reason) noexcept {
+    switch (reason) {
+    case drop_reason::unknown_dest: return "unknown_dest";
+    case drop_reason::unknown_dest_on_fwd: return "unknown_dest_on_fwd";
+    case drop_reason::gone_disconnected: return "gone_disconnected";
+    case drop_reason::queue_head: return "queue_head";
+    case drop_reason::queue_tail: return "queue_tail";
+    case drop_reason::write_error: return "write_error";
+    case drop_reason::dup_client: return "dup_client";
+    }
+    return "unknown";
+}
+
+namespace {
+
+using ring::conn_id;
+using ring::message;
+using ring::log_level;
+
+// Message kinds on the rings between shards.
+constexpr std::uint16_t kind_packet = ring::message_kind_service_base + 0;
+//   ptr = frame bytes in the sender's transfer buffer; u32 = destination slot;
+//   u64 = destination gen | frame_bytes << 32 | disco << 63; u64b = buffer index | class << 32
+constexpr std::uint16_t kind_buffer_return = ring::message_kind_service_base + 1;
+//   ptr = frame bytes; u64b = buffer index | class << 32
+constexpr std::uint16_t kind_control = ring::message_kind_service_base + 2;
+//   ptr = derp_service::control*, freed by the receiver
+
+constexpr std::size_t small_frame_bytes_max = 2048;
+constexpr std::size_t large_frame_bytes_max = recv_packet_frame_bytes(packet_bytes_max);
+// Packets waiting for space in a full ring, over all destinations, before new ones are dropped.
+constexpr std::uint64_t backlog_packets_max = 8192;
+// Payload accepted for frames the server reads (SendPacket/ForwardPacket are the largest).
+constexpr std::size_t read_payload_bytes_max = 2 * key_bytes + packet_bytes_max;
+
+std::uint64_t splitmix64(std::uint64_t& state) noexcept {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+std::string format_addr(const ip16& ip, std::uint16_t port) {
+    char text[INET6_ADDRSTRLEN] = {};
+    static constexpr std::uint8_t v4_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (std::memcmp(ip.data(), v4_prefix, 12) == 0) {
+        inet_ntop(AF_INET, ip.data() + 12, text, sizeof text);
+        return fmt::format("{}:{}", text, port);
+    }
+    inet_ntop(AF_INET6, ip.data(), text, sizeof text);
+    return fmt::format("[{}]:{}", text, port);
+}
+
+}  // namespace
+
+struct derp_service::control {
+    enum class type : std::uint8_t {
+        reg,        // conn shard -> owner: a handshake finished
+        reg_ack,    // owner -> conn shard: routes are published; send ServerInfo
+        unreg,      // conn shard -> owner: the connection ended
+        activity,   // conn shard -> owner: a duplicate spoke
+        route,      // owner -> every shard: the key's route changed
+        dup_flag,   // owner -> conn shard: the connection is (no longer) a duplicate
+        watch,      // watcher shard -> every shard: send me your keys, then changes
+        unwatch,    // watcher shard -> every shard: the watcher is gone
+        presence,   // owner -> watcher shard: PeerPresent / PeerGone for one watcher
+        close_key,  // mesh shard -> every shard: ClosePeer
+    };
+    type kind;
+    node_key key;
+    conn_ref conn;     // the subject connection (or the watcher for watch/unwatch/presence)
+    conn_ref active;   // route: the active connection
+    route_state state = route_state::gone;
+    presence_info info;
+    bool flag = false;  // dup_flag: is duplicate; presence: present (else gone)
+};
+
+std::uint32_t derp_service::owner_of(const node_key& key, std::uint32_t shard_count) noexcept {
+    return static_cast<std::uint32_t>(node_key_hash{}(key) % shard_count);
+}
+
+derp_service::derp_service(ring::shard& sh, derp_shared& shared)
+    : _shard(sh),
+      _shared(shared),
+      _settings(shared.settings),
+      _counters(shared.counters[sh.index()]),
+      _box(shared.settings.server_private),
+      _backlog(sh.thread_count()),
+      _rng_state(ring::monotonic_ns() ^ (std::uint64_t{sh.index()} << 48)) {
+    _transfer[0] = std::make_unique<ring::buffer_pool>(_settings.small_transfer_buffers,
+                                                       static_cast<std::uint32_t>(small_frame_bytes_max));
+    _transfer[1] = std::make_unique<ring::buffer_pool>(
+        _settings.large_transfer_buffers, static_cast<std::uint32_t>(large_frame_bytes_max));
+}
+
+derp_service::~derp_service() {
+    for (auto* c : _local_controls) delete c;
+    for (auto& per_shard : _backlog)
+        for (const auto& m : per_shard) discard_message(m);
+}
+
+derp_service::client* derp_service::find(conn_id conn) noexcept {
+    if (conn.slot >= _clients.size()) return nullptr;
+    client& c = _clients[conn.slot];
+    return c.open && c.gen == conn.gen ? &c : nullptr;
+}
+
+derp_service::client* derp_service::find(const conn_ref& ref) noexcept {
+    if (ref.shard != _shard.index()) return nullptr;
+    return find(conn_id{ref.slot, ref.gen});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection lifecycle.
+
+void derp_service::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
+    if (_clients.size() <= conn.slot) _clients.resize(conn.slot + 1);
+    client& c = _clients[conn.slot];
+    c = client{};
+    c.gen = conn.gen;
+    c.open = true;
+    c.connected_ns = _shard.now_ns();
+    // The address as derper records it: IPv6 form, IPv4 mapped (PeerPresent, logs).
+    if (peer.ss_family == AF_INET) {
+        const auto* sin = reinterpret_cast<const sockaddr_in*>(&peer);
+        std::array<std::uint8_t, 4> v4{};
+        std::memcpy(v4.data(), &sin->sin_addr, 4);
+        c.ip = ipv4_mapped(v4);
+        c.port = ntohs(sin->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+        const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&peer);
+        std::memcpy(c.ip.data(), &sin6->sin6_addr, 16);
+        c.port = ntohs(sin6->sin6_port);
+    }
+    _counters.accepts.add();
+    _shard.arm_timer(conn, timer_deadline,
+                     _shard.now_ns() + static_cast<std::uint64_t>(_settings.http_header_timeout_ns));
+}
+
+void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
+    client* found = find(conn);
+    if (found == nullptr) return;
+    client& c = *found;
+    if (cause == ring::close_cause::write_timeout && c.stage == phase::relay) {
+        _counters.sclient_write_timeouts.add();
+        if (auto n = _close_log.allow(_shard.now_ns()))
+            ring::log(log_level::info, "derp client {}: sender failed: write timeout ({} recent)",
+                      format_addr(c.ip, c.port), n);
+    }
+    if (c.stage == phase::relay || c.stage == phase::registering) {
+        // Unregister with the key's owner, and stop watching.
+        auto* m = new control{};
+        m->kind = control::type::unreg;
+        m->key = c.key;
+        m->conn = ref_of(conn);
+        send_control(owner_of(c.key, _shared.shards), m);
+        if (c.watcher) {
+            for (std::uint32_t s = 0; s < _shared.shards; ++s) {
+                auto* w = new control{};
+                w->kind = control::type::unwatch;
+                w->conn = ref_of(conn);
+                send_control(s, w);
+            }
+            _counters.watchers.sub();
+        }
+        for (const auto& src : c.seen_sources) {
+            auto it = _peer_gone_subscribers.find(src);
+            if (it == _peer_gone_subscribers.end()) continue;
+            auto& list = it->second;
+            list.erase(std::remove(list.begin(), list.end(), ref_of(conn)), list.end());
+            if (list.empty()) _peer_gone_subscribers.erase(it);
+        }
+        if (c.stage == phase::relay) {
+            _counters.current_connections.sub();
+            if (c.preferred) _counters.current_home_connections.sub();
+            if (c.not_ideal) _counters.current_notideal_connections.sub();
+        }
+    }
+    drop_queued(c, drop_reason::gone_disconnected);
+    c = client{};
+}
+
+void derp_service::on_timer(conn_id conn, std::uint8_t timer_id) noexcept {
+    client* c = find(conn);
+    if (c == nullptr) return;
+    if (timer_id == timer_deadline) {
+        _counters.handshake_timeouts.add();
+        if (auto n = _close_log.allow(_shard.now_ns()))
+            ring::log(log_level::info, "derp: {}: {} not complete in time; closing ({} recent)",
+                      format_addr(c->ip, c->port),
+                      c->stage == phase::http ? "HTTP request" : "handshake", n);
+        _shard.close(conn);
+        return;
+    }
+    if (timer_id == timer_keepalive) {
+        std::array<std::uint8_t, keep_alive_frame_bytes> frame{};
+        encode_keep_alive(frame);
+        queue_control(conn, *c, frame);
+        const std::uint64_t jitter =
+            splitmix64(_rng_state) % static_cast<std::uint64_t>(_settings.keepalive_jitter_ns);
+        _shard.arm_timer(conn, timer_keepalive,
+                         _shard.now_ns() + static_cast<std::uint64_t>(_settings.keepalive_ns) + jitter);
+    }
+}
+
+void derp_service::protocol_close(conn_id conn, client& c, close_reason reason) noexcept {
+    _counters.protocol_closes[static_cast<std::size_t>(reason)].add();
+    if (auto n = _close_log.allow(_shard.now_ns()))
+        ring::log(log_level::info, "derp: {}{}: closing: {} ({} recent)", format_addr(c.ip, c.port),
+                  c.stage == phase::relay ? fmt::format(" nodekey:{}", c.key.to_string()) : "",
+                  to_string(reason), n);
+    _shard.close(conn);
+}
+
+void derp_service::respond_and_close(conn_id conn, client& c, std::string response) noexcept {
+    c.control_out += response;
+    _shard.want_write(conn);
+    _shard.close_after_flush(conn);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input.
+
+std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> bytes) noexcept {
+    client* found = find(conn);
+    if (found == nullptr) return bytes.size();
+    client& c = *found;
+    std::size_t used = 0;
+    // One call may carry the request, ClientInfo and the first frames (fast start pipelines
+    // them all in one write): each phase takes what it can and hands the rest on.
+    while (used < bytes.size() && find(conn) != nullptr) {
+        const auto rest = bytes.subspan(used);
+        std::size_t n = 0;
+        switch (c.stage) {
+        case phase::http: n = handle_http(conn, c, rest); break;
+        case phase::handshake: n = handle_handshake(conn, c, rest); break;
+        case phase::registering:
+        case phase::relay: n = handle_frames(conn, c, rest); break;
+        }
+        if (n == 0) break;
+        used += n;
+    }
+    return find(conn) != nullptr ? used : bytes.size();
+}
+
+std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {
+    http_request request;
+    const http_parse parsed = parse_http_request(in, request);
+    if (parsed.status == http_parse_status::need_more) return 0;
+    _counters.http_requests.add();
+    if (parsed.status == http_parse_status::error) {
+        _counters.http_errors.add();
+        std::string response(http_error_response_bytes_max, '\0');
+        response.resize(encode_http_error_response(
+            {reinterpret_cast<std::uint8_t*>(response.data()), response.size()}, parsed.error_status,
+            parsed.error_text));
+        if (auto n = _close_log.allow(_shard.now_ns()))
+            ring::log(log_level::info, "http: {}: {} {} ({} recent)", format_addr(c.ip, c.port),
+                      parsed.error_status, parsed.error_text, n);
+        respond_and_close(conn, c, std::move(response));
+        return in.size();
+    }
+    const std::size_t head = request.head_bytes;
+    const derp_upgrade upgrade = classify_derp_upgrade(request);
+    if (request.path == "/derp" && _settings.serve_derp && upgrade.kind == upgrade_kind::derp) {
+        c.not_ideal = upgrade.not_ideal;
+        c.stage = phase::handshake;
+        c.handshake = std::make_unique<server_handshake>(_settings.server_public, _settings.mesh_key, _box);
+        std::array<std::uint8_t, handshake_start_bytes_max> start{};
+        const std::size_t n = c.handshake->start(start, upgrade.fast_start);
+        queue_control(conn, c, std::span<const std::uint8_t>(start.data(), n));
+        _shard.set_write_timeout(conn, _settings.handshake_timeout_ns);
+        _shard.arm_timer(conn, timer_deadline,
+                         _shard.now_ns() + static_cast<std::uint64_t>(_settings.handshake_timeout_ns));
+        return head;
+    }
+    if (request.path == "/derp" && _settings.serve_derp) {
+        // No DERP upgrade (WebSocket DERP comes with its own issue): derper's 426.
+        std::string response(derp_426_response_bytes, '\0');
+        encode_derp_426({reinterpret_cast<std::uint8_t*>(response.data()), response.size()},
+                        static_cast<std::int64_t>(std::time(nullptr)));
+        respond_and_close(conn, c, std::move(response));
+        return in.size();
+    }
+    // The other endpoints (probe, generate_204, home page, /debug/) are served by the HTTP
+    // front door of a later issue; until then they are answered as not found.
+    respond_and_close(conn, c,
+                      "HTTP/1.1 404 Not Found\r\n"
+                      "Content-Type: text/plain; charset=utf-8\r\n"
+                      "X-Content-Type-Options: nosniff\r\n"
+                      "Connection: close\r\n"
+                      "Content-Length: 19\r\n"
+                      "\r\n"
+                      "404 page not found\n");
+    return in.size();
+}
+
+std::size_t derp_service::handle_handshake(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {
+    const handshake_step step = c.handshake->feed(in);
+    if (std::holds_alternative<handshake_need_more>(step)) return 0;
+    if (const auto* closed = std::get_if<handshake_close>(&step)) {
+        protocol_close(conn, c, closed->reason);
+        return in.size();
+    }
+    const auto& accepted = std::get<handshake_accepted>(step);
+    c.key = accepted.client_key;
+    c.can_mesh = accepted.can_mesh;
+    c.is_prober = accepted.info.is_prober;
+    c.handshake.reset();
+    c.stage = phase::registering;
+    _shard.cancel_timer(conn, timer_deadline);
+    _shard.set_write_timeout(conn, c.can_mesh ? _settings.mesh_write_timeout_ns : _settings.write_timeout_ns);
+    // ServerInfo waits until the owner has published the route (reg_ack): a client that has
+    // its ServerInfo is reachable from every shard.
+    _pending_server_info[conn.slot] = accepted.server_info_frame;
+    auto* m = new control{};
+    m->kind = control::type::reg;
+    m->key = c.key;
+    m->conn = ref_of(conn);
+    m->info.ip = c.ip;
+    m->info.port = c.port;
+    m->info.flags = peer_present_flags(c.can_mesh, c.is_prober, c.not_ideal);
+    send_control(owner_of(c.key, _shared.shards), m);
+    return accepted.bytes_consumed;
+}
+
+std::size_t derp_service::handle_frames(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {
+    std::size_t used = 0;
+    while (used < in.size()) {
+        if (c.skip_bytes > 0) {
+            const std::size_t n = static_cast<std::size_t>(
+                std::min<std::uint64_t>(c.skip_bytes, in.size() - used));
+            c.skip_bytes -= n;
+            used += n;
+            continue;
+        }
+        const auto rest = in.subspan(used);
+        const frame_parse frame = parse_frame(rest, read_payload_bytes_max);
+        if (frame.status == frame_parse_status::need_more) break;
+        if (auto checked = check_client_frame(frame.header, c.can_mesh); !checked) {
+            protocol_close(conn, c, checked.error());
+            return in.size();
+        }
+        if (frame.status == frame_parse_status::too_large) {
+            // check_client_frame accepted it, so it is a frame the server skips unread
+            // (unknown types have no size cap in derper): discard it as it streams by.
+            _counters.unknown_frames.add();
+            c.skip_bytes = frame.header.payload_bytes;
+            used += frame_header_bytes;
+            continue;
+        }
+        used += frame.frame_bytes;
+        if (!handle_frame(conn, c, frame.header, frame.payload)) return in.size();
+    }
+    return used;
+}
+
+bool derp_service::handle_frame(conn_id conn, client& c, const frame_header& header,
+                                std::span<const std::uint8_t> payload) noexcept {
+    // A duplicate that speaks while another connection of its key is active tells the owner
+    // (spec 2.2, "last writer is active"); once per route change.
+    if (c.is_dup && !c.activity_reported && c.stage == phase::relay) {
+        auto it = _routes.find(c.key);
+        if (it == _routes.end() || !(it->second.conn == ref_of(conn)) ||
+            it->second.state != route_state::active) {
+            c.activity_reported = true;
+            auto* m = new control{};
+            m->kind = control::type::activity;
+            m->key = c.key;
+            m->conn = ref_of(conn);
+            send_control(owner_of(c.key, _shared.shards), m);
+        }
+    }
+    switch (header.type) {
+    case frame_type::send_packet: {
+        auto view = decode_send_packet(payload);
+        if (!view) {
+            protocol_close(conn, c, view.error());
+            return false;
+        }
+        const packet_kind kind = looks_like_disco(view->packet) ? packet_kind::disco : packet_kind::other;
+        _counters.packets_received.add();
+        _counters.bytes_received.add(view->packet.size());
+        _counters.packets_received_kind[static_cast<std::size_t>(kind)].add();
+        relay_packet(c, c.key, view->dst, view->packet, false);
+        return find(conn) != nullptr;
+    }
+    case frame_type::forward_packet: {
+        auto view = decode_forward_packet(payload);
+        if (!view) {
+            protocol_close(conn, c, view.error());
+            return false;
+        }
+        _counters.packets_forwarded_in.add();
+        relay_packet(c, view->src, view->dst, view->packet, true);
+        return find(conn) != nullptr;
+    }
+    case frame_type::note_preferred: {
+        auto preferred = decode_note_preferred(payload);
+        if (!preferred) {
+            protocol_close(conn, c, preferred.error());
+            return false;
+        }
+        if (*preferred != c.preferred) {
+            c.preferred = *preferred;
+            if (c.stage == phase::relay) {
+                if (c.preferred) _counters.current_home_connections.add();
+                else _counters.current_home_connections.sub();
+            }
+            if (_shard.now_ns() - c.connected_ns > 5'000'000'000) {
+                if (c.preferred) _counters.home_moves_in.add();
+                else _counters.home_moves_out.add();
+            }
+        }
+        return true;
+    }
+    case frame_type::watch_conns: {
+        if (auto ok = decode_watch_conns(payload); !ok) {
+            protocol_close(conn, c, ok.error());
+            return false;
+        }
+        if (c.key == _settings.server_public) return true;  // the server dialled itself
+        if (!c.watcher) {
+            c.watcher = true;
+            _counters.watchers.add();
+        }
+        for (std::uint32_t s = 0; s < _shared.shards; ++s) {
+            auto* m = new control{};
+            m->kind = control::type::watch;
+            m->conn = ref_of(conn);
+            send_control(s, m);
+        }
+        return true;
+    }
+    case frame_type::close_peer: {
+        auto target = decode_close_peer(payload);
+        if (!target) {
+            protocol_close(conn, c, target.error());
+            return false;
+        }
+        ring::log(log_level::info, "derp client {}: frameClosePeer closing peer {}",
+                  format_addr(c.ip, c.port), target->to_string());
+        for (std::uint32_t s = 0; s < _shared.shards; ++s) {
+            auto* m = new control{};
+            m->kind = control::type::close_key;
+            m->key = *target;
+            send_control(s, m);
+        }
+        return true;
+    }
+    case frame_type::ping: {
+        auto data = decode_ping(payload);
+        if (!data) {
+            protocol_close(conn, c, data.error());
+            return false;
+        }
+        _counters.got_ping.add();
+        // One Pong may be pending; further Pings meanwhile are ignored (spec 2.10).
+        if (!c.pending_pong) {
+            c.pending_pong = *data;
+            _shard.want_write(conn);
+        }
+        return true;
+    }
+    default:
+        return true;  // every other frame is read and ignored
+    }
+}
+
+void derp_service::relay_packet(client& from, const node_key& src, const node_key& dst,
+                                std::span<const std::uint8_t> packet, bool forwarded) noexcept {
+    const packet_kind kind = looks_like_disco(packet) ? packet_kind::disco : packet_kind::other;
+    auto it = _routes.find(dst);
+    if (it == _routes.end() || it->second.state != route_state::active) {
+        const bool dup = it != _routes.end() && it->second.state == route_state::none_active;
+        count_drop(dup ? drop_reason::dup_client
+                       : forwarded ? drop_reason::unknown_dest_on_fwd : drop_reason::unknown_dest,
+                   kind, packet.size());
+        if (!dup && kind == packet_kind::disco) {
+            // PeerGone(NotHere) to the sender, at most a burst of 3 then 1 per second.
+            const std::uint64_t now = _shard.now_ns();
+            from.not_here_tokens = std::min(
+                3.0, from.not_here_tokens + static_cast<double>(now - from.not_here_refill_ns) / 1e9);
+            from.not_here_refill_ns = now;
+            if (from.not_here_tokens >= 1.0) {
+                from.not_here_tokens -= 1.0;
+                const conn_id self{static_cast<std::uint32_t>(&from - _clients.data()), from.gen};
+                queue_peer_gone(self, from, dst, peer_gone_reason::not_here);
+            }
+        }
+        return;
+    }
+    const conn_ref target = it->second.conn;
+    const std::size_t frame_bytes = recv_packet_frame_bytes(packet.size());
+    const std::uint8_t size_class = frame_bytes <= small_frame_bytes_max ? 0 : 1;
+    auto index = _transfer[size_class]->acquire();
+    if (!index) {
+        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::transfer_pool_exhausted)].add();
+        return;
+    }
+    // The one copy: the finished RecvPacket frame, made by the producer.
+    std::uint8_t* data = _transfer[size_class]->data(*index).data();
+    encode_recv_packet({data, frame_bytes}, src, packet);
+    queued_frame frame{data, static_cast<std::uint32_t>(frame_bytes), *index,
+                       static_cast<std::uint16_t>(_shard.index()), size_class, _shard.now_ns()};
+    if (target.shard == _shard.index()) {
+        client* to = find(target);
+        if (to == nullptr) {
+            count_drop(drop_reason::gone_disconnected, kind, packet.size());
+            _transfer[size_class]->release(*index);
+            return;
+        }
+        enqueue(conn_id{target.slot, target.gen}, *to, frame, kind);
+        return;
+    }
+    if (_backlog_packets >= backlog_packets_max && !_backlog[target.shard].empty()) {
+        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::ring_backlog_full)].add();
+        _transfer[size_class]->release(*index);
+        return;
+    }
+    _transfer[size_class]->lend(*index);
+    message m;
+    m.kind = kind_packet;
+    m.u32 = target.slot;
+    m.u64 = std::uint64_t{target.gen} | (std::uint64_t{frame.frame_bytes} << 32) |
+            (kind == packet_kind::disco ? std::uint64_t{1} << 63 : 0);
+    m.u64b = std::uint64_t{*index} | (std::uint64_t{size_class} << 32);
+    m.ptr = data;
+    _counters.cross_shard_packets.add();
+    post_or_backlog(target.shard, m);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output.
+
+void derp_service::queue_control(conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept {
+    c.control_out.append(reinterpret_cast<const char*>(frame.data()), frame.size());
+    _shard.want_write(conn);
+}
+
+void derp_service::queue_peer_gone(conn_id conn, client& c, const node_key& peer,
+                                   peer_gone_reason reason) noexcept {
+    std::array<std::uint8_t, peer_gone_frame_bytes> frame{};
+    encode_peer_gone(frame, peer, reason);
+    queue_control(conn, c, frame);
+    if (reason == peer_gone_reason::not_here) _counters.peer_gone_not_here_frames.add();
+    else _counters.peer_gone_disconnected_frames.add();
+}
+
+void derp_service::count_drop(drop_reason reason, packet_kind kind, std::size_t packet_bytes) noexcept {
+    _counters.packets_dropped[static_cast<std::size_t>(reason)][static_cast<std::size_t>(kind)].add();
+    _counters.bytes_dropped[static_cast<std::size_t>(reason)][static_cast<std::size_t>(kind)].add(packet_bytes);
+}
+
+void derp_service::release_transfer(const queued_frame& frame) noexcept {
+    if (frame.owner == _shard.index()) {
+        _transfer[frame.size_class]->release(frame.buffer_index);
+        return;
+    }
+    // Only the owner recycles its buffers: send it home.
+    message m;
+    m.kind = kind_buffer_return;
+    m.u64b = std::uint64_t{frame.buffer_index} | (std::uint64_t{frame.size_class} << 32);
+    m.ptr = frame.data;
+    post_or_backlog(frame.owner, m);
+}
+
+void derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept {
+    frame_queue& q = c.queues[static_cast<std::size_t>(kind)];
+    if (q.ring.empty()) q.ring.resize(_settings.queue_depth_max);
+    const auto depth = static_cast<std::uint32_t>(q.ring.size());
+    if (q.count == depth) {
+        // Full: the oldest packet goes (spec 2.5), unless it is being written out right now,
+        // in which case the newcomer goes (queue_tail).
+        if (c.partial_queue == static_cast<int>(kind)) {
+            count_drop(drop_reason::queue_tail, kind, frame.frame_bytes - recv_packet_header_bytes);
+            release_transfer(frame);
+            return;
+        }
+        const queued_frame& oldest = q.ring[q.head];
+        count_drop(drop_reason::queue_head, kind, oldest.frame_bytes - recv_packet_header_bytes);
+        release_transfer(oldest);
+        q.head = (q.head + 1) % depth;
+        --q.count;
+    }
+    q.ring[(q.head + q.count) % depth] = frame;
+    ++q.count;
+    _shard.want_write(conn);
+}
+
+void derp_service::drop_queued(client& c, drop_reason reason) noexcept {
+    for (std::size_t k = 0; k < c.queues.size(); ++k) {
+        frame_queue& q = c.queues[k];
+        while (q.count > 0) {
+            const queued_frame& f = q.ring[q.head];
+            count_drop(reason, static_cast<packet_kind>(k), f.frame_bytes - recv_packet_header_bytes);
+            release_transfer(f);
+            q.head = (q.head + 1) % static_cast<std::uint32_t>(q.ring.size());
+            --q.count;
+        }
+    }
+}
+
+std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out) noexcept {
+    client* found = find(conn);
+    if (found == nullptr) return 0;
+    client& c = *found;
+    std::size_t n = 0;
+    auto copy_frame_part = [&](frame_queue& q, int which) {
+        const queued_frame& f = q.ring[q.head];
+        const std::size_t take = std::min<std::size_t>(out.size() - n, f.frame_bytes - c.partial_sent);
+        std::memcpy(out.data() + n, f.data + c.partial_sent, take);
+        n += take;
+        c.partial_sent += static_cast<std::uint32_t>(take);
+        if (c.partial_sent < f.frame_bytes) {
+            c.partial_queue = which;
+            return false;
+        }
+        // Whole frame handed to the socket buffer: count it, subscribe the receiver to the
+        // sender's departure (spec 2.4), recycle the transfer buffer.
+        c.partial_queue = -1;
+        c.partial_sent = 0;
+        _counters.packets_sent.add();
+        _counters.bytes_sent.add(f.frame_bytes - recv_packet_header_bytes);
+        node_key src(key_span(f.data + frame_header_bytes, key_bytes));
+        if (c.seen_sources.insert(src).second) _peer_gone_subscribers[src].push_back(ref_of(conn));
+        release_transfer(f);
+        q.head = (q.head + 1) % static_cast<std::uint32_t>(q.ring.size());
+        --q.count;
+        return true;
+    };
+    // A frame already partly written goes on first: frames never interleave.
+    if (c.partial_queue >= 0) {
+        if (!copy_frame_part(c.queues[static_cast<std::size_t>(c.partial_queue)], c.partial_queue)) {
+            _shard.want_write(conn);
+            return n;
+        }
+    }
+    if (c.pending_pong && n + pong_frame_bytes <= out.size()) {
+        std::array<std::uint8_t, pong_frame_bytes> frame{};
+        encode_pong(frame, *c.pending_pong);
+        c.control_out.append(reinterpret_cast<const char*>(frame.data()), frame.size());
+        c.pending_pong.reset();
+        _counters.sent_pong.add();
+    }
+    if (c.control_sent < c.control_out.size()) {
+        const std::size_t take = std::min(out.size() - n, c.control_out.size() - c.control_sent);
+        std::memcpy(out.data() + n, c.control_out.data() + c.control_sent, take);
+        n += take;
+        c.control_sent += take;
+        if (c.control_sent < c.control_out.size()) {
+            _shard.want_write(conn);
+            return n;
+        }
+        c.control_out.clear();
+        c.control_out.shrink_to_fit();  // an idle connection keeps no output memory
+        c.control_sent = 0;
+    }
+    // Packets only once the client has its ServerInfo (spec 1.4: it is the first frame).
+    if (c.stage == phase::relay) {
+        while (n < out.size()) {
+            frame_queue& first = c.queues[c.next_queue];
+            frame_queue& second = c.queues[c.next_queue ^ 1];
+            int which = -1;
+            if (first.count > 0) which = c.next_queue;
+            else if (second.count > 0) which = c.next_queue ^ 1;
+            if (which < 0) break;
+            c.next_queue ^= 1;  // take the two queues in turn: no priority, as in derper
+            if (!copy_frame_part(c.queues[static_cast<std::size_t>(which)], which)) break;
+        }
+    }
+    if (c.partial_queue >= 0 || c.queues[0].count > 0 || c.queues[1].count > 0 || c.pending_pong)
+        if (c.stage == phase::relay) _shard.want_write(conn);
+    return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages between shards.
+
+void derp_service::post_or_backlog(std::uint32_t to_shard, const message& m) noexcept {
+    auto& backlog = _backlog[to_shard];
+    // Once anything waits for this ring, everything after it waits too: order is kept.
+    if (backlog.empty() && _shard.post(to_shard, m)) return;
+    backlog.push_back(m);
+    if (m.kind == kind_packet) ++_backlog_packets;
+    _counters.control_backlog.set(backlog.size());
+}
+
+void derp_service::send_control(std::uint32_t to_shard, control* c) noexcept {
+    if (to_shard == _shard.index()) {
+        _local_controls.push_back(c);
+        return;
+    }
+    message m;
+    m.kind = kind_control;
+    m.ptr = c;
+    post_or_backlog(to_shard, m);
+}
+
+bool derp_service::on_turn_end() noexcept {
+    // Controls to ourselves run here, outside any handler, in the order they were made.
+    while (!_local_controls.empty()) {
+        control* c = _local_controls.front();
+        _local_controls.pop_front();
+        handle_control(*c);
+        delete c;
+    }
+    bool waiting = false;
+    for (std::uint32_t to = 0; to < _backlog.size(); ++to) {
+        auto& backlog = _backlog[to];
+        while (!backlog.empty() && _shard.post(to, backlog.front())) {
+            if (backlog.front().kind == kind_packet) --_backlog_packets;
+            backlog.pop_front();
+        }
+        waiting = waiting || !backlog.empty();
+    }
+    return waiting;
+}
+
+void derp_service::on_message(const message& m) noexcept {
+    switch (m.kind) {
+    case kind_packet: {
+        const conn_id target{m.u32, static_cast<std::uint32_t>(m.u64)};
+        queued_frame frame;
+        frame.data = static_cast<std::uint8_t*>(m.ptr);
+        frame.frame_bytes = static_cast<std::uint32_t>((m.u64 >> 32) & 0x7fffffff);
+        frame.buffer_index = static_cast<std::uint32_t>(m.u64b);
+        frame.size_class = static_cast<std::uint8_t>(m.u64b >> 32);
+        frame.owner = m.from_thread;
+        frame.enqueued_ns = _shard.now_ns();
+        const packet_kind kind = (m.u64 >> 63) != 0 ? packet_kind::disco : packet_kind::other;
+        client* to = find(target);
+        if (to == nullptr) {
+            count_drop(drop_reason::gone_disconnected, kind, frame.frame_bytes - recv_packet_header_bytes);
+            release_transfer(frame);
+            return;
+        }
+        enqueue(target, *to, frame, kind);
+        return;
+    }
+    case kind_buffer_return: {
+        const auto size_class = static_cast<std::uint8_t>(m.u64b >> 32);
+        _transfer[size_class]->release(static_cast<std::uint32_t>(m.u64b));
+        return;
+    }
+    case kind_control: {
+        auto* c = static_cast<control*>(m.ptr);
+        handle_control(*c);
+        delete c;
+        return;
+    }
+    default:
+        return;
+    }
+}
+
+void derp_service::discard_message(const message& m) noexcept {
+    // The runtime stopped with this message undelivered: free what it carries. Transfer
+    // buffers need no return: every pool is freed with its shard.
+    if (m.kind == kind_control) delete static_cast<control*>(m.ptr);
+}
+
+void derp_service::apply_route(const node_key& key, route_state state, conn_ref active) noexcept {
+    if (state == route_state::gone) {
+        _routes.erase(key);
+        // The key left the region: every local client it sent packets to hears PeerGone.
+        auto it = _peer_gone_subscribers.find(key);
+        if (it != _peer_gone_subscribers.end()) {
+            for (const conn_ref& ref : it->second) {
+                client* c = find(ref);
+                if (c == nullptr) continue;
+                c->seen_sources.erase(key);
+                queue_peer_gone(conn_id{ref.slot, ref.gen}, *c, key, peer_gone_reason::disconnected);
+            }
+            _peer_gone_subscribers.erase(it);
+        }
+    } else {
+        _routes[key] = route{state, active};
+    }
+    // A duplicate on this shard may report activity again after any route change.
+    for (auto& c : _clients)
+        if (c.open && c.is_dup && c.key == key) c.activity_reported = false;
+}
+
+void derp_service::apply_effects(const node_key& key, conn_ref conn, const registry_effects& fx) noexcept {
+    if (fx.route) {
+        for (std::uint32_t s = 0; s < _shared.shards; ++s) {
+            auto* m = new control{};
+            m->kind = control::type::route;
+            m->key = key;
+            m->state = *fx.route;
+            m->active = fx.active;
+            send_control(s, m);
+        }
+    }
+    for (const auto& [ref, is_dup] : fx.dup_flags) {
+        auto* m = new control{};
+        m->kind = control::type::dup_flag;
+        m->conn = ref;
+        m->flag = is_dup;
+        send_control(ref.shard, m);
+    }
+    if (fx.presence != registry_effects::presence_event::none) {
+        for (const conn_ref& w : _watchers) {
+            auto* m = new control{};
+            m->kind = control::type::presence;
+            m->key = key;
+            m->conn = w;
+            m->flag = fx.presence == registry_effects::presence_event::present;
+            m->info = fx.present;
+            send_control(w.shard, m);
+        }
+    }
+    _counters.clients_local.set(_registry.key_count());
+    (void)conn;
+}
+
+void derp_service::handle_control(control& m) noexcept {
+    switch (m.kind) {
+    case control::type::reg: {
+        const std::size_t dup_keys_before = _registry.dup_key_count();
+        const registry_effects fx = _registry.add(m.key, m.conn, m.info);
+        if (!fx.dup_flags.empty() || _registry.dup_key_count() != dup_keys_before)
+            _counters.total_dup_client_conns.add();
+        _counters.current_dup_client_keys.set(_registry.dup_key_count());
+        apply_effects(m.key, m.conn, fx);
+        auto* ack = new control{};
+        ack->kind = control::type::reg_ack;
+        ack->conn = m.conn;
+        send_control(m.conn.shard, ack);
+        return;
+    }
+    case control::type::unreg: {
+        const registry_effects fx = _registry.remove(m.key, m.conn);
+        _counters.current_dup_client_keys.set(_registry.dup_key_count());
+        apply_effects(m.key, m.conn, fx);
+        return;
+    }
+    case control::type::activity: {
+        apply_effects(m.key, m.conn, _registry.activity(m.key, m.conn));
+        return;
+    }
+    case control::type::reg_ack: {
+        client* c = find(m.conn);
+        auto pending = _pending_server_info.find(m.conn.slot);
+        if (c == nullptr || pending == _pending_server_info.end()) return;
+        const conn_id conn{m.conn.slot, m.conn.gen};
+        c->stage = phase::relay;
+        _counters.current_connections.add();
+        if (c->preferred) _counters.current_home_connections.add();
+        if (c->not_ideal) _counters.current_notideal_connections.add();
+        queue_control(conn, *c, pending->second);
+        _pending_server_info.erase(pending);
+        const std::uint64_t jitter =
+            splitmix64(_rng_state) % static_cast<std::uint64_t>(_settings.keepalive_jitter_ns);
+        _shard.arm_timer(conn, timer_keepalive,
+                         _shard.now_ns() + static_cast<std::uint64_t>(_settings.keepalive_ns) + jitter);
+        return;
+    }
+    case control::type::route:
+        apply_route(m.key, m.state, m.active);
+        return;
+    case control::type::dup_flag: {
+        if (client* c = find(m.conn)) {
+            c->is_dup = m.flag;
+            c->activity_reported = false;
+        }
+        return;
+    }
+    case control::type::watch: {
+        if (std::find(_watchers.begin(), _watchers.end(), m.conn) == _watchers.end())
+            _watchers.push_back(m.conn);
+        // The snapshot: every key this shard owns with an active connection.
+        _registry.for_each_active([&](const node_key& key, const presence_info& info) {
+            auto* p = new control{};
+            p->kind = control::type::presence;
+            p->key = key;
+            p->conn = m.conn;
+            p->flag = true;
+            p->info = info;
+            send_control(m.conn.shard, p);
+        });
+        return;
+    }
+    case control::type::unwatch:
+        _watchers.erase(std::remove(_watchers.begin(), _watchers.end(), m.conn), _watchers.end());
+        return;
+    case control::type::presence: {
+        client* w = find(m.conn);
+        if (w == nullptr) return;
+        const conn_id conn{m.conn.slot, m.conn.gen};
+        if (m.flag) {
+            std::array<std::uint8_t, peer_present_frame_bytes> frame{};
+            encode_peer_present(frame, m.key, m.info.ip, m.info.port, m.info.flags);
+            queue_control(conn, *w, frame);
+        } else {
+            queue_peer_gone(conn, *w, m.key, peer_gone_reason::disconnected);
+        }
+        return;
+    }
+    case control::type::close_key: {
+        for (std::uint32_t slot = 0; slot < _clients.size(); ++slot) {
+            client& c = _clients[slot];
+            if (c.open && (c.stage == phase::relay || c.stage == phase::registering) && c.key == m.key)
+                _shard.close(conn_id{slot, c.gen});  // no frame to the closed peer (fixture 03)
+        }
+        return;
+    }
+    }
+}
+
+}  // namespace derp::server

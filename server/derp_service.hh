@@ -1,0 +1,182 @@
+// The DERP relay as a service on the shard runtime (spec sections 1-2): the HTTP upgrade, the
+// handshake, the read loop, per-client send queues, and the process-wide registry split across
+// shards. Each key is arbitrated by one owner shard (hash of the key), which applies derper's
+// duplicate rules (core/registry.hh) and publishes route changes to every shard; every shard
+// looks routes up in its own cache, so the packet path takes no lock and touches no shared
+// state. A packet for a client on another shard is written once, as the finished RecvPacket
+// frame, into a transfer buffer of the sending shard, handed over through the SPSC ring, and
+// returned to its owner after it has been copied into the receiver's send buffer.
+#pragma once
+
+#include <array>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "core/frame.hh"
+#include "core/handshake.hh"
+#include "core/key.hh"
+#include "core/registry.hh"
+#include "crypto/box.hh"
+#include "ring/buffer_pool.hh"
+#include "ring/shard.hh"
+#include "server/derp_counters.hh"
+
+namespace derp::server {
+
+// What every shard's service shares, read-only once the runtime runs (counters apart, which
+// are per shard and single-writer).
+struct derp_settings {
+    private_key server_private;
+    node_key server_public;
+    std::optional<key_mesh> mesh_key;
+    bool serve_derp = true;
+    std::int64_t write_timeout_ns = 2'000'000'000;       // -tcp-write-timeout, non-mesh clients
+    std::int64_t mesh_write_timeout_ns = 30'000'000'000;  // mesh-key holders (spec 1.1)
+    std::int64_t http_header_timeout_ns = 30'000'000'000;  // Go's ReadTimeout before the upgrade
+    std::int64_t handshake_timeout_ns = 10'000'000'000;     // spec 1.4
+    std::int64_t keepalive_ns = 60'000'000'000;            // plus jitter in [0, 5 s)
+    std::int64_t keepalive_jitter_ns = 5'000'000'000;
+    std::uint32_t queue_depth_max = 32;                    // per queue, two queues per client
+    std::uint32_t small_transfer_buffers = 8192;           // frames up to 2 KiB, per shard
+    std::uint32_t large_transfer_buffers = 128;            // frames up to 64 KiB + 37, per shard
+};
+
+struct derp_shared {
+    explicit derp_shared(derp_settings s, std::uint32_t shard_count)
+        : settings(std::move(s)), counters(std::make_unique<derp_counters[]>(shard_count)),
+          shards(shard_count) {}
+    derp_settings settings;
+    std::unique_ptr<derp_counters[]> counters;
+    std::uint32_t shards;
+};
+
+class derp_service final : public ring::service {
+public:
+    derp_service(ring::shard& sh, derp_shared& shared);
+    ~derp_service() override;
+
+    void on_accept(ring::conn_id conn, const sockaddr_storage& peer) noexcept override;
+    std::size_t on_data(ring::conn_id conn, std::span<const std::uint8_t> bytes) noexcept override;
+    std::size_t on_writable(ring::conn_id conn, std::span<std::uint8_t> out) noexcept override;
+    void on_timer(ring::conn_id conn, std::uint8_t timer_id) noexcept override;
+    void on_closed(ring::conn_id conn, ring::close_cause cause) noexcept override;
+    void on_message(const ring::message& m) noexcept override;
+    void discard_message(const ring::message& m) noexcept override;
+    bool on_turn_end() noexcept override;
+
+    // The owner shard of a key: every shard computes the same one.
+    static std::uint32_t owner_of(const node_key& key, std::uint32_t shard_count) noexcept;
+
+    struct control;  // a registry or presence message between shards (derp_service.cc)
+
+private:
+    enum class phase : std::uint8_t { http, handshake, registering, relay };
+    static constexpr std::uint8_t timer_deadline = 0;   // HTTP header / handshake deadline
+    static constexpr std::uint8_t timer_keepalive = 1;
+
+    // A RecvPacket frame waiting in a client's queue, in a transfer buffer of shard `owner`.
+    struct queued_frame {
+        std::uint8_t* data = nullptr;
+        std::uint32_t frame_bytes = 0;
+        std::uint32_t buffer_index = 0;
+        std::uint16_t owner = 0;
+        std::uint8_t size_class = 0;
+        std::uint64_t enqueued_ns = 0;
+    };
+    struct frame_queue {
+        std::vector<queued_frame> ring;  // capacity queue_depth_max, allocated on first use
+        std::uint32_t head = 0;
+        std::uint32_t count = 0;
+    };
+
+    struct client {
+        std::uint32_t gen = 0;
+        phase stage = phase::http;
+        bool open = false;
+        ip16 ip{};
+        std::uint16_t port = 0;
+        std::uint64_t connected_ns = 0;
+        // After the upgrade.
+        std::unique_ptr<server_handshake> handshake;  // only while handshaking
+        node_key key;
+        bool can_mesh = false;
+        bool is_prober = false;
+        bool not_ideal = false;
+        bool preferred = false;
+        bool is_dup = false;
+        bool activity_reported = false;
+        bool watcher = false;
+        std::uint64_t skip_bytes = 0;  // payload of an ignored frame still to discard
+        // Output: control frames in order, then the two packet queues (no priority between
+        // them, as in derper: taken in turn).
+        std::string control_out;
+        std::size_t control_sent = 0;
+        std::array<frame_queue, 2> queues;  // by packet_kind
+        std::uint8_t next_queue = 0;
+        int partial_queue = -1;             // queue whose head frame is partly copied out
+        std::uint32_t partial_sent = 0;
+        std::optional<ping_data> pending_pong;
+        std::unordered_set<node_key> seen_sources;  // senders that get us PeerGone (spec 2.7)
+        double not_here_tokens = 3;                 // PeerGone(NotHere) bucket: burst 3, 1/s
+        std::uint64_t not_here_refill_ns = 0;
+    };
+
+    struct route {
+        route_state state = route_state::gone;
+        conn_ref conn;
+    };
+
+    client* find(ring::conn_id conn) noexcept;
+    client* find(const conn_ref& ref) noexcept;
+    conn_ref ref_of(ring::conn_id conn) const noexcept { return {_shard.index(), conn.slot, conn.gen}; }
+
+    std::size_t handle_http(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
+    std::size_t handle_handshake(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
+    std::size_t handle_frames(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
+    bool handle_frame(ring::conn_id conn, client& c, const frame_header& header,
+                      std::span<const std::uint8_t> payload) noexcept;
+    void relay_packet(client& from, const node_key& src, const node_key& dst,
+                      std::span<const std::uint8_t> packet, bool forwarded) noexcept;
+    void protocol_close(ring::conn_id conn, client& c, close_reason reason) noexcept;
+    void respond_and_close(ring::conn_id conn, client& c, std::string response) noexcept;
+    void queue_control(ring::conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept;
+    void queue_peer_gone(ring::conn_id conn, client& c, const node_key& peer, peer_gone_reason reason) noexcept;
+    void enqueue(ring::conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept;
+    void count_drop(drop_reason reason, packet_kind kind, std::size_t packet_bytes) noexcept;
+    void release_transfer(const queued_frame& frame) noexcept;
+    void drop_queued(client& c, drop_reason reason) noexcept;
+
+    // Registry plumbing.
+    void send_control(std::uint32_t to_shard, control* message) noexcept;
+    void post_or_backlog(std::uint32_t to_shard, const ring::message& m) noexcept;
+    void handle_control(control& message) noexcept;
+    void apply_effects(const node_key& key, conn_ref conn, const registry_effects& fx) noexcept;
+    void apply_route(const node_key& key, route_state state, conn_ref active) noexcept;
+
+    ring::shard& _shard;
+    derp_shared& _shared;
+    const derp_settings& _settings;
+    derp_counters& _counters;
+    sodium_handshake_box _box;
+    std::vector<client> _clients;  // by slot
+    // Transfer buffers for RecvPacket frames made on this shard: [0] up to 2 KiB, [1] larger.
+    std::array<std::unique_ptr<ring::buffer_pool>, 2> _transfer;
+    std::unordered_map<node_key, route> _routes;                      // this shard's cache
+    std::unordered_map<node_key, std::vector<conn_ref>> _peer_gone_subscribers;
+    key_registry _registry;                                           // keys this shard owns
+    std::vector<conn_ref> _watchers;                                  // owner side: all watchers
+    // Sealed ServerInfo frames of connections waiting for their owner's reg_ack, by slot.
+    std::unordered_map<std::uint32_t, std::array<std::uint8_t, server_info_frame_bytes_v2>> _pending_server_info;
+    std::deque<control*> _local_controls;                             // to this shard itself
+    std::vector<std::deque<ring::message>> _backlog;                  // per destination shard
+    std::uint64_t _backlog_packets = 0;
+    ring::log_limiter _close_log{100'000'000};
+    std::uint64_t _rng_state;
+};
+
+}  // namespace derp::server

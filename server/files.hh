@@ -1,0 +1,29 @@
+// The files derpd reads at start-up: the server key file (derper's `-c` JSON, created on first
+// start, never overwritten) and the mesh pre-shared key file. Errors say which file and why.
+#pragma once
+
+#include <string>
+
+#include "core/key.hh"
+#include "core/result.hh"
+
+namespace derp::server {
+
+struct loaded_key {
+    private_key key;
+    bool created = false;  // the file did not exist and was written now
+};
+
+// Reads the key file, or creates it (mode 0600, written to a temporary file and renamed, so a
+// crash never leaves half a key) when it does not exist. An unreadable or malformed file is an
+// error and is left untouched.
+result<loaded_key, std::string> load_or_create_key_file(const std::string& path);
+
+// Reads a mesh PSK file: 64 hex digits, surrounding whitespace trimmed (spec 4).
+result<key_mesh, std::string> load_mesh_key_file(const std::string& path);
+
+// derper's default -mesh-psk-file: /home/derp/keys/derp-mesh.key, else $HOME/keys/derp-mesh.key,
+// whichever exists; empty when neither does.
+std::string default_mesh_psk_path();
+
+}  // namespace derp::server

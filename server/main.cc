@@ -1,0 +1,154 @@
+// derpd: the DERP relay daemon. Parses derper's flags, loads the server key, starts the shard
+// runtime with the DERP service on every shard, and runs until SIGINT or SIGTERM.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "crypto/box.hh"
+#include "ring/log.hh"
+#include "ring/runtime.hh"
+#include "server/config.hh"
+#include "server/derp_service.hh"
+#include "server/files.hh"
+
+#ifndef DERPD_VERSION
+#define DERPD_VERSION "unknown"
+#endif
+
+namespace {
+
+using namespace derp;
+using ring::log_level;
+
+// File descriptors kept back from the connection slots: listeners, rings, eventfds, key files,
+// and the admin plane's own sockets.
+constexpr std::uint64_t reserved_fds = 64;
+// Below this many slots per shard derpd is not a relay worth running.
+constexpr std::uint64_t conns_per_shard_min = 16;
+
+int fail(const std::string& message) {
+    std::fprintf(stderr, "derpd: %s\n", message.c_str());
+    return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<std::string_view> args(argv + 1, argv + argc);
+    auto parsed = server::parse_command_line(args);
+    if (!parsed) return fail(parsed.error() + " (see derpd -h)");
+    if (parsed->help) {
+        std::fputs(parsed->usage.c_str(), stderr);
+        return 0;
+    }
+    server::config cfg = parsed->cfg;
+    if (cfg.print_version) {
+        std::printf("%s\n", DERPD_VERSION);
+        return 0;
+    }
+    ring::log_level level{};
+    ring::parse_log_level(cfg.log_level, &level);
+    ring::set_log_level(level);
+
+    if (cfg.tls)
+        return fail(fmt::format(
+            "-a {} with -certmode {} would serve HTTPS, and this derpd build has no TLS yet. "
+            "Serve plain HTTP with -dev or an -a port other than 443 (behind a TLS terminator), "
+            "or wait for the TLS front door",
+            cfg.listen_address, cfg.certmode));
+    if (!crypto_init()) return fail("libsodium failed to initialise (no randomness source?)");
+
+    // The server key: -dev makes a fresh one each start, as derper -dev does.
+    private_key server_private;
+    if (cfg.dev) {
+        server_private = generate_private_key();
+    } else {
+        std::string path = cfg.config_path;
+        if (path.empty()) {
+            if (geteuid() != 0) return fail("derper: -c <config path> not specified");
+            path = "/var/lib/derper/derper.key";
+            ring::log(log_level::info, "no config path specified; using {}", path);
+        }
+        auto key = server::load_or_create_key_file(path);
+        if (!key) return fail(key.error());
+        if (key->created) ring::log(log_level::info, "wrote a new server key to {}", path);
+        server_private = key->key;
+    }
+
+    // The mesh key: -dev from the environment, else the PSK file (derper's default paths).
+    if (cfg.dev) {
+        if (const char* env = std::getenv("TAILSCALE_DERPER_MESH_KEY"); env != nullptr && *env) {
+            auto key = key_mesh::from_psk_file(env);
+            if (!key) return fail("invalid mesh key in TAILSCALE_DERPER_MESH_KEY (want 64 hex digits)");
+            cfg.mesh_key = *key;
+        }
+    } else {
+        std::string path = cfg.mesh_psk_file.empty() ? server::default_mesh_psk_path() : cfg.mesh_psk_file;
+        if (!path.empty()) {
+            auto key = server::load_mesh_key_file(path);
+            if (!key) return fail(key.error());
+            cfg.mesh_key = *key;
+            ring::log(log_level::info, "Got mesh key from static file");
+        }
+    }
+    ring::log(log_level::info, "{}", cfg.mesh_key ? "DERP mesh key configured" : "No mesh key configured");
+    if (cfg.stun)
+        ring::log(log_level::warn, "STUN is not served by this derpd build yet; -stun/-stun-port have no effect");
+
+    auto addresses = ring::parse_listen_address(cfg.listen_address);
+    if (!addresses) return fail(addresses.error() + " (flag -a)");
+
+    const std::uint32_t shards =
+        cfg.shards > 0 ? static_cast<std::uint32_t>(cfg.shards) : ring::default_shard_count();
+    // Connection slots: the open-files limit shared among the shards, unless given.
+    const std::uint64_t nofile = ring::raise_open_files_limit();
+    const std::uint64_t usable = nofile > reserved_fds ? nofile - reserved_fds : 0;
+    std::uint64_t per_shard = cfg.conns_per_shard_max > 0
+                                  ? static_cast<std::uint64_t>(cfg.conns_per_shard_max)
+                                  : usable / shards;
+    if (per_shard * shards > usable || per_shard < conns_per_shard_min)
+        return fail(fmt::format(
+            "too few file descriptors: the open-files limit is {}, and {} shard(s) x {} "
+            "connections need {}. Raise it (LimitNOFILE=1048576 in the systemd unit, or ulimit -n) "
+            "or lower -conns-per-shard",
+            nofile, shards, std::max(per_shard, conns_per_shard_min),
+            std::max(per_shard, conns_per_shard_min) * shards + reserved_fds));
+
+    server::derp_settings settings;
+    settings.server_private = server_private;
+    settings.server_public = public_key_of(server_private);
+    settings.mesh_key = cfg.mesh_key;
+    settings.serve_derp = cfg.serve_derp;
+    settings.write_timeout_ns = cfg.tcp_write_timeout_ns;
+    server::derp_shared shared(settings, shards);
+
+    ring::runtime_config rc;
+    rc.shard_count = shards;
+    rc.listen = addresses.value();
+    rc.listen_options.user_timeout_ns = cfg.tcp_user_timeout_ns;
+    rc.listen_options.keepalive_idle_ns = cfg.tcp_keepalive_time_ns;
+    rc.shard_defaults.conn_slots = static_cast<std::uint32_t>(per_shard);
+    // Input kept per connection beyond a whole frame: ClientInfo may be 256 KiB (spec 1.1).
+    rc.shard_defaults.input_buffered_bytes_max = 512 * 1024;
+    rc.handle_signals = true;
+    auto rt = ring::runtime::start(
+        std::move(rc),
+        [&shared](ring::shard& sh) { return std::make_unique<server::derp_service>(sh, shared); },
+        nullptr);
+    if (!rt) return fail(rt.error());
+
+    for (const auto& address : rt.value()->bound_addresses())
+        ring::log(log_level::info, "derper: serving on {}", address.to_string());
+    ring::log(log_level::info, "derpd {}: {} shard(s), {} connections each, io_uring {}; server key {}",
+              DERPD_VERSION, shards, per_shard, rt.value()->ring_setup_note(0),
+              settings.server_public.to_string());
+    rt.value()->wait();
+    ring::log(log_level::info, "derpd: stopped");
+    return 0;
+}

@@ -1,0 +1,86 @@
+// Test helpers shared by the unit tests: hex conversion and loading of the recorded DERP
+// fixtures (../shared/fixtures, or $DERP_FIXTURES_DIR). Test code only; it may throw.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace derp::test {
+
+using bytes = std::vector<std::uint8_t>;
+
+inline bytes from_hex(std::string_view hex) {
+    bytes out;
+    int hi = -1;
+    for (char c : hex) {
+        int v;
+        if (c >= '0' && c <= '9') v = c - '0';
+        else if (c >= 'a' && c <= 'f') v = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') v = c - 'A' + 10;
+        else if (c == ' ' || c == '\n' || c == '\t') continue;
+        else throw std::invalid_argument("bad hex digit");
+        if (hi < 0) {
+            hi = v;
+        } else {
+            out.push_back(static_cast<std::uint8_t>(hi * 16 + v));
+            hi = -1;
+        }
+    }
+    if (hi >= 0) throw std::invalid_argument("odd number of hex digits");
+    return out;
+}
+
+inline std::string to_hex(const std::uint8_t* p, std::size_t n) {
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string out;
+    for (std::size_t i = 0; i < n; ++i) {
+        out += digits[p[i] >> 4];
+        out += digits[p[i] & 0xf];
+    }
+    return out;
+}
+template <typename Container>
+std::string to_hex(const Container& c) {
+    return to_hex(reinterpret_cast<const std::uint8_t*>(c.data()), c.size());
+}
+
+inline bytes to_bytes(std::string_view s) { return bytes(s.begin(), s.end()); }
+inline std::string_view as_text(const bytes& b) {
+    return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
+inline std::filesystem::path fixtures_dir() {
+    if (const char* env = std::getenv("DERP_FIXTURES_DIR"); env != nullptr && *env != '\0') return env;
+    return "../shared/fixtures";
+}
+
+inline std::string read_text(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw std::runtime_error("cannot open fixture " + path.string() +
+                                 " (set DERP_FIXTURES_DIR to the fixtures folder)");
+    }
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+inline bytes read_binary(const std::string& relative) { return to_bytes(read_text(fixtures_dir() / relative)); }
+
+// A fixture .hex stream: every non-comment line is hex; concatenated and decoded.
+inline bytes read_hex_stream(const std::string& relative) {
+    std::istringstream lines(read_text(fixtures_dir() / relative));
+    std::string line, hex;
+    while (std::getline(lines, line)) {
+        if (!line.empty() && line[0] != '#') hex += line;
+    }
+    return from_hex(hex);
+}
+
+}  // namespace derp::test
