@@ -44,6 +44,9 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_string("log-level", &c.log_level, "derpd: debug, info, warn or error");
     flags.add_int("conns-per-shard", &c.conns_per_shard_max, "derpd: connection slots per shard (0 = share the open-files limit among the shards)");
 
+    flags.add_duration("handshake-timeout", &c.handshake_timeout_ns, "derpd: time a client has for ClientInfo after the upgrade (derper: 10s); the request head gets 3x this (Go: 30s)");
+    flags.add_duration("keepalive-interval", &c.keepalive_interval_ns, "derpd: KeepAlive period; each connection adds a jitter of up to 1/12 of it (derper: 60s + [0,5s))");
+
     auto parsed = flags.parse(args);
     if (!parsed) return unexpected(parsed.error());
     if (parsed->help_requested) {
@@ -71,6 +74,10 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
         return unexpected(fmt::format("invalid value {} for flag -stun-port", c.stun_port));
     if (c.http_port < -1 || c.http_port > 65535)
         return unexpected(fmt::format("invalid value {} for flag -http-port", c.http_port));
+    if (c.handshake_timeout_ns <= 0)
+        return unexpected(std::string("invalid value for flag -handshake-timeout: must be positive"));
+    if (c.keepalive_interval_ns < 1'000'000'000)
+        return unexpected(std::string("invalid value for flag -keepalive-interval: at least 1s"));
     for (auto [name, value] : {std::pair{"tcp-write-timeout", c.tcp_write_timeout_ns},
                                std::pair{"tcp-user-timeout", c.tcp_user_timeout_ns},
                                std::pair{"tcp-keepalive-time", c.tcp_keepalive_time_ns}})

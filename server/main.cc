@@ -126,6 +126,12 @@ int main(int argc, char** argv) {
     settings.mesh_key = cfg.mesh_key;
     settings.serve_derp = cfg.serve_derp;
     settings.write_timeout_ns = cfg.tcp_write_timeout_ns;
+    settings.handshake_timeout_ns = cfg.handshake_timeout_ns;
+    // Go's 30 s ReadTimeout for the request head, kept at 3x the handshake deadline so that
+    // one flag shortens both in tests.
+    settings.http_header_timeout_ns = 3 * cfg.handshake_timeout_ns;
+    settings.keepalive_ns = cfg.keepalive_interval_ns;
+    settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
     server::derp_shared shared(settings, shards);
 
     ring::runtime_config rc;
