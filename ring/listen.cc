@@ -122,6 +122,29 @@ result<std::vector<int>, std::string> open_tcp_listeners(socket_address& address
         for (int fd : fds) ::close(fd);
         return unexpected(std::move(message));
     };
+    // SO_REUSEPORT would let a second derpd (same user) bind the same port and silently take
+    // half the connections. A plain socket, without SO_REUSEPORT, cannot join an existing
+    // group: if it cannot bind, the port is taken, and we say so as derper would.
+    if (address.port() != 0) {
+        const int probe = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+        if (probe >= 0) {
+            const int one = 1;
+            setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // TIME_WAIT is fine
+            if (address.family() == AF_INET6) {
+                const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&address.storage);
+                const int v6only = IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? 0 : 1;
+                setsockopt(probe, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+            }
+            const bool in_use =
+                ::bind(probe, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0 &&
+                errno == EADDRINUSE;
+            ::close(probe);
+            if (in_use)
+                return unexpected(fmt::format("listen on {}: address already in use (is another "
+                                              "derpd or derper running? choose another port with -a)",
+                                              address.to_string()));
+        }
+    }
     for (std::uint32_t i = 0; i < count; ++i) {
         const int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
         if (fd < 0) {

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# derpd's start-up errors, run against the real binary: each must stop start-up with a non-zero
+# exit and a message that names the problem and what to do.
+set -uo pipefail
+derpd="${DERP_BUILD_ROOT:?}/server/derpd"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"; [[ -n "${blocker_pid:-}" ]] && kill "$blocker_pid" 2>/dev/null' EXIT
+failures=0
+
+expect_failure() {  # description, expected message (grep -E), command...
+  local what=$1 pattern=$2
+  shift 2
+  local out rc
+  out=$("$@" 2>&1 </dev/null)
+  rc=$?
+  if ((rc == 0)); then
+    echo "FAIL: $what: exited 0"; failures=$((failures + 1)); return
+  fi
+  if ! grep -qE -- "$pattern" <<<"$out"; then
+    echo "FAIL: $what: message does not match /$pattern/:"; echo "$out" | sed 's/^/    /'
+    failures=$((failures + 1)); return
+  fi
+  echo "ok: $what: $(grep -E -- "$pattern" <<<"$out" | head -n 1)"
+}
+
+expect_failure "unknown flag" "flag provided but not defined: -bogus" "$derpd" -dev -bogus
+expect_failure "bad integer" 'invalid integer value "two" for flag -shards' "$derpd" -dev -shards two
+expect_failure "bad duration" 'invalid duration "5" for flag -tcp-write-timeout' "$derpd" -dev -tcp-write-timeout 5
+expect_failure "bad boolean" 'invalid boolean value "maybe" for flag -stun' "$derpd" -dev -stun=maybe
+expect_failure "missing value" "flag needs an argument: -a" "$derpd" -a
+expect_failure "stray argument" 'unexpected argument "extra"' "$derpd" -dev extra
+expect_failure "bad listen address" 'bad port' "$derpd" -dev -a 127.0.0.1:99999
+expect_failure "TLS not built" "would serve HTTPS" "$derpd" -a 127.0.0.1:443 -c "$tmp/k"
+expect_failure "no config path (non-root)" "-c <config path> not specified" \
+  setpriv --reuid=65534 --regid=65534 --clear-groups "$derpd" -a 127.0.0.1:0
+
+printf '{"PrivateKey": "privkey:zz"}' >"$tmp/bad.key"
+expect_failure "malformed key file" "bad.key: PrivateKey is not" "$derpd" -a 127.0.0.1:0 -c "$tmp/bad.key"
+cmp -s <(printf '{"PrivateKey": "privkey:zz"}') "$tmp/bad.key" || { echo "FAIL: malformed key file was modified"; failures=$((failures + 1)); }
+
+printf 'not hex\n' >"$tmp/mesh.psk"
+expect_failure "bad mesh key" "invalid mesh key" "$derpd" -a 127.0.0.1:0 -c "$tmp/k1" -mesh-psk-file "$tmp/mesh.psk"
+
+# A port held by another derpd: SO_REUSEPORT must not let a second one share it.
+"$derpd" -a 127.0.0.1:0 -c "$tmp/k2" -stun=false >"$tmp/first.log" 2>&1 &
+blocker_pid=$!
+for _ in $(seq 100); do grep -q "serving on" "$tmp/first.log" 2>/dev/null && break; sleep 0.05; done
+port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/first.log" | head -n 1)
+expect_failure "port in use" "address already in use" "$derpd" -a "127.0.0.1:$port" -c "$tmp/k2" -stun=false
+kill -TERM "$blocker_pid"; wait "$blocker_pid"; blocker_pid=
+
+# Too few file descriptors for the connection slots.
+expect_failure "too few file descriptors" "too few file descriptors.*LimitNOFILE" \
+  prlimit --nofile=70:70 "$derpd" -a 127.0.0.1:0 -c "$tmp/k3" -stun=false
+
+# A key file is created with mode 0600 on first start and reused after.
+"$derpd" -a 127.0.0.1:0 -c "$tmp/new/derper.key" -stun=false >"$tmp/run.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "serving on" "$tmp/run.log" 2>/dev/null && break; sleep 0.05; done
+kill -TERM "$pid"; wait "$pid"; rc=$?
+mode=$(stat -c %a "$tmp/new/derper.key" 2>/dev/null)
+if ((rc != 0)) || [[ "$mode" != 600 ]] || ! grep -q '"PrivateKey": "privkey:' "$tmp/new/derper.key"; then
+  echo "FAIL: key file creation (exit $rc, mode $mode)"; cat "$tmp/run.log"; failures=$((failures + 1))
+else
+  echo "ok: key file created with mode 600, clean exit on SIGTERM"
+fi
+
+if ((failures > 0)); then echo "$failures failure(s)"; exit 1; fi
