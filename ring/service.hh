@@ -52,6 +52,12 @@ public:
 
     // A connection was accepted; `peer` is its remote address.
     virtual void on_accept(conn_id conn, const sockaddr_storage& peer) noexcept = 0;
+    // An outgoing connection made with shard::connect() is established (error 0), or failed
+    // (a positive errno; on_closed follows).
+    virtual void on_connect(conn_id conn, int error) noexcept {
+        (void)conn;
+        (void)error;
+    }
     // Bytes arrived. Returns how many it consumed; the rest is kept and offered again, in front
     // of the next bytes. The span is only valid during the call.
     virtual std::size_t on_data(conn_id conn, std::span<const std::uint8_t> bytes) noexcept = 0;

@@ -4,6 +4,8 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -221,7 +223,7 @@ void shard::want_write(conn_id conn) noexcept {
     conn_slot* s = lookup(conn);
     if (s == nullptr) return;
     s->want_write = true;
-    if (!s->in_write_list && !s->send_in_flight) {
+    if (!s->in_write_list && !s->send_in_flight && !s->connecting) {
         s->in_write_list = true;
         _write_list.push_back(conn.slot);
     }
@@ -401,6 +403,7 @@ void shard::dispatch(const io_uring_cqe& cqe) noexcept {
     case op::accept: handle_accept(ud.slot, cqe); break;
     case op::recv: handle_recv(ud.slot, ud.gen, cqe); break;
     case op::send: handle_send(ud.slot, ud.gen, cqe); break;
+    case op::connect: handle_connect(ud.slot, ud.gen, cqe); break;
     case op::cancel:
         if (ud.slot == cancel_slot_listener) break;  // a listener's accept is being cancelled
         if (ud.slot < _slots.size() && _slots[ud.slot].gen == ud.gen) {
@@ -454,15 +457,9 @@ void shard::handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexc
                     "Raise the open-files limit (LimitNOFILE=) or add shards",
                     _config.index, _slots.size(), n);
         } else {
-            const std::uint32_t slot = _free_head;
+            const std::uint32_t slot = *take_slot(fd);
             conn_slot& s = _slots[slot];
-            _free_head = s.next_free;
-            s.fd = fd;
-            s.state = conn_state::open;
-            s.write_timeout_ns = _config.default_write_timeout_ns;
-            ++_conns_in_use;
             _counters.accepts.add();
-            _counters.conns_open.add();
             sockaddr_storage peer{};
             socklen_t peer_length = sizeof peer;
             if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_length) != 0)
@@ -490,6 +487,68 @@ void shard::handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexc
             prep_accept(listener);
         }
     }
+}
+
+std::optional<std::uint32_t> shard::take_slot(int fd) noexcept {
+    if (_free_head >= _slots.size()) return std::nullopt;
+    const std::uint32_t slot = _free_head;
+    conn_slot& s = _slots[slot];
+    _free_head = s.next_free;
+    s.fd = fd;
+    s.state = conn_state::open;
+    s.write_timeout_ns = _config.default_write_timeout_ns;
+    ++_conns_in_use;
+    _counters.conns_open.add();
+    return slot;
+}
+
+std::optional<conn_id> shard::connect(const sockaddr_storage& address, socklen_t length) noexcept {
+    if (_stopping) {
+        errno = ESHUTDOWN;
+        return std::nullopt;
+    }
+    if (_free_head >= _slots.size()) {
+        errno = EMFILE;
+        return std::nullopt;
+    }
+    const int fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) return std::nullopt;
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    const std::uint32_t slot = *take_slot(fd);
+    conn_slot& s = _slots[slot];
+    auto& target = _connecting[slot];
+    target = std::make_unique<sockaddr_storage>(address);
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_connect(sqe, fd, reinterpret_cast<const sockaddr*>(target.get()), length);
+    io_uring_sqe_set_data64(sqe, pack_user_data(op::connect, slot, s.gen));
+    ++s.ops_in_flight;
+    s.connecting = true;
+    return conn_id{slot, s.gen};
+}
+
+void shard::handle_connect(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept {
+    conn_slot& s = _slots[slot];
+    DERP_ASSERT(s.gen == gen);
+    _connecting.erase(slot);
+    op_done(slot);
+    s.connecting = false;
+    if (s.state == conn_state::open) {
+        if (cqe.res < 0) {
+            _service->on_connect(conn_id{slot, gen}, -cqe.res);
+            begin_close(slot, close_cause::io_error);
+        } else {
+            _service->on_connect(conn_id{slot, gen}, 0);
+            if (s.state == conn_state::open && s.gen == gen) {
+                prep_recv(slot);
+                if (s.want_write && !s.in_write_list) {  // asked before the connect completed
+                    s.in_write_list = true;
+                    _write_list.push_back(slot);
+                }
+            }
+        }
+    }
+    if (s.gen == gen) maybe_finish_close(slot);
 }
 
 void shard::recycle_recv_buffer(std::uint16_t bid) noexcept {

@@ -11,6 +11,8 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <unordered_map>
 #include <span>
 #include <string>
 #include <vector>
@@ -94,6 +96,9 @@ public:
     // Asks for on_writable() when the connection can send.
     void want_write(conn_id conn) noexcept;
     void close(conn_id conn) noexcept;
+    // Opens an outgoing TCP connection; on_connect() reports the outcome. Nothing when the slot
+    // table is full or no socket could be made (errno says why).
+    std::optional<conn_id> connect(const sockaddr_storage& address, socklen_t length) noexcept;
     // Closes once everything the service has asked to send has been sent.
     void close_after_flush(conn_id conn) noexcept;
     void set_write_timeout(conn_id conn, std::int64_t timeout_ns) noexcept;
@@ -123,6 +128,7 @@ private:
         bool in_write_list = false;
         bool close_when_flushed = false;
         bool cancel_sent = false;
+        bool connecting = false;  // an outgoing connect is in flight: no sends yet
         std::uint16_t ops_in_flight = 0;
         std::uint32_t send_buffer = no_buffer;
         std::uint32_t send_offset = 0;
@@ -149,6 +155,8 @@ private:
     void handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexcept;
     void handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept;
     void handle_send(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept;
+    void handle_connect(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept;
+    std::optional<std::uint32_t> take_slot(int fd) noexcept;
     void deliver_input(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept;
     void flush_writes() noexcept;
     void drain_inbound() noexcept;
@@ -182,6 +190,8 @@ private:
     std::uint32_t _free_head = 0;
     std::uint32_t _conns_in_use = 0;
     std::vector<std::uint32_t> _write_list;
+    // Destination addresses of connects in flight (the kernel reads them until completion).
+    std::unordered_map<std::uint32_t, std::unique_ptr<sockaddr_storage>> _connecting;
     std::vector<std::uint32_t> _write_batch;   // flush_writes' working copy, kept for reuse
     bool _send_starved = false;              // a writer found the send pool empty
     std::vector<std::uint32_t> _rearm_recv;  // slots whose multishot recv ended (e.g. ENOBUFS)

@@ -20,6 +20,7 @@ enum class op : std::uint8_t {
     signal_read = 7,    // read of the admin thread's signalfd
     shutdown = 8,       // shutdown(SHUT_WR) of a connection before close
     close = 9,          // close of a connection's descriptor
+    connect = 10,       // an outgoing connection (clients, mesh dialers, load generators)
 };
 
 inline constexpr std::uint32_t slot_bits = 24;

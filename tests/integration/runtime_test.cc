@@ -500,3 +500,122 @@ TEST_CASE("runtime: a port in use is a clear start-up error") {
     CHECK(second.error().find("address already in use") != std::string::npos);
     ::close(blocker);
 }
+
+namespace {
+
+// Connects out from its shard to each target on its first loop turn, asks to write before the
+// connect has completed (the runtime must hold the send back), sends a greeting, and counts
+// what comes back.
+struct connector_state {
+    std::atomic<int> connected{0};
+    std::atomic<int> failed{0};
+    std::atomic<int> failed_errno{0};
+    std::atomic<int> echoed_bytes{0};
+    std::atomic<int> closed{0};
+};
+
+class connector_service final : public service {
+public:
+    connector_service(shard& sh, connector_state& st, std::vector<socket_address> targets)
+        : _shard(sh), _st(st), _targets(std::move(targets)) {}
+    bool on_turn_end() noexcept override {
+        for (const auto& to : _targets) {
+            auto conn = _shard.connect(to.storage, to.length);
+            if (conn) _shard.want_write(*conn);
+            else _st.failed++;
+        }
+        _targets.clear();
+        return false;
+    }
+    void on_accept(conn_id, const sockaddr_storage&) noexcept override {}
+    void on_connect(conn_id, int error) noexcept override {
+        if (error == 0) {
+            _st.connected++;
+        } else {
+            _st.failed++;
+            _st.failed_errno = error;
+        }
+    }
+    std::size_t on_data(conn_id, std::span<const std::uint8_t> b) noexcept override {
+        _st.echoed_bytes += static_cast<int>(b.size());
+        return b.size();
+    }
+    std::size_t on_writable(conn_id, std::span<std::uint8_t> out) noexcept override {
+        std::memcpy(out.data(), "greetings", 9);
+        return 9;
+    }
+    void on_timer(conn_id, std::uint8_t) noexcept override {}
+    void on_closed(conn_id, close_cause) noexcept override { _st.closed++; }
+    void on_message(const message&) noexcept override {}
+
+private:
+    shard& _shard;
+    connector_state& _st;
+    std::vector<socket_address> _targets;
+};
+
+}  // namespace
+
+TEST_CASE("runtime: IPv6 listener, and outgoing connections to a live and to a closed port") {
+    // The peer: a plain echo listener on [::1] (skip where the host has no IPv6 loopback).
+    const int listener = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in6 a6{};
+    a6.sin6_family = AF_INET6;
+    a6.sin6_addr = in6addr_loopback;
+    if (listener < 0 || ::bind(listener, reinterpret_cast<sockaddr*>(&a6), sizeof a6) != 0)
+        derp::test::skip("no IPv6 loopback on this host");
+    REQUIRE(::listen(listener, 8) == 0);
+    socklen_t len = sizeof a6;
+    getsockname(listener, reinterpret_cast<sockaddr*>(&a6), &len);
+    socket_address live;
+    std::memcpy(&live.storage, &a6, sizeof a6);
+    live.length = sizeof a6;
+    std::thread echo([listener] {
+        const int c = ::accept(listener, nullptr, nullptr);
+        char buf[64];
+        const ssize_t n = ::recv(c, buf, sizeof buf, 0);
+        if (n > 0) ::send(c, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL);
+        ::close(c);
+    });
+    // A port with nothing listening: bind and close a socket to find one.
+    socket_address dead = parse_listen_address("127.0.0.1:0").value().front();
+    {
+        const int probe = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ::bind(probe, reinterpret_cast<const sockaddr*>(&dead.storage), dead.length);
+        socklen_t dl = sizeof dead.storage;
+        getsockname(probe, reinterpret_cast<sockaddr*>(&dead.storage), &dl);
+        ::close(probe);
+    }
+
+    connector_state st;
+    runtime_config cfg;
+    cfg.shard_count = 1;
+    cfg.pin_threads = false;
+    cfg.listen = parse_listen_address("[::1]:0").value();
+    cfg.shard_defaults.conn_slots = 64;
+    auto started = runtime::start(
+        cfg, [&](shard& sh) { return std::make_unique<connector_service>(sh, st, std::vector{live, dead}); },
+        nullptr);
+    if (!started && derp::test::is_missing_io_uring(started.error())) derp::test::skip(started.error());
+    REQUIRE(started.has_value());
+    auto rt = std::move(started).value();
+    CHECK(rt->bound_addresses().front().to_string().rfind("[::1]:", 0) == 0);
+
+    REQUIRE(wait_until([&] { return st.echoed_bytes.load() == 9 && st.failed.load() == 1; },
+                       std::chrono::seconds(5)));
+    CHECK(st.connected.load() == 1);
+    CHECK(st.failed_errno.load() == ECONNREFUSED);
+    echo.join();
+    // The echo peer closed after answering; the refused one closed at once.
+    REQUIRE(wait_until([&] { return st.closed.load() == 2; }, std::chrono::seconds(5)));
+
+    // The IPv6 listener accepts too.
+    const int direct = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const auto& bound = rt->bound_addresses().front();
+    REQUIRE(::connect(direct, reinterpret_cast<const sockaddr*>(&bound.storage), bound.length) == 0);
+    REQUIRE(wait_until([&] { return rt->counters(0).accepts.get() == 1; }, std::chrono::seconds(5)));
+    ::close(direct);
+    rt->request_stop();
+    rt->wait();
+    ::close(listener);
+}
