@@ -110,8 +110,11 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
         sc.thread_count = threads;
         sc.is_admin = t == admin;
         // Shard i on core i; the admin thread on the last core, which the default shard count
-        // leaves to it.
-        sc.cpu = !cfg.pin_threads ? -1 : sc.is_admin ? cpus - 1 : static_cast<int>(t) % cpus;
+        // leaves to it (both shifted by cpu_offset, for a load generator beside a server).
+        const int offset = static_cast<int>(cfg.cpu_offset % static_cast<std::uint32_t>(cpus));
+        sc.cpu = !cfg.pin_threads ? -1
+                 : sc.is_admin    ? (offset + cpus - 1) % cpus
+                                  : (offset + static_cast<int>(t)) % cpus;
         if (sc.is_admin) {
             sc.conn_slots = cfg.admin_conn_slots;
             sc.recv_buffer_count = 64;
@@ -189,6 +192,14 @@ void runtime::request_stop() noexcept {
         const std::uint64_t one = 1;
         // The eventfd read armed in every loop wakes the thread; a failed write means the
         // counter is saturated, which already wakes it.
+        [[maybe_unused]] auto n = ::write(_links[t].wake_eventfd, &one, sizeof one);
+    }
+}
+
+void runtime::wake_all() noexcept {
+    if (!_links) return;
+    for (std::uint32_t t = 0; t < thread_count(); ++t) {
+        const std::uint64_t one = 1;
         [[maybe_unused]] auto n = ::write(_links[t].wake_eventfd, &one, sizeof one);
     }
 }

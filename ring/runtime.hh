@@ -20,6 +20,8 @@ namespace derp::ring {
 struct runtime_config {
     std::uint32_t shard_count = 1;
     bool pin_threads = true;
+    std::uint32_t cpu_offset = 0;        // shard i on core (offset + i); admin on the core before
+                                         // the offset (the last core when 0)
     std::vector<socket_address> listen;  // one SO_REUSEPORT socket per shard for each
     tcp_listen_options listen_options;
     shard_config shard_defaults;         // sizes; index, cpu and fds are filled in per thread
@@ -50,6 +52,9 @@ public:
     // From any thread (not from a signal handler): every thread stops accepting, closes its
     // connections and leaves its loop.
     void request_stop() noexcept;
+    // From any thread: wakes every loop for one turn, so services see state that a thread
+    // without a ring changed (a benchmark's start flag, say).
+    void wake_all() noexcept;
     // Joins every thread, then hands messages still queued to discard_message(). Idempotent.
     void wait() noexcept;
 

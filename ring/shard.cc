@@ -229,6 +229,13 @@ void shard::want_write(conn_id conn) noexcept {
     }
 }
 
+void shard::flush_now(conn_id conn) noexcept {
+    conn_slot* s = lookup(conn);
+    if (s == nullptr || s->send_in_flight || s->connecting || _send_starved) return;
+    s->want_write = true;
+    submit_send(conn.slot);
+}
+
 void shard::close(conn_id conn) noexcept {
     if (lookup(conn) != nullptr) begin_close(conn.slot, close_cause::closed_by_app);
 }

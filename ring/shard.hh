@@ -95,6 +95,10 @@ public:
     int fd_of(conn_id conn) const noexcept;
     // Asks for on_writable() when the connection can send.
     void want_write(conn_id conn) noexcept;
+    // Starts the connection's send right now (on_writable is called re-entrantly) instead of at
+    // the end of the loop turn, unless a send is already in flight. For a service whose queue
+    // for this connection is full and would otherwise drop.
+    void flush_now(conn_id conn) noexcept;
     void close(conn_id conn) noexcept;
     // Opens an outgoing TCP connection; on_connect() reports the outcome. Nothing when the slot
     // table is full or no socket could be made (errno says why).

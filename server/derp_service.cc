@@ -585,6 +585,12 @@ void derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, p
     frame_queue& q = c.queues[static_cast<std::size_t>(kind)];
     if (q.ring.empty()) q.ring.resize(_settings.queue_depth_max);
     const auto depth = static_cast<std::uint32_t>(q.ring.size());
+    if (q.count == depth && c.partial_queue < 0) {
+        // Before dropping, let the writer take what it can right now, as derper's concurrent
+        // send loop would have: a burst larger than the queue then survives whenever the
+        // socket has room.
+        _shard.flush_now(conn);
+    }
     if (q.count == depth) {
         // Full: the oldest packet goes (spec 2.5), unless it is being written out right now,
         // in which case the newcomer goes (queue_tail).

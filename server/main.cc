@@ -142,6 +142,10 @@ int main(int argc, char** argv) {
     rc.shard_defaults.conn_slots = static_cast<std::uint32_t>(per_shard);
     // Input kept per connection beyond a whole frame: ClientInfo may be 256 KiB (spec 1.1).
     rc.shard_defaults.input_buffered_bytes_max = 512 * 1024;
+    // Send buffers of 64 KiB hold 45 full-size RecvPacket frames: a client's whole queue
+    // (32 + 32) leaves in one or two sends.
+    rc.shard_defaults.send_buffer_bytes = 64 * 1024;
+    rc.shard_defaults.send_buffer_count = 256;
     rc.handle_signals = true;
     auto rt = ring::runtime::start(
         std::move(rc),

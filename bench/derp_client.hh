@@ -1,0 +1,105 @@
+// The project's DERP client library on the shard runtime: many client connections per shard,
+// each dialling a DERP server over plain HTTP, upgrading, doing the NaCl handshake and then
+// exchanging frames. The application sees events through a handler and writes its frames
+// straight into the connection's registered send buffer (no intermediate copy), which is what
+// lets derpbench drive a server harder than the server drives itself.
+// Not here yet: TLS (comes with the TLS front door) and WebSocket.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/frame.hh"
+#include "core/key.hh"
+#include "ring/listen.hh"
+#include "ring/shard.hh"
+
+namespace derp::client {
+
+using ring::conn_id;
+
+struct client_options {
+    private_key key;
+    std::optional<key_mesh> mesh_key;
+    bool can_ack_pings = false;
+    bool is_prober = false;
+    bool note_preferred = false;  // send NotePreferred(true) right after ClientInfo
+    std::string host = "127.0.0.1";  // Host header
+};
+
+enum class client_failure : std::uint8_t {
+    connect_failed,       // TCP connect error
+    http_status,          // the upgrade was answered with something other than 101
+    bad_server_key,       // first frame not a valid ServerKey
+    bad_server_info,      // ServerInfo missing, not openable, or not JSON
+    protocol,             // a frame the client cannot accept (oversize, truncated PeerGone...)
+    closed,               // the server closed the connection
+};
+const char* to_string(client_failure failure) noexcept;
+
+class handler {
+public:
+    virtual ~handler() = default;
+    // The handshake finished (ServerInfo opened with the server key).
+    virtual void on_ready(conn_id conn, const node_key& server_key) noexcept = 0;
+    virtual void on_packet(conn_id conn, const node_key& src, std::span<const std::uint8_t> packet) noexcept = 0;
+    virtual void on_peer_gone(conn_id, const node_key&, peer_gone_reason) noexcept {}
+    virtual void on_peer_present(conn_id, const node_key&) noexcept {}
+    virtual void on_pong(conn_id, const ping_data&) noexcept {}
+    virtual void on_keep_alive(conn_id) noexcept {}
+    // The connection is gone; `failure` says why (closed for an orderly end by either side).
+    virtual void on_closed(conn_id conn, client_failure failure) noexcept = 0;
+    // The connection may send: write whole frames into out, return the bytes written. Called
+    // after client_pool::want_send(); call want_send() again if more is waiting.
+    virtual std::size_t fill(conn_id conn, std::span<std::uint8_t> out) noexcept = 0;
+    // Once per loop turn (pacing, timers of the workload). Return true to keep the loop awake.
+    virtual bool on_turn() noexcept { return false; }
+};
+
+// A ring service holding DERP client connections. Construct it in the runtime's service
+// factory; every call is made on its shard's thread.
+class client_pool final : public ring::service {
+public:
+    client_pool(ring::shard& sh, handler& h) : _shard(sh), _handler(h) {}
+
+    // Starts one client. Nothing when the shard's slot table is full.
+    std::optional<conn_id> dial(const ring::socket_address& server, const client_options& options) noexcept;
+    void want_send(conn_id conn) noexcept { _shard.want_write(conn); }
+    void close(conn_id conn) noexcept { _shard.close(conn); }
+    ring::shard& shard() noexcept { return _shard; }
+
+    void on_accept(conn_id conn, const sockaddr_storage&) noexcept override { _shard.close(conn); }
+    void on_connect(conn_id conn, int error) noexcept override;
+    std::size_t on_data(conn_id conn, std::span<const std::uint8_t> bytes) noexcept override;
+    std::size_t on_writable(conn_id conn, std::span<std::uint8_t> out) noexcept override;
+    void on_timer(conn_id, std::uint8_t) noexcept override {}
+    void on_closed(conn_id conn, ring::close_cause cause) noexcept override;
+    void on_message(const ring::message&) noexcept override {}
+    bool on_turn_end() noexcept override { return _handler.on_turn(); }
+
+private:
+    enum class phase : std::uint8_t { connecting, http, server_key, server_info, ready };
+    struct conn_state {
+        std::uint32_t gen = 0;
+        bool open = false;
+        phase stage = phase::connecting;
+        client_options options;
+        node_key public_key;
+        node_key server_key;
+        std::string out;  // handshake bytes not yet sent
+        std::size_t out_sent = 0;
+        std::optional<client_failure> failure;
+    };
+    conn_state* find(conn_id conn) noexcept;
+    void fail(conn_id conn, conn_state& c, client_failure failure) noexcept;
+    std::size_t handle_frames(conn_id conn, conn_state& c, std::span<const std::uint8_t> in) noexcept;
+
+    ring::shard& _shard;
+    handler& _handler;
+    std::vector<conn_state> _conns;  // by slot
+};
+
+}  // namespace derp::client
