@@ -55,8 +55,10 @@ public:
     // The connection may send: write whole frames into out, return the bytes written. Called
     // after client_pool::want_send(); call want_send() again if more is waiting.
     virtual std::size_t fill(conn_id conn, std::span<std::uint8_t> out) noexcept = 0;
-    // Once per loop turn (pacing, timers of the workload). Return true to keep the loop awake.
+    // Once per loop turn. Return true to keep the loop awake (busy-polls: prefer on_tick).
     virtual bool on_turn() noexcept { return false; }
+    // A tick armed with client_pool::arm_tick() on this connection fired.
+    virtual void on_tick(conn_id) noexcept {}
 };
 
 // A ring service holding DERP client connections. Construct it in the runtime's service
@@ -69,13 +71,18 @@ public:
     std::optional<conn_id> dial(const ring::socket_address& server, const client_options& options) noexcept;
     void want_send(conn_id conn) noexcept { _shard.want_write(conn); }
     void close(conn_id conn) noexcept { _shard.close(conn); }
+    // Calls handler::on_tick(conn) at deadline_ns (monotonic), once; re-arm from there for a
+    // periodic tick. Ticks live on a connection and end with it.
+    void arm_tick(conn_id conn, std::uint64_t deadline_ns) noexcept { _shard.arm_timer(conn, 0, deadline_ns); }
+    // The loop's next wait ends no later than deadline_ns (precise, for pacing from on_turn).
+    void wake_at(std::uint64_t deadline_ns) noexcept { _shard.wake_at(deadline_ns); }
     ring::shard& shard() noexcept { return _shard; }
 
     void on_accept(conn_id conn, const sockaddr_storage&) noexcept override { _shard.close(conn); }
     void on_connect(conn_id conn, int error) noexcept override;
     std::size_t on_data(conn_id conn, std::span<const std::uint8_t> bytes) noexcept override;
     std::size_t on_writable(conn_id conn, std::span<std::uint8_t> out) noexcept override;
-    void on_timer(conn_id, std::uint8_t) noexcept override {}
+    void on_timer(conn_id conn, std::uint8_t) noexcept override { _handler.on_tick(conn); }
     void on_closed(conn_id conn, ring::close_cause cause) noexcept override;
     void on_message(const ring::message&) noexcept override {}
     bool on_turn_end() noexcept override { return _handler.on_turn(); }

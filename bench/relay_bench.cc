@@ -54,11 +54,10 @@ struct server_process {
             const std::string shards_text = std::to_string(shards);
             const std::string key = dir + "/derper.key";
             execl(binary.c_str(), binary.c_str(), "-a", "127.0.0.1:0", "-c", key.c_str(), "-stun=false",
-                  "-shards", shards_text.c_str(), "-log-level", "warn", static_cast<char*>(nullptr));
+                  "-shards", shards_text.c_str(), static_cast<char*>(nullptr));
             _exit(127);
         }
-        // Wait for "serving on 127.0.0.1:PORT" (logged at info; we asked for warn, so read the
-        // port from the listener table instead).
+        // Wait until it listens; the port comes from the kernel's listener table.
         for (int i = 0; i < 200; ++i) {
             std::this_thread::sleep_for(std::chrono::milliseconds(25));
             if (const auto port = listening_port(); port != 0) {
@@ -114,6 +113,10 @@ struct server_process {
         int status = 0;
         waitpid(pid, &status, 0);
         pid = -1;
+        if (std::getenv("RELAY_BENCH_KEEP_LOGS") != nullptr) {
+            fmt::print(stderr, "derpd log: {}/derpd.log\n", dir);
+            return;
+        }
         std::error_code ec;
         std::filesystem::remove_all(dir, ec);
     }
@@ -130,6 +133,8 @@ struct run_stats {
 
 class pair_load final : public client::handler {
 public:
+    static inline std::uint64_t pacing_interval_ns = 250'000;  // -pace
+
     pair_load(run_stats& stats, std::size_t packet_bytes, double rate_pps, const ring::socket_address& server,
               std::uint32_t pairs)
         : _stats(stats), _packet_bytes(packet_bytes), _rate_pps(rate_pps), _server(server), _pairs(pairs) {}
@@ -163,36 +168,46 @@ public:
             if (_rate_pps > 0) it->tokens -= 1;
         }
         _stats.sent.store(_sent_local, std::memory_order_relaxed);
-        if (_rate_pps <= 0) _pool->want_send(conn);  // unlimited: always more to send
+        if (_rate_pps <= 0 || it->tokens >= 1) _pool->want_send(conn);  // more is waiting
         return n;
     }
     bool on_turn() noexcept override {
-        if (!_started) {
-            start();
-            return false;
-        }
+        if (!_started) start();
         const bool sending = _stats.sending.load(std::memory_order_relaxed);
-        if (sending && !_was_sending) {
-            for (auto& s : _senders) _pool->want_send(s.conn);
-            _last_refill_ns = ring::monotonic_ns();
+        const std::uint64_t now = ring::monotonic_ns();
+        if (sending && !_was_sending && !_senders.empty()) {
+            _last_refill_ns = now;
+            _next_tick_ns = now;
+            if (_rate_pps <= 0)
+                for (auto& s : _senders) _pool->want_send(s.conn);
         }
         _was_sending = sending;
         _stats.received.store(_received_local, std::memory_order_relaxed);
-        if (sending && _rate_pps > 0) {
-            const std::uint64_t now = ring::monotonic_ns();
-            const double add = static_cast<double>(now - _last_refill_ns) / 1e9 * _rate_pps /
-                               static_cast<double>(_senders.size());
-            _last_refill_ns = now;
-            // Each sender sends what it has accumulated once per pacing interval (1 ms), as a
-            // client host carrying many flows does, rather than one packet per write.
-            const double burst = std::max(1.0, _rate_pps / static_cast<double>(_senders.size()) / 1000.0);
-            for (auto& s : _senders) {
-                s.tokens = std::min(s.tokens + add, 4 * burst);
-                if (s.tokens >= burst) _pool->want_send(s.conn);
+        if (sending && _rate_pps > 0 && !_senders.empty()) {
+            if (now >= _next_tick_ns) {
+                pace(now);
+                _next_tick_ns = now + pacing_interval_ns;
             }
-            return true;  // pacing needs the loop awake
+            _pool->wake_at(_next_tick_ns);  // sleep until the next pacing tick
         }
         return false;
+    }
+
+    // Paced sending: every pacing interval (-pace, 250 us) each sender may send what it
+    // accumulated since, as a client host carrying many flows does, rather than one packet per
+    // write. The loop sleeps in between, so the load generator spends its core on sending and
+    // receiving. Bursts larger than a client's 32-deep queue would measure the burst, not the
+    // relay.
+    void pace(std::uint64_t now) noexcept {
+        const double add = static_cast<double>(now - _last_refill_ns) / 1e9 * _rate_pps /
+                           static_cast<double>(_senders.size());
+        _last_refill_ns = now;
+        for (auto& s : _senders) {
+            // At most four intervals' worth: a sender that could not keep up does not burst.
+            s.tokens = std::min(s.tokens + add, std::max(1.0, 4 * _rate_pps / static_cast<double>(_senders.size()) *
+                                                                  static_cast<double>(pacing_interval_ns) / 1e9));
+            if (s.tokens >= 1) _pool->want_send(s.conn);
+        }
     }
 
 private:
@@ -227,6 +242,7 @@ private:
     bool _started = false;
     bool _was_sending = false;
     std::uint64_t _last_refill_ns = 0;
+    std::uint64_t _next_tick_ns = 0;
     std::uint64_t _sent_local = 0;
     std::uint64_t _received_local = 0;
 };
@@ -336,6 +352,8 @@ int main(int argc, char** argv) {
     flags.add_int("rounds", &rounds, "rounds per row (the median is reported)");
     flags.add_duration("duration", &duration_ns, "measured time per round");
     flags.add_int("rate", &rate, "offered packets/s over all senders (0 = as fast as possible)");
+    std::int64_t pace_ns = 250'000;
+    flags.add_duration("pace", &pace_ns, "pacing interval: each sender sends its accumulated packets this often");
     std::vector<std::string_view> args(argv + 1, argv + argc);
     auto parsed = flags.parse(args);
     if (!parsed || parsed->help_requested) {
@@ -345,6 +363,11 @@ int main(int argc, char** argv) {
     if (const char* root = std::getenv("DERP_BUILD_ROOT"); root != nullptr && !flags.was_set("derpd"))
         derpd = std::string(root) + "/server/derpd";
     if (!crypto_init()) return 1;
+    if (pace_ns <= 0) {
+        fmt::print(stderr, "-pace must be positive\n");
+        return 2;
+    }
+    pair_load::pacing_interval_ns = static_cast<std::uint64_t>(pace_ns);
     ring::set_log_level(ring::log_level::warn);
     auto split = [](std::string_view text) {
         std::vector<std::int64_t> out;

@@ -815,6 +815,8 @@ void shard::run() noexcept {
         bool may_block = (_write_list.empty() || _send_starved) && !service_busy;
         std::optional<std::uint64_t> wake_ns = _timers.next_wake_ns();
         if (_stopping) wake_ns = std::min(wake_ns.value_or(_stop_deadline_ns), _now_ns + 50'000'000);
+        if (_service_wake_ns != 0) wake_ns = std::min(wake_ns.value_or(_service_wake_ns), _service_wake_ns);
+        _service_wake_ns = 0;
         int rc = 0;
         if (may_block) {
             self.may_sleep.store(true, std::memory_order_seq_cst);

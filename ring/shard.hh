@@ -111,6 +111,11 @@ public:
     // Queues a message for another thread; it is published at the end of this loop turn.
     // False when that ring is full: counted, and the caller decides (drop, retry later).
     bool post(std::uint32_t to_thread, message m) noexcept;
+    // Makes the loop wake no later than deadline_ns (monotonic) for its next turn, at the
+    // kernel timer's precision rather than the timer wheel's 4 ms tick (pacing). One turn only.
+    void wake_at(std::uint64_t deadline_ns) noexcept {
+        if (_service_wake_ns == 0 || deadline_ns < _service_wake_ns) _service_wake_ns = deadline_ns;
+    }
     shard_counters& counters() noexcept { return _counters; }
     buffer_pool& send_pool() noexcept { return *_send_pool; }
     std::uint32_t open_connections() const noexcept { return _conns_in_use; }
@@ -203,6 +208,7 @@ private:
     std::vector<timer_node> _listener_retry;  // accept re-arm after EMFILE/ENFILE
     timer_wheel _timers;
     std::uint64_t _now_ns = 0;
+    std::uint64_t _service_wake_ns = 0;      // wake_at() for the coming wait; 0 = none
     std::uint64_t _wake_value = 0;           // eventfd read target
     signalfd_siginfo _signal_info{};         // signalfd read target (admin)
     bool _stopping = false;

@@ -193,6 +193,8 @@ void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
         }
     }
     drop_queued(c, drop_reason::gone_disconnected);
+    if (c.is_dup) --_local_dups;
+    _pending_server_info.erase(conn.slot);
     c = client{};
 }
 
@@ -550,6 +552,10 @@ void derp_service::relay_packet(client& from, const node_key& src, const node_ke
 // Output.
 
 void derp_service::queue_control(conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept {
+    if (c.stage == phase::registering) {
+        c.deferred_out.append(reinterpret_cast<const char*>(frame.data()), frame.size());
+        return;
+    }
     c.control_out.append(reinterpret_cast<const char*>(frame.data()), frame.size());
     _shard.want_write(conn);
 }
@@ -658,7 +664,7 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
             return n;
         }
     }
-    if (c.pending_pong && n + pong_frame_bytes <= out.size()) {
+    if (c.pending_pong && c.stage == phase::relay && n + pong_frame_bytes <= out.size()) {
         std::array<std::uint8_t, pong_frame_bytes> frame{};
         encode_pong(frame, *c.pending_pong);
         c.control_out.append(reinterpret_cast<const char*>(frame.data()), frame.size());
@@ -800,8 +806,9 @@ void derp_service::apply_route(const node_key& key, route_state state, conn_ref 
         _routes[key] = route{state, active};
     }
     // A duplicate on this shard may report activity again after any route change.
-    for (auto& c : _clients)
-        if (c.open && c.is_dup && c.key == key) c.activity_reported = false;
+    if (_local_dups > 0)
+        for (auto& c : _clients)
+            if (c.open && c.is_dup && c.key == key) c.activity_reported = false;
 }
 
 void derp_service::apply_effects(const node_key& key, conn_ref conn, const registry_effects& fx) noexcept {
@@ -873,6 +880,9 @@ void derp_service::handle_control(control& m) noexcept {
         if (c->not_ideal) _counters.current_notideal_connections.add();
         queue_control(conn, *c, pending->second);
         _pending_server_info.erase(pending);
+        c->control_out += c->deferred_out;
+        std::string().swap(c->deferred_out);
+        if (c->pending_pong || c->queues[0].count > 0 || c->queues[1].count > 0) _shard.want_write(conn);
         const std::uint64_t jitter =
             splitmix64(_rng_state) % static_cast<std::uint64_t>(_settings.keepalive_jitter_ns);
         _shard.arm_timer(conn, timer_keepalive,
@@ -884,6 +894,10 @@ void derp_service::handle_control(control& m) noexcept {
         return;
     case control::type::dup_flag: {
         if (client* c = find(m.conn)) {
+            if (c->is_dup != m.flag) {
+                if (m.flag) ++_local_dups;
+                else --_local_dups;
+            }
             c->is_dup = m.flag;
             c->activity_reported = false;
         }

@@ -116,6 +116,9 @@ private:
         // them, as in derper: taken in turn).
         std::string control_out;
         std::size_t control_sent = 0;
+        // Frames made before ServerInfo went out (PeerPresent to an early watcher, NotHere):
+        // ServerInfo must be the first frame after ServerKey (spec 1.4), so they wait here.
+        std::string deferred_out;
         std::array<frame_queue, 2> queues;  // by packet_kind
         std::uint8_t next_queue = 0;
         int partial_queue = -1;             // queue whose head frame is partly copied out
@@ -177,6 +180,7 @@ private:
     std::uint64_t _backlog_packets = 0;
     ring::log_limiter _close_log{100'000'000};
     std::uint64_t _rng_state;
+    std::uint32_t _local_dups = 0;  // connections on this shard flagged duplicate
 };
 
 }  // namespace derp::server

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -159,6 +160,21 @@ int main(int argc, char** argv) {
               DERPD_VERSION, shards, per_shard, rt.value()->ring_setup_note(0),
               settings.server_public.to_string());
     rt.value()->wait();
-    ring::log(log_level::info, "derpd: stopped");
+    // What this run relayed and dropped, summed over the shards, for the operator's log.
+    std::uint64_t received = 0, sent = 0;
+    std::array<std::uint64_t, server::drop_reason_count> dropped{};
+    for (std::uint32_t s = 0; s < shards; ++s) {
+        const auto& c = shared.counters[s];
+        received += c.packets_received.get();
+        sent += c.packets_sent.get();
+        for (std::size_t r = 0; r < server::drop_reason_count; ++r)
+            dropped[r] += c.packets_dropped[r][0].get() + c.packets_dropped[r][1].get();
+    }
+    std::string drops;
+    for (std::size_t r = 0; r < server::drop_reason_count; ++r)
+        if (dropped[r] > 0)
+            drops += fmt::format(" {}={}", server::to_string(static_cast<server::drop_reason>(r)), dropped[r]);
+    ring::log(log_level::info, "derpd: stopped; packets received {}, sent {}, dropped:{}", received, sent,
+              drops.empty() ? " none" : drops);
     return 0;
 }
