@@ -4,6 +4,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 
 namespace derp::ring {
@@ -60,12 +61,20 @@ void write_log_line(log_level level, std::string_view line) noexcept {
 }
 
 std::uint64_t log_limiter::allow(std::uint64_t now_ns) noexcept {
-    if (_ever && now_ns - _last_ns < _interval_ns) {
+    // Token bucket: one token per interval, at most `burst` saved up.
+    if (_interval_ns > 0 && now_ns > _last_ns) {
+        const std::uint64_t earned = (now_ns - _last_ns) / _interval_ns;
+        if (earned > 0) {
+            _tokens = static_cast<std::uint32_t>(std::min<std::uint64_t>(_burst, _tokens + earned));
+            _last_ns += earned * _interval_ns;
+        }
+    }
+    if (_last_ns == 0) _last_ns = now_ns;
+    if (_tokens == 0) {
         ++_suppressed;
         return 0;
     }
-    _ever = true;
-    _last_ns = now_ns;
+    --_tokens;
     const std::uint64_t count = _suppressed + 1;
     _suppressed = 0;
     return count;

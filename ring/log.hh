@@ -28,20 +28,22 @@ void log(log_level level, fmt::format_string<Args...> format, Args&&... args) no
     }
 }
 
-// Lets one line through per interval for an error that can repeat per connection or per accept
-// (EMFILE, full rings), and says how many were held back.
+// Lets a burst of lines through, then one per interval, for an event that can repeat per
+// connection or per accept (closes, EMFILE), and says how many were held back.
 class log_limiter {
 public:
-    explicit log_limiter(std::uint64_t interval_ns) noexcept : _interval_ns(interval_ns) {}
+    explicit log_limiter(std::uint64_t interval_ns, std::uint32_t burst = 1) noexcept
+        : _interval_ns(interval_ns), _burst(burst), _tokens(burst) {}
     // Returns the number of suppressed events since the last allowed one plus one, or 0 when
     // this event should not be logged.
     std::uint64_t allow(std::uint64_t now_ns) noexcept;
 
 private:
     std::uint64_t _interval_ns;
+    std::uint32_t _burst;
+    std::uint32_t _tokens;
     std::uint64_t _last_ns = 0;
     std::uint64_t _suppressed = 0;
-    bool _ever = false;
 };
 
 std::uint64_t monotonic_ns() noexcept;

@@ -236,6 +236,14 @@ void shard::flush_now(conn_id conn) noexcept {
     submit_send(conn.slot);
 }
 
+void shard::replay_input(conn_id conn) noexcept {
+    conn_slot* s = lookup(conn);
+    if (s == nullptr || s->pending_input.empty()) return;
+    std::vector<std::uint8_t> pending;
+    pending.swap(s->pending_input);
+    deliver_input(conn.slot, pending);  // whatever is still unconsumed is kept again
+}
+
 void shard::close(conn_id conn) noexcept {
     if (lookup(conn) != nullptr) begin_close(conn.slot, close_cause::closed_by_app);
 }

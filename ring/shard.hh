@@ -99,6 +99,9 @@ public:
     // the end of the loop turn, unless a send is already in flight. For a service whose queue
     // for this connection is full and would otherwise drop.
     void flush_now(conn_id conn) noexcept;
+    // Offers the connection's unconsumed input to on_data again now: for a service that
+    // consumed nothing while waiting for something else (a registration) and is ready now.
+    void replay_input(conn_id conn) noexcept;
     void close(conn_id conn) noexcept;
     // Opens an outgoing TCP connection; on_connect() reports the outcome. Nothing when the slot
     // table is full or no socket could be made (errno says why).

@@ -157,6 +157,15 @@ void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
     client* found = find(conn);
     if (found == nullptr) return;
     client& c = *found;
+    if (cause == ring::close_cause::peer_closed && c.partial_input && c.stage != phase::http) {
+        // An end of stream between frames is an orderly goodbye; inside one, derper logs it.
+        if (auto n = _close_log.allow(_shard.now_ns()))
+            ring::log(log_level::info, "derp: {}{}: unexpected EOF inside a frame ({} recent)",
+                      format_addr(c.ip, c.port),
+                      c.stage == phase::relay ? fmt::format(" nodekey:{}", c.key.to_string())
+                                              : std::string(" receive client key"),
+                      n);
+    }
     if (cause == ring::close_cause::write_timeout && c.stage == phase::relay) {
         _counters.sclient_write_timeouts.add();
         if (auto n = _close_log.allow(_shard.now_ns()))
@@ -253,12 +262,17 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
         case phase::http: n = handle_http(conn, c, rest); break;
         case phase::handshake: n = handle_handshake(conn, c, rest); break;
         case phase::registering:
+            // Frames pipelined behind ClientInfo wait until the owner has registered the
+            // client (reg_ack replays them): derper registers before it reads (spec 1.4).
+            break;
         case phase::relay: n = handle_frames(conn, c, rest); break;
         }
         if (n == 0) break;
         used += n;
     }
-    return find(conn) != nullptr ? used : bytes.size();
+    if (find(conn) == nullptr) return bytes.size();
+    c.partial_input = c.stage != phase::registering && (used < bytes.size() || c.skip_bytes > 0);
+    return used;
 }
 
 std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {
@@ -883,6 +897,7 @@ void derp_service::handle_control(control& m) noexcept {
         c->control_out += c->deferred_out;
         std::string().swap(c->deferred_out);
         if (c->pending_pong || c->queues[0].count > 0 || c->queues[1].count > 0) _shard.want_write(conn);
+        _shard.replay_input(conn);  // frames that arrived while registering
         const std::uint64_t jitter =
             splitmix64(_rng_state) % static_cast<std::uint64_t>(_settings.keepalive_jitter_ns);
         _shard.arm_timer(conn, timer_keepalive,

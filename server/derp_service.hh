@@ -112,6 +112,7 @@ private:
         bool activity_reported = false;
         bool watcher = false;
         std::uint64_t skip_bytes = 0;  // payload of an ignored frame still to discard
+        bool partial_input = false;    // the runtime holds the start of an unfinished frame
         // Output: control frames in order, then the two packet queues (no priority between
         // them, as in derper: taken in turn).
         std::string control_out;
@@ -178,7 +179,7 @@ private:
     std::deque<control*> _local_controls;                             // to this shard itself
     std::vector<std::deque<ring::message>> _backlog;                  // per destination shard
     std::uint64_t _backlog_packets = 0;
-    ring::log_limiter _close_log{100'000'000};
+    ring::log_limiter _close_log{100'000'000, 50};  // bursts of 50, then 10 lines/s
     std::uint64_t _rng_state;
     std::uint32_t _local_dups = 0;  // connections on this shard flagged duplicate
 };

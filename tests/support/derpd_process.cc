@@ -1,0 +1,228 @@
+// Starting, watching and stopping a real derpd for the integration tests (see derpd_process.hh).
+#include "tests/support/derpd_process.hh"
+
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+#include <thread>
+
+#include "crypto/box.hh"
+#include "tests/support/skip.hh"
+
+extern char** environ;
+
+namespace derp::test {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr milliseconds startup_timeout{10000};
+constexpr milliseconds stop_timeout{10000};
+constexpr milliseconds poll_interval{10};
+constexpr std::string_view serving_marker = "derper: serving on 127.0.0.1:";
+
+std::filesystem::path derpd_binary() {
+    const char* root = std::getenv("DERP_BUILD_ROOT");
+    if (root == nullptr || *root == '\0')
+        throw std::runtime_error("DERP_BUILD_ROOT is not set (run through meson test, or export it)");
+    return std::filesystem::path(root) / "server" / "derpd";
+}
+
+void write_file(const std::filesystem::path& path, std::string_view contents) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
+    if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+
+std::string describe_status(int status) {
+    if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) return std::string("killed by signal ") + strsignal(WTERMSIG(status));
+    return "wait status " + std::to_string(status);
+}
+
+}  // namespace
+
+derpd_process::derpd_process(derpd_options options) : _mesh_psk(options.mesh_psk) {
+    if (!crypto_init()) throw std::runtime_error("libsodium failed to initialise");
+    std::string dir_template = (std::filesystem::temp_directory_path() / "derpd-test-XXXXXX").string();
+    if (::mkdtemp(dir_template.data()) == nullptr)
+        throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
+    _dir = dir_template;
+    _log_path = _dir / "derpd.log";
+
+    const private_key server_private =
+        options.server_private ? *options.server_private : generate_private_key();
+    _server_public = public_key_of(server_private);
+    write_file(_dir / "derper.key", format_key_file(server_private));
+
+    std::vector<std::string> args = {derpd_binary().string(),
+                                     "-a",
+                                     "127.0.0.1:0",
+                                     "-c",
+                                     (_dir / "derper.key").string(),
+                                     "-shards",
+                                     std::to_string(options.shards),
+                                     "-stun=false",
+                                     "-handshake-timeout",
+                                     options.handshake_timeout,
+                                     "-keepalive-interval",
+                                     options.keepalive_interval,
+                                     "-log-level",
+                                     "debug"};
+    if (options.mesh_psk) {
+        write_file(_dir / "mesh.psk", *options.mesh_psk);
+        args.push_back("-mesh-psk-file");
+        args.push_back((_dir / "mesh.psk").string());
+    }
+    args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+
+    // HOME points into the temp directory so that derpd finds no ~/keys/derp-mesh.key.
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e)
+        if (std::strncmp(*e, "HOME=", 5) != 0) env.emplace_back(*e);
+    env.push_back("HOME=" + _dir.string());
+
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::vector<char*> envp;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    const std::string log_path = _log_path.string();
+    const pid_t parent = ::getpid();
+
+    _pid = ::fork();
+    if (_pid < 0) throw std::runtime_error(std::string("fork: ") + std::strerror(errno));
+    if (_pid == 0) {
+        // Only async-signal-safe calls from here to execve.
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // a crashed test must not leave derpd running
+        if (::getppid() != parent) ::_exit(127);
+        const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+        const int null_fd = ::open("/dev/null", O_RDONLY);
+        if (log_fd < 0 || null_fd < 0) ::_exit(127);
+        ::dup2(null_fd, 0);
+        ::dup2(log_fd, 1);
+        ::dup2(log_fd, 2);
+        ::execve(argv[0], argv.data(), envp.data());
+        ::_exit(127);
+    }
+
+    const auto deadline = clock_type::now() + startup_timeout;
+    for (;;) {
+        const std::string log = log_text();
+        if (const auto at = log.find(serving_marker); at != std::string::npos) {
+            const auto end = log.find('\n', at);
+            if (end != std::string::npos) {
+                const std::string port =
+                    log.substr(at + serving_marker.size(), end - at - serving_marker.size());
+                _port = static_cast<std::uint16_t>(std::stoul(port));
+                return;
+            }
+        }
+        if (!running()) {
+            if (is_missing_io_uring(log)) skip("derpd cannot use io_uring here: " + log);
+            throw std::runtime_error("derpd exited during start-up (" + describe_status(*_status) + "):\n" +
+                                     log);
+        }
+        if (clock_type::now() > deadline) {
+            stop();
+            throw std::runtime_error("derpd did not log \"derper: serving on\" within 10 s:\n" + log);
+        }
+        std::this_thread::sleep_for(poll_interval);
+    }
+}
+
+derpd_process::~derpd_process() {
+    const int status = stop();
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+        const std::string message = "derpd did not stop cleanly on SIGTERM: " + describe_status(status) +
+                                    "\n--- derpd log tail ---\n" + log_tail();
+        FAIL_CHECK(message);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(_dir, ec);
+}
+
+std::optional<key_mesh> derpd_process::mesh_key() const {
+    if (!_mesh_psk) return std::nullopt;
+    return key_mesh::from_psk_file(*_mesh_psk);
+}
+
+std::string derpd_process::log_text() const {
+    std::ifstream in(_log_path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+bool derpd_process::wait_for_log(std::string_view needle, milliseconds timeout) const {
+    const auto deadline = clock_type::now() + timeout;
+    for (;;) {
+        if (log_text().find(needle) != std::string::npos) return true;
+        if (clock_type::now() > deadline) return false;
+        std::this_thread::sleep_for(poll_interval);
+    }
+}
+
+std::size_t derpd_process::count_log(std::string_view needle) const {
+    const std::string log = log_text();
+    std::size_t count = 0;
+    for (auto at = log.find(needle); at != std::string::npos; at = log.find(needle, at + needle.size()))
+        ++count;
+    return count;
+}
+
+bool derpd_process::running() {
+    if (_status) return false;
+    if (_pid <= 0) return false;
+    int status = 0;
+    const pid_t r = ::waitpid(_pid, &status, WNOHANG);
+    if (r == _pid) {
+        _status = status;
+        return false;
+    }
+    return true;
+}
+
+int derpd_process::stop() {
+    if (_status) return *_status;
+    if (!running()) return *_status;
+    ::kill(_pid, SIGTERM);
+    const auto deadline = clock_type::now() + stop_timeout;
+    while (running()) {
+        if (clock_type::now() > deadline) {
+            ::kill(_pid, SIGKILL);
+            int status = 0;
+            ::waitpid(_pid, &status, 0);
+            _status = status;
+            FAIL_CHECK(std::string("derpd did not exit within 10 s of SIGTERM; killed it"));
+            break;
+        }
+        std::this_thread::sleep_for(poll_interval);
+    }
+    return *_status;
+}
+
+std::string derpd_process::log_tail(std::size_t lines) const {
+    const std::string log = log_text();
+    std::size_t at = log.size();
+    for (std::size_t n = 0; n <= lines && at > 0; ++n) {
+        const auto nl = log.rfind('\n', at - 1);
+        if (nl == std::string::npos) return log;
+        at = nl;
+    }
+    return log.substr(at);
+}
+
+}  // namespace derp::test
