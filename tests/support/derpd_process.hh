@@ -42,6 +42,7 @@ public:
     derpd_process& operator=(const derpd_process&) = delete;
 
     std::uint16_t port() const noexcept { return _port; }
+    pid_t pid() const noexcept { return _pid; }
     const node_key& server_public() const noexcept { return _server_public; }
     std::optional<key_mesh> mesh_key() const;
 
