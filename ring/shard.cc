@@ -847,6 +847,10 @@ void shard::run() noexcept {
         if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
             log(log_level::error, "thread {}: io_uring_enter: {}", _config.index, std::strerror(-rc));
         _now_ns = monotonic_ns();
+        // Messages first, then completions: a message published before an event that caused
+        // one of these completions (a route change before the packet that relies on it, say)
+        // is then always seen before that completion is handled.
+        drain_inbound();
 
         unsigned head = 0;
         unsigned handled = 0;

@@ -55,7 +55,8 @@ void expect_packet(derp_client& to, const node_key& src, const bytes& packet) {
     bytes storage;
     const auto got = to.expect_recv_packet(storage);
     CHECK(got.src == src);
-    CHECK(got.packet.size() == packet.size());
+    CHECK_MESSAGE(got.packet.size() == packet.size(),
+                  "got " << to_hex(bytes(got.packet.begin(), got.packet.end())));
     CHECK(std::equal(got.packet.begin(), got.packet.end(), packet.begin(), packet.end()));
 }
 
@@ -70,8 +71,14 @@ void send_until_received(derp_client& from, const node_key& dst, derp_client& to
     for (std::uint8_t seq = 1; clock_type::now() < deadline; ++seq) {
         const bytes packet = {'s', 'e', 'q', round, seq};
         from.send_packet(dst, packet);
-        frame_read r = to.next(std::chrono::milliseconds(50));
-        for (; r.status == io_status::ok; r = to.next(std::chrono::milliseconds(1))) {
+        // Wait the whole 50 ms for it, whatever else arrives meanwhile (a KeepAlive, a stale
+        // probe), so that a slow probe is not followed by a fresh one that arrives late.
+        const auto window_end = clock_type::now() + std::chrono::milliseconds(50);
+        frame_read r{};
+        for (;;) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(window_end - clock_type::now());
+            r = to.next(std::max(left, std::chrono::milliseconds(0)));
+            if (r.status != io_status::ok) break;
             if (!is_type(r.f, frame_type::recv_packet)) continue;
             const auto view = decode_recv_packet(r.f.payload);
             REQUIRE(view.has_value());
