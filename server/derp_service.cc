@@ -9,8 +9,10 @@
 #include <ctime>
 
 #include "core/derp_upgrade.hh"
+#include "core/http_endpoints.hh"
 #include "core/http_request.hh"
 #include "ring/log.hh"
+#include "server/varz.hh"
 
 namespace derp::server {
 
@@ -103,6 +105,7 @@ derp_service::derp_service(ring::shard& sh, derp_shared& shared)
       _box(shared.settings.server_private),
       _backlog(sh.thread_count()),
       _rng_state(ring::monotonic_ns() ^ (std::uint64_t{sh.index()} << 48)) {
+    _shared.ring_counters[sh.index()] = &sh.counters();
     _transfer[0] = std::make_unique<ring::buffer_pool>(_settings.small_transfer_buffers,
                                                        static_cast<std::uint32_t>(small_frame_bytes_max));
     _transfer[1] = std::make_unique<ring::buffer_pool>(
@@ -239,12 +242,6 @@ void derp_service::protocol_close(conn_id conn, client& c, close_reason reason) 
     _shard.close(conn);
 }
 
-void derp_service::respond_and_close(conn_id conn, client& c, std::string response) noexcept {
-    c.control_out += response;
-    _shard.want_write(conn);
-    _shard.close_after_flush(conn);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Input.
 
@@ -275,7 +272,18 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
     return used;
 }
 
+void derp_service::respond(conn_id conn, client& c, std::string response, bool keep_alive) noexcept {
+    c.control_out += response;
+    _shard.want_write(conn);
+    if (!keep_alive) _shard.close_after_flush(conn);
+}
+
 std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {
+    if (c.http_body_skip > 0) {  // the body of the previous request on this connection
+        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(c.http_body_skip, in.size()));
+        c.http_body_skip -= n;
+        return n;
+    }
     http_request request;
     const http_parse parsed = parse_http_request(in, request);
     if (parsed.status == http_parse_status::need_more) return 0;
@@ -289,41 +297,66 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
         if (auto n = _close_log.allow(_shard.now_ns()))
             ring::log(log_level::info, "http: {}: {} {} ({} recent)", format_addr(c.ip, c.port),
                       parsed.error_status, parsed.error_text, n);
-        respond_and_close(conn, c, std::move(response));
+        respond(conn, c, std::move(response), false);
         return in.size();
     }
     const std::size_t head = request.head_bytes;
-    const derp_upgrade upgrade = classify_derp_upgrade(request);
-    if (request.path == "/derp" && _settings.serve_derp && upgrade.kind == upgrade_kind::derp) {
-        c.not_ideal = upgrade.not_ideal;
-        c.stage = phase::handshake;
-        c.handshake = std::make_unique<server_handshake>(_settings.server_public, _settings.mesh_key, _box);
-        std::array<std::uint8_t, handshake_start_bytes_max> start{};
-        const std::size_t n = c.handshake->start(start, upgrade.fast_start);
-        queue_control(conn, c, std::span<const std::uint8_t>(start.data(), n));
-        _shard.set_write_timeout(conn, _settings.handshake_timeout_ns);
-        _shard.arm_timer(conn, timer_deadline,
-                         _shard.now_ns() + static_cast<std::uint64_t>(_settings.handshake_timeout_ns));
-        return head;
-    }
-    if (request.path == "/derp" && _settings.serve_derp) {
+    const auto unix_seconds = static_cast<std::int64_t>(std::time(nullptr));
+    // Go keeps HTTP/1.1 connections open between requests unless told otherwise; a body we
+    // cannot frame (chunked, or a bad length) ends the connection after the answer.
+    const http_body body = http_request_body(request);
+    const auto connection = request.header("Connection");
+    bool keep_alive = request.version_minor >= 1 && !(connection && ascii_iequals(*connection, "close"));
+    if (body.kind == http_body_kind::content_length) c.http_body_skip = body.content_length;
+    else if (body.kind != http_body_kind::none) keep_alive = false;
+
+    http_route_context context;
+    context.unix_seconds = unix_seconds;
+    context.serve_derp = _settings.serve_derp;
+    context.hostname = _settings.hostname;
+    context.debug_allowed = debug_access_allowed(c.ip, request.header("X-Forwarded-For").has_value());
+    http_route_result routed = route_http_request(request, context);
+    switch (routed.route) {
+    case http_route::derp: {
+        const derp_upgrade upgrade = classify_derp_upgrade(request);
+        if (upgrade.kind == upgrade_kind::derp) {
+            c.http_body_skip = 0;  // after the upgrade the stream is DERP frames
+            c.not_ideal = upgrade.not_ideal;
+            c.stage = phase::handshake;
+            c.handshake = std::make_unique<server_handshake>(_settings.server_public, _settings.mesh_key, _box);
+            std::array<std::uint8_t, handshake_start_bytes_max> start{};
+            const std::size_t n = c.handshake->start(start, upgrade.fast_start);
+            queue_control(conn, c, std::span<const std::uint8_t>(start.data(), n));
+            _shard.set_write_timeout(conn, _settings.handshake_timeout_ns);
+            _shard.arm_timer(conn, timer_deadline,
+                             _shard.now_ns() + static_cast<std::uint64_t>(_settings.handshake_timeout_ns));
+            return head;
+        }
         // No DERP upgrade (WebSocket DERP comes with its own issue): derper's 426.
         std::string response(derp_426_response_bytes, '\0');
-        encode_derp_426({reinterpret_cast<std::uint8_t*>(response.data()), response.size()},
-                        static_cast<std::int64_t>(std::time(nullptr)));
-        respond_and_close(conn, c, std::move(response));
-        return in.size();
+        encode_derp_426({reinterpret_cast<std::uint8_t*>(response.data()), response.size()}, unix_seconds);
+        respond(conn, c, std::move(response), keep_alive);
+        return keep_alive ? head : in.size();
     }
-    // The other endpoints (probe, generate_204, home page, /debug/) are served by the HTTP
-    // front door of a later issue; until then they are answered as not found.
-    respond_and_close(conn, c,
-                      "HTTP/1.1 404 Not Found\r\n"
-                      "Content-Type: text/plain; charset=utf-8\r\n"
-                      "X-Content-Type-Options: nosniff\r\n"
-                      "Connection: close\r\n"
-                      "Content-Length: 19\r\n"
-                      "\r\n"
-                      "404 page not found\n");
+    case http_route::debug: {
+        if (request.path == "/debug/varz") {
+            const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}}};
+            respond(conn, c, go_http_response(200, headers, render_varz(_shared), unix_seconds, request.method == "HEAD"),
+                    keep_alive);
+        } else if (request.path == "/debug/" || request.path == "/debug") {
+            const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/html; charset=utf-8"}}};
+            respond(conn, c, go_http_response(200, headers, render_debug_index(_shared), unix_seconds,
+                                              request.method == "HEAD"),
+                    keep_alive);
+        } else {
+            respond(conn, c, go_http_error(404, "404 page not found", unix_seconds), keep_alive);
+        }
+        return keep_alive ? head : in.size();
+    }
+    case http_route::respond:
+        respond(conn, c, std::move(routed.response), keep_alive);
+        return keep_alive ? head : in.size();
+    }
     return in.size();
 }
 

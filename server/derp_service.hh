@@ -9,6 +9,7 @@
 #pragma once
 
 #include <array>
+#include <ctime>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -41,6 +42,7 @@ struct derp_settings {
     std::int64_t handshake_timeout_ns = 10'000'000'000;     // spec 1.4
     std::int64_t keepalive_ns = 60'000'000'000;            // plus jitter in [0, 5 s)
     std::int64_t keepalive_jitter_ns = 5'000'000'000;
+    std::string hostname = "derp.tailscale.com";           // -hostname (home page)
     std::uint32_t queue_depth_max = 32;                    // per queue, two queues per client
     std::uint32_t small_transfer_buffers = 8192;           // frames up to 2 KiB, per shard
     std::uint32_t large_transfer_buffers = 128;            // frames up to 64 KiB + 37, per shard
@@ -49,10 +51,15 @@ struct derp_settings {
 struct derp_shared {
     explicit derp_shared(derp_settings s, std::uint32_t shard_count)
         : settings(std::move(s)), counters(std::make_unique<derp_counters[]>(shard_count)),
-          shards(shard_count) {}
+          shards(shard_count), ring_counters(shard_count, nullptr),
+          start_unix_seconds(static_cast<std::int64_t>(std::time(nullptr))) {}
     derp_settings settings;
     std::unique_ptr<derp_counters[]> counters;
     std::uint32_t shards;
+    // Each shard's runtime counters, filled in by its service constructor (each shard its own
+    // element; the runtime's start gate orders that before any request is served).
+    std::vector<const ring::shard_counters*> ring_counters;
+    std::int64_t start_unix_seconds;
 };
 
 class derp_service final : public ring::service {
@@ -113,6 +120,7 @@ private:
         bool watcher = false;
         std::uint64_t skip_bytes = 0;  // payload of an ignored frame still to discard
         bool partial_input = false;    // the runtime holds the start of an unfinished frame
+        std::uint64_t http_body_skip = 0;  // request body bytes still to discard (keep-alive)
         // Output: control frames in order, then the two packet queues (no priority between
         // them, as in derper: taken in turn).
         std::string control_out;
@@ -140,6 +148,7 @@ private:
     conn_ref ref_of(ring::conn_id conn) const noexcept { return {_shard.index(), conn.slot, conn.gen}; }
 
     std::size_t handle_http(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
+    void respond(ring::conn_id conn, client& c, std::string response, bool keep_alive) noexcept;
     std::size_t handle_handshake(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     std::size_t handle_frames(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     bool handle_frame(ring::conn_id conn, client& c, const frame_header& header,
@@ -147,7 +156,6 @@ private:
     void relay_packet(client& from, const node_key& src, const node_key& dst,
                       std::span<const std::uint8_t> packet, bool forwarded) noexcept;
     void protocol_close(ring::conn_id conn, client& c, close_reason reason) noexcept;
-    void respond_and_close(ring::conn_id conn, client& c, std::string response) noexcept;
     void queue_control(ring::conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept;
     void queue_peer_gone(ring::conn_id conn, client& c, const node_key& peer, peer_gone_reason reason) noexcept;
     void enqueue(ring::conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept;

@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
     settings.server_public = public_key_of(server_private);
     settings.mesh_key = cfg.mesh_key;
     settings.serve_derp = cfg.serve_derp;
+    settings.hostname = cfg.hostname;
     settings.write_timeout_ns = cfg.tcp_write_timeout_ns;
     settings.handshake_timeout_ns = cfg.handshake_timeout_ns;
     // Go's 30 s ReadTimeout for the request head, kept at 3x the handshake deadline so that

@@ -1,0 +1,235 @@
+// Prometheus text rendering of derpd's counters (see varz.hh).
+#include "server/varz.hh"
+
+#include <unistd.h>
+
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#ifndef DERPD_VERSION
+#define DERPD_VERSION "unknown"
+#endif
+
+namespace derp::server {
+namespace {
+
+using ring::shard_counters;
+
+template <typename Get>
+std::uint64_t sum_derp(const derp_shared& shared, Get get) {
+    std::uint64_t total = 0;
+    for (std::uint32_t s = 0; s < shared.shards; ++s) total += get(shared.counters[s]);
+    return total;
+}
+
+void metric(std::string& out, std::string_view name, std::string_view type, std::uint64_t value) {
+    out += fmt::format("# TYPE {} {}\n{} {}\n", name, type, name, value);
+}
+
+// derpd's own metrics carry HELP (derper's do not, and keep derper's exact lines).
+void metric(std::string& out, std::string_view name, std::string_view type, std::string_view help,
+            std::uint64_t value) {
+    out += fmt::format("# HELP {} {}\n", name, help);
+    metric(out, name, type, value);
+}
+
+struct process_stats {
+    double cpu_seconds = 0;
+    std::uint64_t rss_bytes = 0;
+    std::uint64_t open_fds = 0;
+};
+
+process_stats read_process_stats() {
+    process_stats p;
+    std::ifstream stat("/proc/self/stat");
+    const std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    const auto close = text.rfind(')');
+    if (close != std::string::npos && close + 2 < text.size()) {
+        std::istringstream in(text.substr(close + 2));
+        std::string field;
+        unsigned long long utime = 0, stime = 0, rss_pages = 0;
+        // Fields from 3 (state) on, as proc(5) numbers them: 14 utime, 15 stime, 24 rss.
+        for (int i = 3; i <= 24 && (in >> field); ++i) {
+            if (i == 14) utime = std::stoull(field);
+            if (i == 15) stime = std::stoull(field);
+            if (i == 24) rss_pages = std::stoull(field);
+        }
+        p.cpu_seconds = static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+        p.rss_bytes = rss_pages * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+    }
+    std::error_code ec;
+    for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+         !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
+        ++p.open_fds;
+    return p;
+}
+
+}  // namespace
+
+std::string render_varz(const derp_shared& shared) {
+    std::string out;
+    out.reserve(16384);
+    const auto derp_sum = [&](auto member) {
+        return sum_derp(shared, [&](const derp_counters& c) { return (c.*member).get(); });
+    };
+    // derper's names and types (spec 7.3), in derper's name order.
+    metric(out, "derp_accepts", "counter", derp_sum(&derp_counters::accepts));
+    metric(out, "derp_bytes_received", "counter", derp_sum(&derp_counters::bytes_received));
+    metric(out, "derp_bytes_sent", "counter", derp_sum(&derp_counters::bytes_sent));
+    const std::uint64_t local_keys = derp_sum(&derp_counters::clients_local);
+    metric(out, "derp_clients_local", "gauge", local_keys);
+    metric(out, "derp_clients_remote", "gauge", 0);  // no mesh peers yet: every key is local
+    metric(out, "derp_clients_total", "gauge", local_keys);
+    metric(out, "derp_current_connections", "gauge", derp_sum(&derp_counters::current_connections));
+    metric(out, "derp_current_dup_client_keys", "gauge", derp_sum(&derp_counters::current_dup_client_keys));
+    metric(out, "derp_current_file_descriptors", "gauge", read_process_stats().open_fds);
+    metric(out, "derp_current_home_connections", "gauge", derp_sum(&derp_counters::current_home_connections));
+    metric(out, "derp_current_notideal_connections", "gauge",
+           derp_sum(&derp_counters::current_notideal_connections));
+    metric(out, "derp_got_ping", "counter", derp_sum(&derp_counters::got_ping));
+    metric(out, "derp_home_moves_in", "counter", derp_sum(&derp_counters::home_moves_in));
+    metric(out, "derp_home_moves_out", "counter", derp_sum(&derp_counters::home_moves_out));
+    metric(out, "derp_packets_forwarded_in", "counter", derp_sum(&derp_counters::packets_forwarded_in));
+    metric(out, "derp_packets_forwarded_out", "counter", derp_sum(&derp_counters::packets_forwarded_out));
+    metric(out, "derp_packets_received", "counter", derp_sum(&derp_counters::packets_received));
+    out += "# TYPE derp_packets_received_kind counter\n";
+    for (const auto& [label, kind] : {std::pair{"disco", packet_kind::disco}, std::pair{"other", packet_kind::other}})
+        out += fmt::format("derp_packets_received_kind{{kind=\"{}\"}} {}\n", label,
+                           sum_derp(shared, [&](const derp_counters& c) {
+                               return c.packets_received_kind[static_cast<std::size_t>(kind)].get();
+                           }));
+    metric(out, "derp_packets_sent", "counter", derp_sum(&derp_counters::packets_sent));
+    metric(out, "derp_peer_gone_disconnected_frames", "counter",
+           derp_sum(&derp_counters::peer_gone_disconnected_frames));
+    metric(out, "derp_peer_gone_not_here_frames", "counter", derp_sum(&derp_counters::peer_gone_not_here_frames));
+    metric(out, "derp_sclient_write_timeouts", "counter", derp_sum(&derp_counters::sclient_write_timeouts));
+    metric(out, "derp_total_dup_client_conns", "counter", derp_sum(&derp_counters::total_dup_client_conns));
+    metric(out, "derp_unknown_frames", "counter", derp_sum(&derp_counters::unknown_frames));
+    metric(out, "derp_watchers", "gauge", derp_sum(&derp_counters::watchers));
+    for (const auto& [name, help, packets] :
+         {std::tuple{"derp_bytes_dropped", "DERP bytes dropped by reason and by kind", false},
+          std::tuple{"derp_packets_dropped", "DERP packets dropped by reason and by kind", true}}) {
+        out += fmt::format("# TYPE {} counter\n# HELP {} {}\n", name, name, help);
+        for (std::size_t r = 0; r < drop_reason_count; ++r)
+            for (const auto& [label, kind] : {std::pair{"disco", 0}, std::pair{"other", 1}})
+                out += fmt::format(
+                    "{}{{reason=\"{}\",kind=\"{}\"}} {}\n", name, to_string(static_cast<drop_reason>(r)), label,
+                    sum_derp(shared, [&](const derp_counters& c) {
+                        return packets ? c.packets_dropped[r][static_cast<std::size_t>(kind)].get()
+                                       : c.bytes_dropped[r][static_cast<std::size_t>(kind)].get();
+                    }));
+    }
+    const auto now = static_cast<std::uint64_t>(std::time(nullptr));
+    metric(out, "process_start_unix_time", "gauge", static_cast<std::uint64_t>(shared.start_unix_seconds));
+    metric(out, "uptime_sec", "counter", now - static_cast<std::uint64_t>(shared.start_unix_seconds));
+    out += fmt::format("version{{version=\"{}\",binary=\"derpd\"}} 1\n", DERPD_VERSION);
+
+    // derpd's own: per shard, the runtime, the process.
+    const process_stats proc = read_process_stats();
+    out += "# HELP derpd_process_cpu_seconds_total User and system CPU time of the derpd process.\n";
+    out += fmt::format("# TYPE derpd_process_cpu_seconds_total counter\nderpd_process_cpu_seconds_total {:.2f}\n",
+                       proc.cpu_seconds);
+    out += "# HELP derpd_process_resident_memory_bytes Resident set size of the derpd process.\n";
+    metric(out, "derpd_process_resident_memory_bytes", "gauge", proc.rss_bytes);
+    out += "# HELP derpd_connections_by_tls_path_total Accepted connections by how their bytes are carried.\n";
+    out += "# TYPE derpd_connections_by_tls_path_total counter\n";
+    out += fmt::format("derpd_connections_by_tls_path_total{{path=\"plain\"}} {}\n",
+                       derp_sum(&derp_counters::accepts));
+    out += "derpd_connections_by_tls_path_total{path=\"userspace\"} 0\nderpd_connections_by_tls_path_total{path=\"ktls\"} 0\n";
+    out += "# HELP derpd_protocol_closes_total DERP connections closed for what the peer sent, by reason.\n";
+    out += "# TYPE derpd_protocol_closes_total counter\n";
+    for (std::size_t r = 0; r < close_reason_count; ++r)
+        out += fmt::format("derpd_protocol_closes_total{{reason=\"{}\"}} {}\n",
+                           to_string(static_cast<close_reason>(r)),
+                           sum_derp(shared, [&](const derp_counters& c) { return c.protocol_closes[r].get(); }));
+    out += "# HELP derpd_packets_dropped_total Packets dropped for derpd-only reasons.\n";
+    out += "# TYPE derpd_packets_dropped_total counter\n";
+    for (const auto& [label, reason] :
+         {std::pair{"transfer_pool_exhausted", derpd_drop_reason::transfer_pool_exhausted},
+          std::pair{"ring_backlog_full", derpd_drop_reason::ring_backlog_full}})
+        out += fmt::format("derpd_packets_dropped_total{{reason=\"{}\"}} {}\n", label,
+                           sum_derp(shared, [&](const derp_counters& c) {
+                               return c.derpd_packets_dropped[static_cast<std::size_t>(reason)].get();
+                           }));
+    metric(out, "derpd_http_requests_total", "counter", "HTTP requests parsed on the main listener.",
+           derp_sum(&derp_counters::http_requests));
+    metric(out, "derpd_http_errors_total", "counter", "Malformed HTTP requests answered with an error and closed.",
+           derp_sum(&derp_counters::http_errors));
+    metric(out, "derpd_handshake_timeouts_total", "counter",
+           "Connections closed for not finishing the request or the DERP handshake in time.",
+           derp_sum(&derp_counters::handshake_timeouts));
+    metric(out, "derpd_cross_shard_packets_total", "counter", "Packets relayed through a ring to another shard.",
+           derp_sum(&derp_counters::cross_shard_packets));
+
+    // Runtime counters, per shard (label shard="N").
+    struct ring_metric {
+        const char* name;
+        const char* type;
+        const char* help;
+        ring::counter shard_counters::*member;
+    };
+    static constexpr ring_metric ring_metrics[] = {
+        {"derpd_shard_connections", "gauge", "Connections in the shard's slot table.", &shard_counters::conns_open},
+        {"derpd_shard_accepts_total", "counter", "Connections accepted by the shard.", &shard_counters::accepts},
+        {"derpd_shard_accept_errors_total", "counter", "Accept completions with an error.", &shard_counters::accept_errors},
+        {"derpd_shard_accepts_refused_full_total", "counter", "Connections refused: slot table full.",
+         &shard_counters::accepts_refused_full},
+        {"derpd_shard_recv_bytes_total", "counter", "Bytes received.", &shard_counters::recv_bytes},
+        {"derpd_shard_send_bytes_total", "counter", "Bytes sent.", &shard_counters::send_bytes},
+        {"derpd_shard_recv_no_buffers_total", "counter", "Multishot recvs stopped by an empty buffer ring.",
+         &shard_counters::recv_no_buffers},
+        {"derpd_shard_send_pool_exhausted_total", "counter", "Sends delayed: no registered send buffer free.",
+         &shard_counters::send_pool_exhausted},
+        {"derpd_shard_send_partial_total", "counter", "Sends the kernel completed short.", &shard_counters::send_partial},
+        {"derpd_shard_ring_messages_posted_total", "counter", "Messages pushed onto SPSC rings.",
+         &shard_counters::messages_posted},
+        {"derpd_shard_ring_messages_received_total", "counter", "Messages taken from SPSC rings.",
+         &shard_counters::messages_received},
+        {"derpd_shard_ring_full_total", "counter", "Posts that found the destination ring full (backpressure).",
+         &shard_counters::ring_full},
+        {"derpd_shard_wakeups_sent_total", "counter", "MSG_RING wake-ups sent to sleeping threads.",
+         &shard_counters::wakeups_sent},
+        {"derpd_shard_io_uring_enters_total", "counter", "io_uring_enter calls.", &shard_counters::submits},
+        {"derpd_shard_io_uring_sqes_total", "counter", "Submission queue entries prepared.", &shard_counters::sqes},
+        {"derpd_shard_io_uring_cqes_total", "counter", "Completions handled.", &shard_counters::cqes},
+        {"derpd_shard_loop_iterations_total", "counter", "Turns of the shard loop.", &shard_counters::loop_iterations},
+    };
+    for (const auto& m : ring_metrics) {
+        out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", m.name, m.help, m.name, m.type);
+        for (std::uint32_t s = 0; s < shared.shards; ++s)
+            if (const shard_counters* c = shared.ring_counters[s])
+                out += fmt::format("{}{{shard=\"{}\"}} {}\n", m.name, s, (c->*m.member).get());
+    }
+    out += "# HELP derpd_shard_closes_total Connections closed, by shard and by what the runtime saw.\n";
+    out += "# TYPE derpd_shard_closes_total counter\n";
+    for (std::uint32_t s = 0; s < shared.shards; ++s)
+        if (const shard_counters* c = shared.ring_counters[s])
+            for (std::size_t k = 0; k < ring::close_cause_count; ++k)
+                out += fmt::format("derpd_shard_closes_total{{shard=\"{}\",cause=\"{}\"}} {}\n", s,
+                                   ring::close_cause_name(static_cast<ring::close_cause>(k)), c->closes[k].get());
+    return out;
+}
+
+std::string render_debug_index(const derp_shared& shared) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    const auto uptime = static_cast<std::uint64_t>(std::time(nullptr)) - static_cast<std::uint64_t>(shared.start_unix_seconds);
+    return fmt::format(
+        "<html><body>\n<h1>derpd debug</h1>\n<ul>\n"
+        "<li><b>Uptime:</b> {}s</li>\n"
+        "<li><b>Version:</b> {}</li>\n"
+        "<li><b>Machine:</b> {}</li>\n"
+        "<li><b>Mesh key:</b> {}</li>\n"
+        "<li><b>Shards:</b> {}</li>\n"
+        "</ul>\n<ul>\n"
+        "<li><a href=\"/debug/varz\">/debug/varz</a> (Prometheus)</li>\n"
+        "</ul>\n</body></html>\n",
+        uptime, DERPD_VERSION, host, shared.settings.mesh_key ? "true" : "false", shared.shards);
+}
+
+}  // namespace derp::server

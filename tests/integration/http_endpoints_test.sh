@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# derpd's HTTP side doors against real clients: each recorded request of fixtures/06-http is
+# replayed with curl-free raw bytes (bash /dev/tcp) and the answer compared with derper's
+# recorded bytes (Date masked; the spec's newer headers where derper v1.36.2 differed); curl
+# checks keep-alive and HEAD; /debug/varz goes through `promtool check metrics` (exit 0, or 3
+# for lint warnings on derper's own metric names) and its counters move with traffic.
+set -uo pipefail
+derpd="${DERP_BUILD_ROOT:?}/server/derpd"
+fixtures="${DERP_FIXTURES_DIR:?}/06-http"
+tmp=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+
+"$derpd" -a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 2 >"$tmp/derpd.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "serving on" "$tmp/derpd.log" && break; sleep 0.05; done
+port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/derpd.log" | head -n 1)
+[[ -n "$port" ]] || { cat "$tmp/derpd.log"; echo "derpd did not start"; exit 1; }
+
+# Sends a raw request and prints the whole response with the Date header masked.
+raw() {  # request file
+  exec 3<>"/dev/tcp/127.0.0.1/$port"
+  cat "$1" >&3
+  timeout 2 cat <&3 | sed 's/^Date: .*\r$/Date: (masked)\r/'
+  exec 3<&-
+}
+masked() { sed 's/^Date: .*\r$/Date: (masked)\r/' "$1"; }
+
+# Byte-exact where derper v1.36.2 and current derper agree (fixtures/README.md).
+for case in derp-probe derp-probe-head derp-probe-post generate_204-no-challenge generate_204-bad-challenge \
+            generate_204-challenge derp-no-upgrade; do
+  # The requests keep the connection alive; derpd answers and waits, so read with a timeout.
+  got=$(raw "$fixtures/$case/request.bin")
+  want=$(masked "$fixtures/$case/response.bin")
+  if [[ "$case" == generate_204-* ]]; then
+    # Current derper adds Cache-Control (spec 3.2), sorted before X-Tailscale-Response.
+    want=$(printf '%s' "$want" | sed 's/^HTTP\/1.1 204 No Content\r$/HTTP\/1.1 204 No Content\r\nCache-Control: no-cache, no-store, must-revalidate, no-transform, max-age=0\r/')
+  fi
+  if [[ "$got" != "$want" ]]; then
+    fail "$case differs from derper's recorded answer"
+    diff <(printf '%s\n' "$want") <(printf '%s\n' "$got") | head -20
+  else
+    echo "ok: $case matches derper byte for byte (Date masked)"
+  fi
+done
+
+# robots.txt: derper's body and sniffed Content-Type, plus the spec's browser headers.
+got=$(raw "$fixtures/robots.txt/request.bin")
+grep -q $'^Content-Type: text/plain; charset=utf-8\r$' <<<"$got" && grep -q $'^X-Frame-Options: DENY\r$' <<<"$got" &&
+  grep -q "^Disallow: /$" <<<"$got" && echo "ok: robots.txt" || fail "robots.txt: $got"
+# The home page from loopback links /debug/; /derp/latency-check is a probe now (spec).
+curl -s "http://127.0.0.1:$port/" | grep -q "Debug info at <a href='/debug/'>" && echo "ok: home page" || fail "home page"
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/derp/latency-check")
+[[ "$code" == 200 ]] && echo "ok: latency-check 200" || fail "latency-check gave $code"
+# A challenge of 65 characters is not echoed (spec 11.4).
+long=$(printf 'x%.0s' $(seq 65))
+curl -s -i -H "X-Tailscale-Challenge: $long" "http://127.0.0.1:$port/generate_204" | grep -qi "X-Tailscale-Response" &&
+  fail "65-character challenge was echoed" || echo "ok: long challenge not echoed"
+# Keep-alive: curl reuses one connection for two requests.
+out=$(curl -s -v "http://127.0.0.1:$port/derp/probe" "http://127.0.0.1:$port/robots.txt" 2>&1)
+grep -q "Re-using existing connection" <<<"$out" && echo "ok: keep-alive" || fail "connection not reused"
+# Through a proxy (X-Forwarded-For) /debug/ is refused even from loopback.
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Forwarded-For: 1.2.3.4" "http://127.0.0.1:$port/debug/")
+[[ "$code" == 403 ]] && echo "ok: /debug/ refused with X-Forwarded-For" || fail "/debug/ with X-Forwarded-For gave $code"
+
+# /debug/varz: promtool accepts it, and accepts moves with traffic.
+before=$(curl -s "http://127.0.0.1:$port/debug/varz")
+printf '%s\n' "$before" >"$tmp/varz.txt"
+promtool check metrics <"$tmp/varz.txt" >"$tmp/promtool.out" 2>&1
+rc=$?
+if ((rc != 0 && rc != 3)); then fail "promtool check metrics exit $rc"; cat "$tmp/promtool.out"; else echo "ok: promtool check metrics (exit $rc)"; fi
+if grep -v -E 'should have "_total" suffix|no help text|should not have "_total" suffix|abbreviated units' "$tmp/promtool.out" | grep -q .; then
+  fail "promtool reported more than derper-name lint:"; cat "$tmp/promtool.out"
+fi
+n_before=$(sed -n 's/^derp_accepts \([0-9]*\)$/\1/p' <<<"$before")
+for _ in 1 2 3; do curl -s -o /dev/null "http://127.0.0.1:$port/derp/probe"; done
+n_after=$(curl -s "http://127.0.0.1:$port/debug/varz" | sed -n 's/^derp_accepts \([0-9]*\)$/\1/p')
+((n_after >= n_before + 4)) && echo "ok: derp_accepts $n_before -> $n_after" || fail "derp_accepts did not move ($n_before -> $n_after)"
+
+if ((failures > 0)); then echo "$failures failure(s)"; exit 1; fi
