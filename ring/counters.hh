@@ -47,6 +47,10 @@ struct alignas(cache_line_bytes) shard_counters {
     counter cqes;                   // CQEs handled
     counter late_cqes;              // CQEs for a slot generation that is gone
     counter timers_fired;
+    counter datagrams_received;
+    counter datagrams_truncated;
+    counter datagrams_sent;
+    counter datagram_send_errors;
     counter loop_iterations;
 };
 

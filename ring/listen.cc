@@ -217,6 +217,39 @@ result<std::vector<int>, std::string> open_tcp_listeners(socket_address& address
     return fds;
 }
 
+result<int, std::string> open_udp_socket(socket_address& address) {
+    const int fd = ::socket(address.family(), SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_UDP);
+    if (fd < 0) return unexpected(fmt::format("UDP socket for {}: {}", address.to_string(), std::strerror(errno)));
+    if (address.family() == AF_INET6) {
+        const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&address.storage);
+        const int v6only = IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? 0 : 1;
+        if (auto r = set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, v6only, "IPV6_V6ONLY"); !r) {
+            ::close(fd);
+            return unexpected(r.error());
+        }
+    }
+    if (::bind(fd, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0) {
+        const int err = errno;
+        ::close(fd);
+        if (err == EADDRINUSE)
+            return unexpected(fmt::format("STUN on udp {}: address already in use (another STUN server or "
+                                          "derper? choose another -stun-port, or -stun=false)",
+                                          address.to_string()));
+        if (err == EACCES)
+            return unexpected(fmt::format("STUN on udp {}: permission denied (ports below 1024 need "
+                                          "CAP_NET_BIND_SERVICE)",
+                                          address.to_string()));
+        return unexpected(fmt::format("STUN on udp {}: {}", address.to_string(), std::strerror(err)));
+    }
+    if (address.port() == 0) {
+        socket_address bound;
+        bound.length = sizeof bound.storage;
+        getsockname(fd, reinterpret_cast<sockaddr*>(&bound.storage), &bound.length);
+        address.set_port(bound.port());
+    }
+    return fd;
+}
+
 std::uint64_t raise_open_files_limit() noexcept {
     rlimit limit{};
     if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;

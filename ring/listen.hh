@@ -46,6 +46,10 @@ result<std::vector<int>, std::string> open_tcp_listeners(socket_address& address
                                                         std::uint32_t count,
                                                         const tcp_listen_options& options);
 
+// Opens a UDP socket bound to the address (STUN); a wildcard IPv6 address serves IPv4 too.
+// Port 0 becomes the kernel's choice, written back into address.
+result<int, std::string> open_udp_socket(socket_address& address);
+
 // Raises the soft RLIMIT_NOFILE to the hard limit and returns the resulting soft limit.
 std::uint64_t raise_open_files_limit() noexcept;
 

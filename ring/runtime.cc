@@ -68,6 +68,18 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
         for (std::uint32_t s = 0; s < cfg.shard_count; ++s) listener_fds[s].push_back(fds.value()[s]);
     }
 
+    std::vector<int> udp_fds;
+    for (auto& address : cfg.udp_listen) {
+        auto fd = open_udp_socket(address);
+        if (!fd) {
+            for (auto& per_shard : listener_fds)
+                for (int f : per_shard) ::close(f);
+            for (int f : udp_fds) ::close(f);
+            return unexpected(fd.error());
+        }
+        udp_fds.push_back(fd.value());
+    }
+
     if (cfg.handle_signals) {
         // Block the signals in this thread before any thread starts, so every thread inherits
         // the mask and only the admin thread's signalfd sees them.
@@ -120,6 +132,7 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
             sc.recv_buffer_count = 64;
             sc.send_buffer_count = 64;
             sc.signal_fd = rt->_signal_fd;
+            sc.udp_fds = udp_fds;
         } else {
             sc.listen_fds = std::move(listener_fds[t]);
         }

@@ -65,6 +65,15 @@ public:
     // Called after shard::want_write(); call want_write() again from here if more is waiting
     // than fits.
     virtual std::size_t on_writable(conn_id conn, std::span<std::uint8_t> out) noexcept = 0;
+    // A UDP datagram arrived on socket `socket_index` of this thread (see shard_config::udp_fds).
+    // `truncated`: it was longer than the receive buffer and was cut.
+    virtual void on_datagram(std::uint32_t socket_index, const sockaddr_storage& from,
+                             std::span<const std::uint8_t> payload, bool truncated) noexcept {
+        (void)socket_index;
+        (void)from;
+        (void)payload;
+        (void)truncated;
+    }
     // One of the connection's service timers (id < shard::service_timer_count) fired.
     virtual void on_timer(conn_id conn, std::uint8_t timer_id) noexcept = 0;
     // The connection is closing; called exactly once per accepted connection. The id is dead

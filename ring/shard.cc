@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 
@@ -64,7 +65,7 @@ shard::~shard() {
     for (auto& s : _slots)
         if (s.fd >= 0) ::close(s.fd);
     for (int fd : _config.listen_fds) ::close(fd);
-    if (_recv_memory != nullptr) munmap(_recv_memory, _recv_ring_bytes);
+    for (int fd : _config.udp_fds) ::close(fd);
 }
 
 result<void, std::string> shard::init() noexcept {
@@ -138,41 +139,15 @@ result<void, std::string> shard::init() noexcept {
             who, _send_pool->region_bytes() >> 20, std::strerror(-err));
     }
 
-    // Provided-buffer ring for multishot recv: the ring of descriptors, then the buffers, in one
-    // mapping. liburing 2.3 has no io_uring_setup_buf_ring, so we map and register it ourselves.
-    const std::size_t ring_bytes = sizeof(io_uring_buf) * _config.recv_buffer_count;
-    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-    const std::size_t ring_bytes_aligned = (ring_bytes + page - 1) / page * page;
-    _recv_ring_bytes = ring_bytes_aligned +
-                       static_cast<std::size_t>(_config.recv_buffer_count) * _config.recv_buffer_bytes;
-    void* memory = mmap(nullptr, _recv_ring_bytes, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED)
-        return unexpected(fmt::format("{}: mmap of {} MiB of receive buffers: {}", who,
-                                      _recv_ring_bytes >> 20, std::strerror(errno)));
-    _recv_memory = static_cast<std::uint8_t*>(memory);
-    _recv_ring = reinterpret_cast<io_uring_buf_ring*>(_recv_memory);
-    io_uring_buf_ring_init(_recv_ring);
-    io_uring_buf_reg reg{};
-    reg.ring_addr = reinterpret_cast<std::uint64_t>(_recv_ring);
-    reg.ring_entries = _config.recv_buffer_count;
-    reg.bgid = 0;
-    if (const int err = io_uring_register_buf_ring(&_ring, &reg, 0); err != 0) {
-        if (err == -EINVAL)
-            return unexpected(fmt::format(
-                "{}: the kernel refused a provided-buffer ring ({}); derpd needs Linux 6.0 or "
-                "newer (provided-buffer rings and multishot recv)",
-                who, std::strerror(-err)));
-        return unexpected(fmt::format("{}: io_uring_register_buf_ring: {}", who, std::strerror(-err)));
+    // Provided buffers for multishot recv (group 0) and, on the admin thread, UDP recvmsg
+    // (group 1, datagrams up to udp_datagram_bytes_max).
+    if (auto r = _recv_buffers.setup(_ring, _config.recv_buffer_count, _config.recv_buffer_bytes, 0); !r)
+        return unexpected(fmt::format("{}: {}", who, r.error()));
+    if (!_config.udp_fds.empty()) {
+        if (auto r = _udp_buffers.setup(_ring, 256, udp_datagram_bytes_max, 1); !r)
+            return unexpected(fmt::format("{}: {}", who, r.error()));
+        _udp_msghdr.msg_namelen = sizeof(sockaddr_storage);
     }
-    _recv_ring_registered = true;
-    const int mask = io_uring_buf_ring_mask(_config.recv_buffer_count);
-    std::uint8_t* buffers = _recv_memory + ring_bytes_aligned;
-    for (std::uint32_t bid = 0; bid < _config.recv_buffer_count; ++bid)
-        io_uring_buf_ring_add(_recv_ring, buffers + static_cast<std::size_t>(bid) * _config.recv_buffer_bytes,
-                              _config.recv_buffer_bytes, static_cast<unsigned short>(bid), mask,
-                              static_cast<int>(bid));
-    io_uring_buf_ring_advance(_recv_ring, static_cast<int>(_config.recv_buffer_count));
 
     _slots.resize(_config.conn_slots);
     for (std::uint32_t i = 0; i < _config.conn_slots; ++i) _slots[i].next_free = i + 1;
@@ -185,6 +160,8 @@ result<void, std::string> shard::init() noexcept {
     prep_wake_read();
     if (_config.signal_fd >= 0) prep_signal_read();
     for (std::uint32_t l = 0; l < _config.listen_fds.size(); ++l) prep_accept(l);
+    _recvmsg_armed.assign(_config.udp_fds.size(), false);
+    for (std::uint32_t u = 0; u < _config.udp_fds.size(); ++u) prep_recvmsg(u);
     log(log_level::debug, "{}: io_uring ready ({}; {} fixed sends)", who, _setup_note,
         _use_fixed_sends ? "with" : "without");
     return {};
@@ -419,6 +396,7 @@ void shard::dispatch(const io_uring_cqe& cqe) noexcept {
     case op::recv: handle_recv(ud.slot, ud.gen, cqe); break;
     case op::send: handle_send(ud.slot, ud.gen, cqe); break;
     case op::connect: handle_connect(ud.slot, ud.gen, cqe); break;
+    case op::recvmsg: handle_recvmsg(ud.slot, cqe); break;
     case op::cancel:
         if (ud.slot == cancel_slot_listener) break;  // a listener's accept is being cancelled
         if (ud.slot < _slots.size() && _slots[ud.slot].gen == ud.gen) {
@@ -504,6 +482,61 @@ void shard::handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexc
     }
 }
 
+void shard::prep_recvmsg(std::uint32_t socket_index) noexcept {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_recvmsg_multishot(sqe, _config.udp_fds[socket_index], &_udp_msghdr, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = _udp_buffers.group();
+    io_uring_sqe_set_data64(sqe, pack_user_data(op::recvmsg, socket_index, 0));
+    _recvmsg_armed[socket_index] = true;
+    ++_global_ops;
+}
+
+void shard::handle_recvmsg(std::uint32_t socket_index, const io_uring_cqe& cqe) noexcept {
+    const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
+    if (!more) {
+        _recvmsg_armed[socket_index] = false;
+        --_global_ops;
+    }
+    if ((cqe.flags & IORING_CQE_F_BUFFER) != 0) {
+        const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+        if (cqe.res >= 0) {
+            // Buffer layout of multishot recvmsg: io_uring_recvmsg_out, the name, the control
+            // data (none here), then the payload.
+            std::uint8_t* buffer = _udp_buffers.buffer(bid);
+            io_uring_recvmsg_out* out = io_uring_recvmsg_validate(buffer, cqe.res, &_udp_msghdr);
+            if (out != nullptr && _service) {
+                sockaddr_storage from{};
+                std::memcpy(&from, io_uring_recvmsg_name(out),
+                            std::min<std::size_t>(out->namelen, sizeof from));
+                const auto* payload = static_cast<const std::uint8_t*>(io_uring_recvmsg_payload(out, &_udp_msghdr));
+                const auto length = io_uring_recvmsg_payload_length(out, cqe.res, &_udp_msghdr);
+                const bool truncated = (out->flags & MSG_TRUNC) != 0;
+                _counters.datagrams_received.add();
+                if (truncated) _counters.datagrams_truncated.add();
+                _service->on_datagram(socket_index, from, {payload, length}, truncated);
+            }
+        }
+        _udp_buffers.recycle(bid);
+    }
+    if (cqe.res < 0 && cqe.res != -ENOBUFS && cqe.res != -ECANCELED)
+        log(log_level::warn, "thread {}: UDP recvmsg: {}", _config.index, std::strerror(-cqe.res));
+    if (!more && !_stopping) prep_recvmsg(socket_index);  // -ENOBUFS included: buffers return this turn
+}
+
+int shard::send_datagram(std::uint32_t socket_index, const sockaddr_storage& to, socklen_t to_length,
+                         std::span<const std::uint8_t> payload) noexcept {
+    DERP_ASSERT(socket_index < _config.udp_fds.size());
+    const ssize_t n = ::sendto(_config.udp_fds[socket_index], payload.data(), payload.size(),
+                               MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&to), to_length);
+    if (n < 0) {
+        _counters.datagram_send_errors.add();
+        return errno;
+    }
+    _counters.datagrams_sent.add();
+    return 0;
+}
+
 std::optional<std::uint32_t> shard::take_slot(int fd) noexcept {
     if (_free_head >= _slots.size()) return std::nullopt;
     const std::uint32_t slot = _free_head;
@@ -566,17 +599,6 @@ void shard::handle_connect(std::uint32_t slot, std::uint32_t gen, const io_uring
     if (s.gen == gen) maybe_finish_close(slot);
 }
 
-void shard::recycle_recv_buffer(std::uint16_t bid) noexcept {
-    std::uint8_t* buffers = reinterpret_cast<std::uint8_t*>(_recv_ring) +
-                            (_recv_ring_bytes - static_cast<std::size_t>(_config.recv_buffer_count) *
-                                                    _config.recv_buffer_bytes);
-    io_uring_buf_ring_add(_recv_ring, buffers + static_cast<std::size_t>(bid) * _config.recv_buffer_bytes,
-                          _config.recv_buffer_bytes, bid,
-                          io_uring_buf_ring_mask(_config.recv_buffer_count),
-                          static_cast<int>(_recv_recycled_pending));
-    ++_recv_recycled_pending;
-}
-
 void shard::handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept {
     const bool has_buffer = (cqe.flags & IORING_CQE_F_BUFFER) != 0;
     const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
@@ -584,7 +606,7 @@ void shard::handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
     conn_slot& s = _slots[slot];
     if (s.gen != gen || s.state == conn_state::free) {
         _counters.late_cqes.add();
-        if (has_buffer) recycle_recv_buffer(bid);
+        if (has_buffer) _recv_buffers.recycle(bid);
         return;
     }
     if (!more) {
@@ -595,16 +617,12 @@ void shard::handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
         DERP_ASSERT(has_buffer);
         const auto length = static_cast<std::size_t>(cqe.res);
         _counters.recv_bytes.add(length);
-        const std::uint8_t* buffers = reinterpret_cast<const std::uint8_t*>(_recv_ring) +
-                                      (_recv_ring_bytes - static_cast<std::size_t>(_config.recv_buffer_count) *
-                                                              _config.recv_buffer_bytes);
-        if (s.state == conn_state::open)
-            deliver_input(slot, {buffers + static_cast<std::size_t>(bid) * _config.recv_buffer_bytes, length});
-        recycle_recv_buffer(bid);
+        if (s.state == conn_state::open) deliver_input(slot, {_recv_buffers.buffer(bid), length});
+        _recv_buffers.recycle(bid);
         // A multishot recv can end without an error (e.g. CQ overflow): keep reading.
         if (!more && s.state == conn_state::open && s.gen == gen) _rearm_recv.push_back(slot);
     } else {
-        if (has_buffer) recycle_recv_buffer(bid);
+        if (has_buffer) _recv_buffers.recycle(bid);
         if (cqe.res == 0) {
             begin_close(slot, close_cause::peer_closed);
         } else if (cqe.res == -ENOBUFS) {
@@ -786,6 +804,12 @@ void shard::start_stopping() noexcept {
         io_uring_prep_cancel_fd(sqe, _config.listen_fds[l], IORING_ASYNC_CANCEL_ALL);
         io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
     }
+    for (std::uint32_t u = 0; u < _config.udp_fds.size(); ++u) {
+        if (!_recvmsg_armed[u]) continue;
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel_fd(sqe, _config.udp_fds[u], IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
+    }
     for (std::uint32_t slot = 0; slot < _slots.size(); ++slot)
         if (_slots[slot].state == conn_state::open) begin_close(slot, close_cause::shutdown);
 }
@@ -804,10 +828,8 @@ void shard::run() noexcept {
             if (s.state == conn_state::open && !s.recv_armed) prep_recv(slot);
         }
         _rearm_recv.clear();
-        if (_recv_recycled_pending > 0) {
-            io_uring_buf_ring_advance(_recv_ring, static_cast<int>(_recv_recycled_pending));
-            _recv_recycled_pending = 0;
-        }
+        _recv_buffers.flush();
+        _udp_buffers.flush();
         const bool service_busy = _service && _service->on_turn_end();
         publish_outbound();
         if (_stopping) {

@@ -21,6 +21,7 @@
 #include "ring/buffer_pool.hh"
 #include "ring/counters.hh"
 #include "ring/log.hh"
+#include "ring/provided_ring.hh"
 #include "ring/service.hh"
 #include "ring/spsc.hh"
 #include "ring/timer_wheel.hh"
@@ -53,6 +54,7 @@ struct shard_config {
     std::int64_t shutdown_grace_ns = 5'000'000'000;
     std::vector<int> listen_fds;             // owned from start() on
     int signal_fd = -1;                      // admin only: SIGINT/SIGTERM/SIGHUP
+    std::vector<int> udp_fds;                // UDP sockets read with multishot recvmsg (owned)
 };
 
 // Optional callback for signals read by the admin thread (which owns the signalfd).
@@ -61,6 +63,8 @@ using signal_handler = void (*)(void* context, int signal_number) noexcept;
 class shard {
 public:
     static constexpr std::uint8_t service_timer_count = 2;
+    // Datagrams longer than this are cut (and reported truncated): STUN needs a few hundred.
+    static constexpr std::uint32_t udp_datagram_bytes_max = 2048;
 
     shard(shard_config config, std::span<thread_link> links,
           std::vector<spsc_ring<message>*> outbound, std::vector<spsc_ring<message>*> inbound,
@@ -103,6 +107,10 @@ public:
     // consumed nothing while waiting for something else (a registration) and is ready now.
     void replay_input(conn_id conn) noexcept;
     void close(conn_id conn) noexcept;
+    // Sends one datagram on UDP socket `socket_index` at once (sendto, non-blocking). Returns
+    // 0 or the errno; UDP has no queue to wait in, so a full socket buffer drops (counted).
+    int send_datagram(std::uint32_t socket_index, const sockaddr_storage& to, socklen_t to_length,
+                      std::span<const std::uint8_t> payload) noexcept;
     // Opens an outgoing TCP connection; on_connect() reports the outcome. Nothing when the slot
     // table is full or no socket could be made (errno says why).
     std::optional<conn_id> connect(const sockaddr_storage& address, socklen_t length) noexcept;
@@ -168,6 +176,8 @@ private:
     void handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept;
     void handle_send(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept;
     void handle_connect(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept;
+    void prep_recvmsg(std::uint32_t socket_index) noexcept;
+    void handle_recvmsg(std::uint32_t socket_index, const io_uring_cqe& cqe) noexcept;
     std::optional<std::uint32_t> take_slot(int fd) noexcept;
     void deliver_input(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept;
     void flush_writes() noexcept;
@@ -175,7 +185,6 @@ private:
     void publish_outbound() noexcept;
     void start_stopping() noexcept;
     bool inbound_empty() const noexcept;
-    void recycle_recv_buffer(std::uint16_t bid) noexcept;
 
     shard_config _config;
     std::span<thread_link> _links;
@@ -191,12 +200,9 @@ private:
     std::string _setup_note;
     bool _use_fixed_sends = false;
     std::unique_ptr<buffer_pool> _send_pool;
-    // Provided-buffer ring for multishot recv (IORING_REGISTER_PBUF_RING, group 0).
-    io_uring_buf_ring* _recv_ring = nullptr;
-    std::uint8_t* _recv_memory = nullptr;
-    std::size_t _recv_ring_bytes = 0;
-    std::uint32_t _recv_recycled_pending = 0;
-    bool _recv_ring_registered = false;
+    provided_ring _recv_buffers;  // group 0: multishot recv on TCP connections
+    provided_ring _udp_buffers;   // group 1: multishot recvmsg on UDP sockets (admin)
+    msghdr _udp_msghdr{};         // template for recvmsg multishot: name length, no control
 
     std::vector<conn_slot> _slots;
     std::uint32_t _free_head = 0;
@@ -209,6 +215,7 @@ private:
     std::vector<std::uint32_t> _rearm_recv;  // slots whose multishot recv ended (e.g. ENOBUFS)
     std::vector<bool> _accept_armed;
     std::vector<timer_node> _listener_retry;  // accept re-arm after EMFILE/ENFILE
+    std::vector<bool> _recvmsg_armed;         // by UDP socket
     timer_wheel _timers;
     std::uint64_t _now_ns = 0;
     std::uint64_t _service_wake_ns = 0;      // wake_at() for the coming wait; 0 = none

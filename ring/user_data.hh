@@ -21,6 +21,7 @@ enum class op : std::uint8_t {
     shutdown = 8,       // shutdown(SHUT_WR) of a connection before close
     close = 9,          // close of a connection's descriptor
     connect = 10,       // an outgoing connection (clients, mesh dialers, load generators)
+    recvmsg = 11,       // multishot recvmsg on a UDP socket; slot = socket index
 };
 
 inline constexpr std::uint32_t slot_bits = 24;

@@ -26,6 +26,7 @@
 #include "ring/buffer_pool.hh"
 #include "ring/shard.hh"
 #include "server/derp_counters.hh"
+#include "stun/server.hh"
 
 namespace derp::server {
 
@@ -60,6 +61,7 @@ struct derp_shared {
     // element; the runtime's start gate orders that before any request is served).
     std::vector<const ring::shard_counters*> ring_counters;
     std::int64_t start_unix_seconds;
+    const stun::stun_counters* stun = nullptr;  // the admin thread's, when STUN runs
 };
 
 class derp_service final : public ring::service {

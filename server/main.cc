@@ -99,8 +99,6 @@ int main(int argc, char** argv) {
         }
     }
     ring::log(log_level::info, "{}", cfg.mesh_key ? "DERP mesh key configured" : "No mesh key configured");
-    if (cfg.stun)
-        ring::log(log_level::warn, "STUN is not served by this derpd build yet; -stun/-stun-port have no effect");
 
     auto addresses = ring::parse_listen_address(cfg.listen_address);
     if (!addresses) return fail(addresses.error() + " (flag -a)");
@@ -149,11 +147,26 @@ int main(int argc, char** argv) {
     rc.shard_defaults.send_buffer_bytes = 64 * 1024;
     rc.shard_defaults.send_buffer_count = 256;
     rc.handle_signals = true;
+    // STUN on the admin core: UDP on the host of -a at -stun-port (spec 3.1).
+    stun::stun_counters stun_counters;
+    if (cfg.stun) {
+        const auto colon = cfg.listen_address.rfind(':');
+        auto stun_addresses = ring::parse_listen_address(
+            fmt::format("{}:{}", cfg.listen_address.substr(0, colon), cfg.stun_port));
+        if (!stun_addresses) return fail(stun_addresses.error() + " (flag -stun-port)");
+        rc.udp_listen = stun_addresses.value();
+        shared.stun = &stun_counters;
+    }
+    const bool stun_accept_standard = !cfg.stun_strict;
     auto rt = ring::runtime::start(
         std::move(rc),
         [&shared](ring::shard& sh) { return std::make_unique<server::derp_service>(sh, shared); },
-        nullptr);
+        [&stun_counters, stun_accept_standard](ring::shard& sh) -> std::unique_ptr<ring::service> {
+            return std::make_unique<stun::stun_service>(sh, stun_counters, stun_accept_standard);
+        });
     if (!rt) return fail(rt.error());
+    for (const auto& address : rt.value()->bound_udp_addresses())
+        ring::log(log_level::info, "STUN server listening on {}", address.to_string());
 
     for (const auto& address : rt.value()->bound_addresses())
         ring::log(log_level::info, "derper: serving on {}", address.to_string());

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -98,11 +99,12 @@ std::string render_varz(const derp_shared& shared) {
     metric(out, "derp_packets_forwarded_out", "counter", derp_sum(&derp_counters::packets_forwarded_out));
     metric(out, "derp_packets_received", "counter", derp_sum(&derp_counters::packets_received));
     out += "# TYPE derp_packets_received_kind counter\n";
-    for (const auto& [label, kind] : {std::pair{"disco", packet_kind::disco}, std::pair{"other", packet_kind::other}})
-        out += fmt::format("derp_packets_received_kind{{kind=\"{}\"}} {}\n", label,
-                           sum_derp(shared, [&](const derp_counters& c) {
-                               return c.packets_received_kind[static_cast<std::size_t>(kind)].get();
-                           }));
+    // (No structured bindings inside the lambdas: clang 14 cannot capture them.)
+    for (const auto& entry : {std::pair{"disco", packet_kind::disco}, std::pair{"other", packet_kind::other}}) {
+        const auto kind = static_cast<std::size_t>(entry.second);
+        out += fmt::format("derp_packets_received_kind{{kind=\"{}\"}} {}\n", entry.first,
+                           sum_derp(shared, [&](const derp_counters& c) { return c.packets_received_kind[kind].get(); }));
+    }
     metric(out, "derp_packets_sent", "counter", derp_sum(&derp_counters::packets_sent));
     metric(out, "derp_peer_gone_disconnected_frames", "counter",
            derp_sum(&derp_counters::peer_gone_disconnected_frames));
@@ -111,18 +113,32 @@ std::string render_varz(const derp_shared& shared) {
     metric(out, "derp_total_dup_client_conns", "counter", derp_sum(&derp_counters::total_dup_client_conns));
     metric(out, "derp_unknown_frames", "counter", derp_sum(&derp_counters::unknown_frames));
     metric(out, "derp_watchers", "gauge", derp_sum(&derp_counters::watchers));
-    for (const auto& [name, help, packets] :
-         {std::tuple{"derp_bytes_dropped", "DERP bytes dropped by reason and by kind", false},
-          std::tuple{"derp_packets_dropped", "DERP packets dropped by reason and by kind", true}}) {
-        out += fmt::format("# TYPE {} counter\n# HELP {} {}\n", name, name, help);
+    for (const auto& family : {std::tuple{"derp_bytes_dropped", "DERP bytes dropped by reason and by kind", false},
+                               std::tuple{"derp_packets_dropped", "DERP packets dropped by reason and by kind", true}}) {
+        const char* name = std::get<0>(family);
+        const bool packets = std::get<2>(family);
+        out += fmt::format("# TYPE {} counter\n# HELP {} {}\n", name, name, std::get<1>(family));
         for (std::size_t r = 0; r < drop_reason_count; ++r)
-            for (const auto& [label, kind] : {std::pair{"disco", 0}, std::pair{"other", 1}})
-                out += fmt::format(
-                    "{}{{reason=\"{}\",kind=\"{}\"}} {}\n", name, to_string(static_cast<drop_reason>(r)), label,
-                    sum_derp(shared, [&](const derp_counters& c) {
-                        return packets ? c.packets_dropped[r][static_cast<std::size_t>(kind)].get()
-                                       : c.bytes_dropped[r][static_cast<std::size_t>(kind)].get();
-                    }));
+            for (const auto& entry : {std::pair{"disco", std::size_t{0}}, std::pair{"other", std::size_t{1}}}) {
+                const std::size_t kind = entry.second;
+                out += fmt::format("{}{{reason=\"{}\",kind=\"{}\"}} {}\n", name,
+                                   to_string(static_cast<drop_reason>(r)), entry.first,
+                                   sum_derp(shared, [&](const derp_counters& c) {
+                                       return packets ? c.packets_dropped[r][kind].get() : c.bytes_dropped[r][kind].get();
+                                   }));
+            }
+    }
+    if (shared.stun != nullptr) {
+        out += "# TYPE stun_addrfamily counter\n";
+        out += fmt::format("stun_addrfamily{{family=\"ipv4\"}} {}\n", shared.stun->family_ipv4.get());
+        out += fmt::format("stun_addrfamily{{family=\"ipv6\"}} {}\n", shared.stun->family_ipv6.get());
+        out += "# TYPE stun_requests counter\n";
+        for (const auto d : stun::all_dispositions)
+            out += fmt::format("stun_requests{{disposition=\"{}\"}} {}\n", stun::to_string(d),
+                               shared.stun->requests[static_cast<std::size_t>(d)].get());
+        metric(out, "derpd_stun_standard_requests_total", "counter",
+               "STUN Binding requests answered that were not Tailscale-style (no SOFTWARE tailnode).",
+               shared.stun->standard_requests.get());
     }
     const auto now = static_cast<std::uint64_t>(std::time(nullptr));
     metric(out, "process_start_unix_time", "gauge", static_cast<std::uint64_t>(shared.start_unix_seconds));
@@ -149,13 +165,12 @@ std::string render_varz(const derp_shared& shared) {
                            sum_derp(shared, [&](const derp_counters& c) { return c.protocol_closes[r].get(); }));
     out += "# HELP derpd_packets_dropped_total Packets dropped for derpd-only reasons.\n";
     out += "# TYPE derpd_packets_dropped_total counter\n";
-    for (const auto& [label, reason] :
-         {std::pair{"transfer_pool_exhausted", derpd_drop_reason::transfer_pool_exhausted},
-          std::pair{"ring_backlog_full", derpd_drop_reason::ring_backlog_full}})
-        out += fmt::format("derpd_packets_dropped_total{{reason=\"{}\"}} {}\n", label,
-                           sum_derp(shared, [&](const derp_counters& c) {
-                               return c.derpd_packets_dropped[static_cast<std::size_t>(reason)].get();
-                           }));
+    for (const auto& entry : {std::pair{"transfer_pool_exhausted", derpd_drop_reason::transfer_pool_exhausted},
+                              std::pair{"ring_backlog_full", derpd_drop_reason::ring_backlog_full}}) {
+        const auto reason = static_cast<std::size_t>(entry.second);
+        out += fmt::format("derpd_packets_dropped_total{{reason=\"{}\"}} {}\n", entry.first,
+                           sum_derp(shared, [&](const derp_counters& c) { return c.derpd_packets_dropped[reason].get(); }));
+    }
     metric(out, "derpd_http_requests_total", "counter", "HTTP requests parsed on the main listener.",
            derp_sum(&derp_counters::http_requests));
     metric(out, "derpd_http_errors_total", "counter", "Malformed HTTP requests answered with an error and closed.",

@@ -231,13 +231,13 @@ result<binding_request, reject_reason> parse_binding_request(std::span<const std
 }
 
 std::size_t binding_response_bytes(const endpoint& client, ipv4_form form) noexcept {
-    return client.is_ipv4() && form == ipv4_form::family_ipv4 ? binding_response_ipv4_bytes
+    return client.is_ipv4() && form == ipv4_form::ipv4 ? binding_response_ipv4_bytes
                                                               : binding_response_ipv6_bytes;
 }
 
 std::size_t encode_binding_response(std::span<std::uint8_t> out, const transaction_id& txid,
                                     const endpoint& client, ipv4_form form) noexcept {
-    const bool short_form = client.is_ipv4() && form == ipv4_form::family_ipv4;
+    const bool short_form = client.is_ipv4() && form == ipv4_form::ipv4;
     const std::size_t address_bytes = short_form ? 4 : 16;
     const std::size_t value_bytes = 4 + address_bytes;  // 0 | family | port | address
     const std::size_t total_bytes = header_bytes + attribute_header_bytes + value_bytes;

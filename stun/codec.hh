@@ -132,7 +132,7 @@ inline constexpr std::size_t binding_response_bytes_max = binding_response_ipv6_
 enum class ipv4_form : std::uint8_t {
     // Family 1 with 4 address bytes: RFC 5389, and derper on an IPv4-only socket. Recommended:
     // every client (Go's unmaps either form) reads it as the IPv4 address it is.
-    family_ipv4,
+    ipv4,
     // Family 2 with ::ffff:a.b.c.d: what derper sends from its default dual-stack socket
     // (spec 6, 10.6, 11.3 third vector). Only for byte identity with that derper; an RFC client
     // that does not unmap sees an IPv6 address.
