@@ -213,6 +213,15 @@ void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
 void derp_service::on_timer(conn_id conn, std::uint8_t timer_id) noexcept {
     client* c = find(conn);
     if (c == nullptr) return;
+    if (timer_id == timer_deadline && c->stage == phase::http && c->partial_input) {
+        // A request head that never finished arriving (a slow or stalled sender): say so.
+        _counters.handshake_timeouts.add();
+        if (auto n = _close_log.allow(_shard.now_ns()))
+            ring::log(log_level::info, "http: {}: request head not complete in time; 408 ({} recent)",
+                      format_addr(c->ip, c->port), n);
+        respond(conn, *c, go_http_error(408, "Request Timeout", static_cast<std::int64_t>(std::time(nullptr))), false);
+        return;
+    }
     if (timer_id == timer_deadline) {
         _counters.handshake_timeouts.add();
         if (auto n = _close_log.allow(_shard.now_ns()))
@@ -275,7 +284,12 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
 void derp_service::respond(conn_id conn, client& c, std::string response, bool keep_alive) noexcept {
     c.control_out += response;
     _shard.want_write(conn);
-    if (!keep_alive) _shard.close_after_flush(conn);
+    if (!keep_alive) {
+        _shard.close_after_flush(conn);
+        return;
+    }
+    // The next request on this connection gets a fresh deadline, as Go's per-request ReadTimeout.
+    _shard.arm_timer(conn, timer_deadline, _shard.now_ns() + static_cast<std::uint64_t>(_settings.http_header_timeout_ns));
 }
 
 std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {
@@ -342,6 +356,11 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
         if (request.path == "/debug/varz") {
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}}};
             respond(conn, c, go_http_response(200, headers, render_varz(_shared), unix_seconds, request.method == "HEAD"),
+                    keep_alive);
+        } else if (request.path == "/debug/check") {
+            auto [status, text] = render_debug_check(_shared);
+            respond(conn, c, status == 200 ? go_http_response(200, {}, text, unix_seconds, request.method == "HEAD", true)
+                                           : go_http_error(status, text, unix_seconds, request.method == "HEAD"),
                     keep_alive);
         } else if (request.path == "/debug/" || request.path == "/debug") {
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/html; charset=utf-8"}}};

@@ -230,6 +230,19 @@ std::string render_varz(const derp_shared& shared) {
     return out;
 }
 
+std::pair<int, std::string> render_debug_check(const derp_shared& shared) {
+    std::uint64_t connections = 0, keys = 0;
+    for (std::uint32_t s = 0; s < shared.shards; ++s) {
+        connections += shared.counters[s].current_connections.get();
+        keys += shared.counters[s].clients_local.get();
+    }
+    // The shards update these as they go: a check during a burst of connects can see a moment
+    // between a registration and its route; derper's check has the same window.
+    if (connections != keys)
+        return {500, fmt::format("expvar connections = {} != clients map says of {}", connections, keys)};
+    return {200, "derp.Server ConsistencyCheck okay"};
+}
+
 std::string render_debug_index(const derp_shared& shared) {
     char host[256] = {};
     gethostname(host, sizeof host - 1);
@@ -243,6 +256,7 @@ std::string render_debug_index(const derp_shared& shared) {
         "<li><b>Shards:</b> {}</li>\n"
         "</ul>\n<ul>\n"
         "<li><a href=\"/debug/varz\">/debug/varz</a> (Prometheus)</li>\n"
+        "<li><a href=\"/debug/check\">/debug/check</a></li>\n"
         "</ul>\n</body></html>\n",
         uptime, DERPD_VERSION, host, shared.settings.mesh_key ? "true" : "false", shared.shards);
 }

@@ -5,12 +5,18 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "server/derp_service.hh"
 
 namespace derp::server {
 
 std::string render_varz(const derp_shared& shared);
+
+// /debug/check (spec 7.1): derper's consistency check. Like derper's it compares registered
+// connections with distinct keys, so it reports a problem while duplicate keys are connected.
+// Returns the status and the body.
+std::pair<int, std::string> render_debug_check(const derp_shared& shared);
 
 // The /debug/ index page.
 std::string render_debug_index(const derp_shared& shared);

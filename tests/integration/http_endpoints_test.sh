@@ -12,7 +12,8 @@ trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
-"$derpd" -a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 2 >"$tmp/derpd.log" 2>&1 &
+# -handshake-timeout 300ms gives request heads 900 ms (3x), so the slow-sender case is quick.
+"$derpd" -a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 2 -handshake-timeout 300ms >"$tmp/derpd.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do grep -q "serving on" "$tmp/derpd.log" && break; sleep 0.05; done
 port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/derpd.log" | head -n 1)
@@ -63,6 +64,26 @@ grep -q "Re-using existing connection" <<<"$out" && echo "ok: keep-alive" || fai
 # Through a proxy (X-Forwarded-For) /debug/ is refused even from loopback.
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Forwarded-For: 1.2.3.4" "http://127.0.0.1:$port/debug/")
 [[ "$code" == 403 ]] && echo "ok: /debug/ refused with X-Forwarded-For" || fail "/debug/ with X-Forwarded-For gave $code"
+
+check=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$port/debug/check")
+[[ "$check" == "derp.Server ConsistencyCheck okay 200" ]] && echo "ok: /debug/check" || fail "/debug/check: $check"
+# A sender that stops in the middle of its request head gets 408 and a close.
+exec 4<>"/dev/tcp/127.0.0.1/$port"
+printf 'GET / HTTP/1.1\r\nHost: x\r\n' >&4
+got=$(timeout 5 cat <&4)
+exec 4<&-
+grep -q $'^HTTP/1.1 408 Request Timeout\r$' <<<"$got" && echo "ok: slow sender gets 408" || fail "slow sender: $got"
+# Pipelined garbage after a good request: the good one is answered, then 400 and a close.
+exec 4<>"/dev/tcp/127.0.0.1/$port"
+printf 'GET /derp/probe HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE GARBAGE\r\n\r\n' >&4
+got=$(timeout 5 cat <&4)
+exec 4<&-
+grep -q $'^HTTP/1.1 200 OK\r$' <<<"$got" && grep -q $'^HTTP/1.1 400 Bad Request\r$' <<<"$got" &&
+  echo "ok: pipelined garbage gets 400 after the good answer" || fail "pipelined garbage: $got"
+# An oversize request head gets 431.
+big=$(head -c 20000 /dev/zero | tr '\0' 'a')
+got=$(printf 'GET / HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n' "$big" | timeout 5 curl -s -o /dev/null -w '%{http_code}' -H "X-Big: $big" "http://127.0.0.1:$port/")
+[[ "$got" == 431 ]] && echo "ok: oversize head gets 431" || fail "oversize head gave $got"
 
 # /debug/varz: promtool accepts it, and accepts moves with traffic.
 before=$(curl -s "http://127.0.0.1:$port/debug/varz")
