@@ -21,6 +21,8 @@
 
 #include <fmt/format.h>
 
+#include "bench/bench_util.hh"
+
 #include "bench/derp_client.hh"
 #include "core/flags.hh"
 #include "crypto/box.hh"
@@ -332,11 +334,6 @@ round_result run_round(const std::string& derpd, std::int64_t shards, std::uint3
     return r;
 }
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0 : v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -400,14 +397,14 @@ int main(int argc, char** argv) {
             }
             failed = failed || failures > 0;
             fmt::print("{:>6} {:>6} {:>6} {:>12.0f} {:>9.3f} {:>7.2f}% {:>14.3f} {:>9.0f}% {:>9.0f}%{}\n", shards,
-                       size, pairs, median(pps), median(gbps), median(loss) * 100, median(cpu),
-                       median(srv_share) * 100, median(cli_share) * 100,
+                       size, pairs, bench::median(pps), bench::median(gbps), bench::median(loss) * 100, bench::median(cpu),
+                       bench::median(srv_share) * 100, bench::median(cli_share) * 100,
                        failures > 0 ? fmt::format("  ({} client failures)", failures) : "");
             json += fmt::format("{}{{\"shards\":{},\"bytes\":{},\"pairs\":{},\"delivered_pps\":{:.0f},"
                                 "\"delivered_gbps\":{:.4f},\"loss_ratio\":{:.5f},\"server_cpu_us_per_packet\":{:.4f},"
                                 "\"server_cpu_share\":{:.3f},\"load_cpu_share\":{:.3f}}}",
-                                json.size() > 1 ? "," : "", shards, size, pairs, median(pps), median(gbps),
-                                median(loss), median(cpu), median(srv_share), median(cli_share));
+                                json.size() > 1 ? "," : "", shards, size, pairs, bench::median(pps), bench::median(gbps),
+                                bench::median(loss), bench::median(cpu), bench::median(srv_share), bench::median(cli_share));
         }
     }
     fmt::print("{}]\n", json);

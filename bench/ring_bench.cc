@@ -21,6 +21,8 @@
 
 #include <fmt/format.h>
 
+#include "bench/bench_util.hh"
+
 #include "core/flags.hh"
 #include "ring/runtime.hh"
 
@@ -28,14 +30,6 @@ using namespace derp::ring;
 using clock_type = std::chrono::steady_clock;
 
 namespace {
-
-void pin_to(int cpu) {
-    const long online = sysconf(_SC_NPROCESSORS_ONLN);
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(static_cast<unsigned>(cpu % std::max(1L, online)), &set);
-    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
 
 double seconds_since(clock_type::time_point start) {
     return std::chrono::duration<double>(clock_type::now() - start).count();
@@ -45,7 +39,7 @@ double seconds_since(clock_type::time_point start) {
 double spsc_messages_per_s(std::uint64_t total, std::size_t batch) {
     spsc_ring<message> ring(4096);
     std::thread producer([&] {
-        pin_to(0);
+        derp::bench::pin_this_thread(0);
         message m;
         std::uint64_t sent = 0;
         while (sent < total) {
@@ -59,7 +53,7 @@ double spsc_messages_per_s(std::uint64_t total, std::size_t batch) {
             ring.publish();
         }
     });
-    pin_to(1);
+    derp::bench::pin_this_thread(1);
     const auto start = clock_type::now();
     std::uint64_t received = 0, checksum = 0;
     while (received < total) {
@@ -193,7 +187,7 @@ public:
 
 private:
     void run() {
-        pin_to(0);
+        derp::bench::pin_this_thread(0);
         const int ep = epoll_create1(EPOLL_CLOEXEC);
         epoll_event ev{};
         ev.events = EPOLLIN;
@@ -262,7 +256,7 @@ double cpu_seconds(clockid_t id) {
 // Closed-loop load: each connection sends one request, waits for the whole echo, repeats.
 echo_result drive_echo(const socket_address& server, int connections, std::size_t request_bytes,
                        double duration_s) {
-    pin_to(1);
+    derp::bench::pin_this_thread(1);
     struct conn {
         int fd;
         std::size_t sent = 0, received = 0;
@@ -334,11 +328,6 @@ echo_result plain_epoll_echo(int connections, std::size_t request_bytes, double 
     return drive_echo(server.address(), connections, request_bytes, duration_s);
 }
 
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0 : v[v.size() / 2];
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -367,14 +356,14 @@ int main(int argc, char** argv) {
         spsc64.push_back(spsc_messages_per_s(50'000'000, 64));
         rt_msgs.push_back(runtime_messages_per_s(20'000'000, &wakeups));
     }
-    fmt::print("spsc ring, publish every message : {:8.1f} M msg/s\n", median(spsc1) / 1e6);
-    fmt::print("spsc ring, publish per 64        : {:8.1f} M msg/s\n", median(spsc64) / 1e6);
+    fmt::print("spsc ring, publish every message : {:8.1f} M msg/s\n", derp::bench::median(spsc1) / 1e6);
+    fmt::print("spsc ring, publish per 64        : {:8.1f} M msg/s\n", derp::bench::median(spsc64) / 1e6);
     fmt::print("shard 0 -> shard 1 via runtime   : {:8.1f} M msg/s (wake-ups in last round: {})\n",
-               median(rt_msgs) / 1e6, wakeups);
+               derp::bench::median(rt_msgs) / 1e6, wakeups);
     std::string json = fmt::format(
         "{{\"spsc_publish_each_msgs_per_s\":{:.0f},\"spsc_publish_64_msgs_per_s\":{:.0f},"
         "\"runtime_cross_shard_msgs_per_s\":{:.0f},\"echo\":[",
-        median(spsc1), median(spsc64), median(rt_msgs));
+        derp::bench::median(spsc1), derp::bench::median(spsc64), derp::bench::median(rt_msgs));
 
     bool first = true;
     for (std::string_view rest = sizes; !rest.empty();) {
@@ -405,14 +394,14 @@ int main(int argc, char** argv) {
         const double mb = static_cast<double>(size) * 2 / 1e6;
         fmt::print("echo {:>6} B x {} conns: runtime {:9.0f} req/s {:8.1f} MB/s {:6.2f} us cpu/req | "
                    "epoll {:9.0f} req/s {:8.1f} MB/s {:6.2f} us cpu/req | ratio req/s {:.2f}, cpu/req {:.2f}\n",
-                   size, connections, median(ring_rps), median(ring_rps) * mb, median(ring_cpu),
-                   median(epoll_rps), median(epoll_rps) * mb, median(epoll_cpu), median(ratio),
-                   median(cpu_ratio));
+                   size, connections, derp::bench::median(ring_rps), derp::bench::median(ring_rps) * mb, derp::bench::median(ring_cpu),
+                   derp::bench::median(epoll_rps), derp::bench::median(epoll_rps) * mb, derp::bench::median(epoll_cpu), derp::bench::median(ratio),
+                   derp::bench::median(cpu_ratio));
         json += fmt::format("{}{{\"bytes\":{},\"conns\":{},\"runtime_rps\":{:.0f},\"epoll_rps\":{:.0f},"
                             "\"ratio\":{:.3f},\"runtime_cpu_us_per_req\":{:.3f},"
                             "\"epoll_cpu_us_per_req\":{:.3f},\"cpu_ratio\":{:.3f}}}",
-                            first ? "" : ",", size, connections, median(ring_rps), median(epoll_rps),
-                            median(ratio), median(ring_cpu), median(epoll_cpu), median(cpu_ratio));
+                            first ? "" : ",", size, connections, derp::bench::median(ring_rps), derp::bench::median(epoll_rps),
+                            derp::bench::median(ratio), derp::bench::median(ring_cpu), derp::bench::median(epoll_cpu), derp::bench::median(cpu_ratio));
         first = false;
     }
     json += "]}";

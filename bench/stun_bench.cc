@@ -24,19 +24,14 @@
 
 #include <fmt/format.h>
 
+#include "bench/bench_util.hh"
+
 #include "core/flags.hh"
 #include "stun/codec.hh"
 
 namespace {
 
 using clock_type = std::chrono::steady_clock;
-
-void pin_to(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(static_cast<unsigned>(cpu), &set);
-    pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-}
 
 sockaddr_in loopback(std::uint16_t port) {
     sockaddr_in a{};
@@ -59,7 +54,7 @@ std::uint16_t free_udp_port() {
 // Closed loop: keeps `window` requests outstanding, sent and received in batches; counts valid
 // answers (right transaction id, a mapped address) per second.
 double drive(std::uint16_t port, double duration_s, int window) {
-    pin_to(0);
+    derp::bench::pin_this_thread(0);
     const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     sockaddr_in to = loopback(port);
     ::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to);
@@ -127,7 +122,7 @@ struct plain_responder {
         ::close(fd);
     }
     void run() {
-        pin_to(1);
+        derp::bench::pin_this_thread(1);
         std::vector<mmsghdr> msgs(64);
         std::vector<iovec> iov(64);
         std::vector<std::array<std::uint8_t, 128>> buf(64);
@@ -150,11 +145,6 @@ struct plain_responder {
         }
     }
 };
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.empty() ? 0 : v[v.size() / 2];
-}
 
 }  // namespace
 
@@ -215,8 +205,8 @@ int main(int argc, char** argv) {
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);
     fmt::print("STUN Binding requests answered, window {}: derpd {:.0f}/s | plain UDP responder {:.0f}/s | ratio {:.2f}\n",
-               window, median(derpd_rps), median(plain_rps), median(ratio));
-    fmt::print("{{\"derpd_stun_rps\":{:.0f},\"plain_udp_rps\":{:.0f},\"ratio\":{:.3f}}}\n", median(derpd_rps),
-               median(plain_rps), median(ratio));
-    return median(derpd_rps) > 0 ? 0 : 1;
+               window, derp::bench::median(derpd_rps), derp::bench::median(plain_rps), derp::bench::median(ratio));
+    fmt::print("{{\"derpd_stun_rps\":{:.0f},\"plain_udp_rps\":{:.0f},\"ratio\":{:.3f}}}\n", derp::bench::median(derpd_rps),
+               derp::bench::median(plain_rps), derp::bench::median(ratio));
+    return derp::bench::median(derpd_rps) > 0 ? 0 : 1;
 }

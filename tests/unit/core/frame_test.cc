@@ -11,30 +11,9 @@
 #include <vector>
 
 #include "core/http_request.hh"
+#include "tests/support/counting_new.hh"
 #include "tests/unit/fixture_util.hh"
 
-namespace {
-
-std::atomic<long> allocations{0};
-
-}  // namespace
-
-// Counting allocator for the allocation tests (Tailscale AllocsPerRun style). GCC's
-// -Wmismatched-new-delete cannot see that this pair replaces the global one.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void* operator new(std::size_t n) {
-    allocations.fetch_add(1, std::memory_order_relaxed);
-    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-    throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 namespace derp {
 namespace {
@@ -361,7 +340,7 @@ TEST_CASE("helpers: flags, disco, frame type names") {
 TEST_CASE("parsing and encoding do not allocate") {
     bytes packet(1200, 0x42);
     bytes out(forward_packet_frame_bytes(packet.size()));
-    const long before = allocations.load();
+    const long before = derp::test::allocation_count();
     std::size_t total = 0;
     for (int i = 0; i < 100; ++i) {
         const std::size_t w = encode_send_packet(out, client2, packet);
@@ -374,7 +353,7 @@ TEST_CASE("parsing and encoding do not allocate") {
         total += encode_peer_gone(out, client, peer_gone_reason::disconnected);
         if (decode_ping(std::span(packet.data(), 8)).has_value()) ++total;
     }
-    CHECK(allocations.load() == before);
+    CHECK(derp::test::allocation_count() == before);
     CHECK(total > 0);
 }
 

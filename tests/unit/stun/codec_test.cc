@@ -13,30 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/counting_new.hh"
 #include "tests/unit/fixture_util.hh"
 
-namespace {
-
-std::atomic<long> allocations{0};
-
-}  // namespace
-
-// Counting allocator for the allocation test (Tailscale AllocsPerRun style). This replaces the
-// global operator new, so this file needs a test executable of its own (as frame_test.cc does).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void* operator new(std::size_t n) {
-    allocations.fetch_add(1, std::memory_order_relaxed);
-    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-    throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 namespace derp::stun {
 namespace {
@@ -497,14 +476,14 @@ TEST_CASE("the server path does not allocate") {
     const endpoint client = endpoint_from_ipv4({192, 0, 2, 1}, 41641);
     std::array<std::uint8_t, binding_response_bytes_max> out{};
     std::size_t written = 0;
-    const long before = allocations.load();
+    const long before = derp::test::allocation_count();
     for (int i = 0; i < 100; ++i) {
         const auto parsed = parse_binding_request(req, i % 2 == 0);
         if (parsed) written += encode_binding_response(out, parsed->txid, client, ipv4_form::ipv4);
         (void)parse_binding_request(rfc5769_request, true);
         (void)parse_binding_response(std::span(out).first(binding_response_ipv4_bytes), spec_txid);
     }
-    CHECK(allocations.load() - before == 0);
+    CHECK(derp::test::allocation_count() - before == 0);
     CHECK(written == 100 * binding_response_ipv4_bytes);
 }
 
