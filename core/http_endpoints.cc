@@ -84,6 +84,13 @@ std::string go_http_error(int status, std::string_view message, std::int64_t uni
     return go_http_response(status, headers, fmt::format("{}\n", message), unix_seconds, head_request);
 }
 
+std::string bootstrap_dns_response(std::string_view json, std::int64_t unix_seconds, bool head_request) {
+    std::vector<http_header_field> headers(browser_headers.begin(), browser_headers.end());
+    headers.push_back({"Content-Type", "application/json"});
+    headers.push_back({"Connection", "close"});
+    return go_http_response(200, headers, json, unix_seconds, head_request);
+}
+
 bool valid_tailscale_challenge(std::string_view challenge) noexcept {
     if (challenge.empty() || challenge.size() > 64) return false;
     return std::all_of(challenge.begin(), challenge.end(), [](char ch) {
@@ -181,6 +188,10 @@ http_route_result route_http_request(const http_request& request, const http_rou
             return out;
         }
         out.route = http_route::debug;
+        return out;
+    }
+    if (path == "/bootstrap-dns") {
+        out.route = http_route::bootstrap_dns;
         return out;
     }
     if (path == "/robots.txt") {

@@ -36,6 +36,7 @@ std::string go_http_error(int status, std::string_view message, std::int64_t uni
 enum class http_route : std::uint8_t {
     derp,          // /derp: the upgrade (core/derp_upgrade.hh decides DERP, or derper's 426)
     debug,         // /debug/...: the peer may see it; the server renders the page
+    bootstrap_dns, // /bootstrap-dns: the server answers from its resolver (bootstrap_dns_response)
     respond,       // `response` holds the whole answer
 };
 
@@ -53,6 +54,10 @@ struct http_route_result {
 };
 
 http_route_result route_http_request(const http_request& request, const http_route_context& context);
+
+// The /bootstrap-dns answer around a JSON body (spec 3.5): browser headers, application/json,
+// Connection: close.
+std::string bootstrap_dns_response(std::string_view json, std::int64_t unix_seconds, bool head_request);
 
 // X-Tailscale-Challenge rule of /generate_204: non-empty, at most 64 bytes, [A-Za-z0-9._:-].
 bool valid_tailscale_challenge(std::string_view challenge) noexcept;

@@ -37,6 +37,8 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_bool("stun", &c.stun, "whether to run a STUN server. It will bind to the same IP (if any) as the --addr flag value.");
     flags.add_int("stun-port", &c.stun_port, "The UDP port on which to serve STUN. The listener is bound to the same IP (if any) as specified in the -a flag.");
     flags.add_string("mesh-psk-file", &c.mesh_psk_file, "if non-empty, path to file containing the mesh pre-shared key file. It should contain some hex string; whitespace is trimmed.");
+    flags.add_string("bootstrap-dns-names", &c.bootstrap_dns_names, "optional comma-separated list of hostnames to make available at /bootstrap-dns");
+    flags.add_string("unpublished-bootstrap-dns-names", &c.unpublished_bootstrap_dns_names, "like --bootstrap-dns-names but not published in the main JSON; each may be name/txtname, whose TXT record gives the percentage of clients that get it");
     flags.add_duration("tcp-keepalive-time", &c.tcp_keepalive_time_ns, "TCP keepalive time");
     flags.add_duration("tcp-user-timeout", &c.tcp_user_timeout_ns, "TCP user timeout");
     flags.add_duration("tcp-write-timeout", &c.tcp_write_timeout_ns, "TCP write timeout; 0 results in no timeout being set on writes");

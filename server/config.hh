@@ -29,6 +29,8 @@ struct config {
     bool stun = true;                     // -stun
     std::int64_t stun_port = 3478;        // -stun-port
     std::string mesh_psk_file;            // -mesh-psk-file
+    std::string bootstrap_dns_names;      // -bootstrap-dns-names
+    std::string unpublished_bootstrap_dns_names;  // -unpublished-bootstrap-dns-names
     std::int64_t tcp_keepalive_time_ns = 600'000'000'000;  // -tcp-keepalive-time (10m)
     std::int64_t tcp_user_timeout_ns = 15'000'000'000;     // -tcp-user-timeout (15s)
     std::int64_t tcp_write_timeout_ns = 2'000'000'000;     // -tcp-write-timeout (2s)

@@ -65,6 +65,12 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter handshake_timeouts;            // no complete upgrade + ClientInfo in time
     counter cross_shard_packets;           // relayed through a ring to another shard
     counter control_backlog;               // gauge-ish: control messages waiting for ring space
+    // /bootstrap-dns (spec 3.5).
+    counter bootstrap_dns_requests;
+    counter bootstrap_dns_published_hits, bootstrap_dns_published_misses;
+    counter bootstrap_dns_unpublished_hits, bootstrap_dns_unpublished_misses;
+    counter bootstrap_dns_unpublished_percent_misses;
+    counter bootstrap_dns_queried_domains;  // gauge: this shard's set of queried names
 };
 
 }  // namespace derp::server

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "core/bootstrap_dns.hh"
 #include "core/derp_upgrade.hh"
 #include "core/http_endpoints.hh"
 #include "core/http_request.hh"
@@ -372,11 +373,61 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
         }
         return keep_alive ? head : in.size();
     }
+    case http_route::bootstrap_dns:
+        respond(conn, c, answer_bootstrap_dns(request, c, unix_seconds), false);  // Connection: close
+        return in.size();
     case http_route::respond:
         respond(conn, c, std::move(routed.response), keep_alive);
         return keep_alive ? head : in.size();
     }
     return in.size();
+}
+
+namespace {
+// The value of query parameter `name` (no percent-decoding: DNS names need none).
+std::optional<std::string_view> query_value(std::string_view query, std::string_view name) {
+    while (!query.empty()) {
+        const auto amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        const auto eq = pair.find('=');
+        if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+        query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    }
+    return std::nullopt;
+}
+}  // namespace
+
+std::string derp_service::answer_bootstrap_dns(const http_request& request, const client& c, std::int64_t unix_seconds) {
+    _counters.bootstrap_dns_requests.add();
+    const bool head = request.method == "HEAD";
+    std::shared_ptr<const bootstrap_snapshot> snapshot;
+    if (_shared.bootstrap != nullptr) snapshot = _shared.bootstrap->current();
+    const auto q = query_value(request.query, "q");
+    if (q && !q->empty() && snapshot) {
+        if (_bootstrap_queried.size() > 500) _bootstrap_queried.clear();
+        _bootstrap_queried.emplace(*q);
+        _counters.bootstrap_dns_queried_domains.set(_bootstrap_queried.size());
+        const std::string name(*q);
+        if (auto it = snapshot->unpublished.find(name); it != snapshot->unpublished.end()) {
+            _counters.bootstrap_dns_unpublished_hits.add();
+            static constexpr std::uint8_t v4_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+            static constexpr ip16 loopback6 = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+            const bool loopback = c.ip == loopback6 ||
+                                  (std::equal(c.ip.begin(), c.ip.begin() + 12, std::begin(v4_prefix)) && c.ip[12] == 127);
+            const double coin = static_cast<double>(splitmix64(_rng_state) >> 11) / 9007199254740992.0;
+            if (rollout_selects(it->second.percent, c.ip, loopback, coin))
+                return bootstrap_dns_response(format_bootstrap_json({{name, it->second.addresses}}), unix_seconds, head);
+            _counters.bootstrap_dns_unpublished_percent_misses.add();
+        }
+        if (auto it = snapshot->published.find(name); it != snapshot->published.end()) {
+            if (!it->second.empty()) _counters.bootstrap_dns_published_hits.add();
+            else _counters.bootstrap_dns_published_misses.add();
+        } else if (snapshot->unpublished.find(name) == snapshot->unpublished.end()) {
+            _counters.bootstrap_dns_unpublished_misses.add();
+        }
+    }
+    return bootstrap_dns_response(snapshot ? std::string_view(snapshot->published_json) : std::string_view(),
+                                  unix_seconds, head);
 }
 
 std::size_t derp_service::handle_handshake(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {

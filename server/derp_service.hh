@@ -25,6 +25,7 @@
 #include "crypto/box.hh"
 #include "ring/buffer_pool.hh"
 #include "ring/shard.hh"
+#include "server/bootstrap_dns.hh"
 #include "server/derp_counters.hh"
 #include "stun/server.hh"
 
@@ -62,6 +63,7 @@ struct derp_shared {
     std::vector<const ring::shard_counters*> ring_counters;
     std::int64_t start_unix_seconds;
     const stun::stun_counters* stun = nullptr;  // the admin thread's, when STUN runs
+    const bootstrap_resolver* bootstrap = nullptr;  // when bootstrap DNS names are configured
 };
 
 class derp_service final : public ring::service {
@@ -151,6 +153,7 @@ private:
 
     std::size_t handle_http(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     void respond(ring::conn_id conn, client& c, std::string response, bool keep_alive) noexcept;
+    std::string answer_bootstrap_dns(const http_request& request, const client& c, std::int64_t unix_seconds);
     std::size_t handle_handshake(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     std::size_t handle_frames(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     bool handle_frame(ring::conn_id conn, client& c, const frame_header& header,
@@ -192,6 +195,7 @@ private:
     ring::log_limiter _close_log{100'000'000, 50};  // bursts of 50, then 10 lines/s
     std::uint64_t _rng_state;
     std::uint32_t _local_dups = 0;  // connections on this shard flagged duplicate
+    std::unordered_set<std::string> _bootstrap_queried;  // names asked for via ?q= (cleared past 500)
 };
 
 }  // namespace derp::server

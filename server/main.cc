@@ -17,6 +17,7 @@
 #include "server/config.hh"
 #include "server/derp_service.hh"
 #include "server/files.hh"
+#include "core/bootstrap_dns.hh"
 
 #ifndef DERPD_VERSION
 #define DERPD_VERSION "unknown"
@@ -133,6 +134,12 @@ int main(int argc, char** argv) {
     settings.keepalive_ns = cfg.keepalive_interval_ns;
     settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
     server::derp_shared shared(settings, shards);
+    server::bootstrap_resolver bootstrap(parse_name_list(cfg.bootstrap_dns_names),
+                                         parse_unpublished_names(cfg.unpublished_bootstrap_dns_names));
+    if (bootstrap.configured()) {
+        bootstrap.start();
+        shared.bootstrap = &bootstrap;
+    }
 
     ring::runtime_config rc;
     rc.shard_count = shards;

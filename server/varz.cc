@@ -78,6 +78,15 @@ std::string render_varz(const derp_shared& shared) {
     const auto derp_sum = [&](auto member) {
         return sum_derp(shared, [&](const derp_counters& c) { return (c.*member).get(); });
     };
+    // bootstrap_dns_* sort first, as derper emits names in order.
+    metric(out, "bootstrap_dns_published_hits", "counter", derp_sum(&derp_counters::bootstrap_dns_published_hits));
+    metric(out, "bootstrap_dns_published_misses", "counter", derp_sum(&derp_counters::bootstrap_dns_published_misses));
+    metric(out, "bootstrap_dns_queried_domains", "gauge", derp_sum(&derp_counters::bootstrap_dns_queried_domains));
+    metric(out, "bootstrap_dns_requests", "counter", derp_sum(&derp_counters::bootstrap_dns_requests));
+    metric(out, "bootstrap_dns_unpublished_hits", "counter", derp_sum(&derp_counters::bootstrap_dns_unpublished_hits));
+    metric(out, "bootstrap_dns_unpublished_misses", "counter", derp_sum(&derp_counters::bootstrap_dns_unpublished_misses));
+    metric(out, "bootstrap_dns_unpublished_percent_misses", "counter",
+           derp_sum(&derp_counters::bootstrap_dns_unpublished_percent_misses));
     // derper's names and types (spec 7.3), in derper's name order.
     metric(out, "derp_accepts", "counter", derp_sum(&derp_counters::accepts));
     metric(out, "derp_bytes_received", "counter", derp_sum(&derp_counters::bytes_received));
