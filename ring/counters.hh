@@ -47,6 +47,8 @@ struct alignas(cache_line_bytes) shard_counters {
     counter cqes;                   // CQEs handled
     counter late_cqes;              // CQEs for a slot generation that is gone
     counter timers_fired;
+    counter send_buffers_in_use;    // gauge, set each loop turn
+    counter inbound_backlog;        // gauge: messages waiting in the inbound rings at turn start
     counter datagrams_received;
     counter datagrams_truncated;
     counter datagrams_sent;

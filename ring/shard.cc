@@ -820,6 +820,11 @@ void shard::run() noexcept {
     _now_ns = monotonic_ns();
     for (;;) {  // The only unbounded loop; everything inside is batch-bounded.
         _counters.loop_iterations.add();
+        if (_send_pool) _counters.send_buffers_in_use.set(_send_pool->in_use());
+        std::uint64_t backlog = 0;
+        for (const auto* ring : _inbound)
+            if (ring != nullptr) backlog += ring->occupancy();
+        _counters.inbound_backlog.set(backlog);
         drain_inbound();
         if (!_stopping && self.stop_requested.load(std::memory_order_acquire)) start_stopping();
         flush_writes();

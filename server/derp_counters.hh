@@ -65,6 +65,8 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter handshake_timeouts;            // no complete upgrade + ClientInfo in time
     counter cross_shard_packets;           // relayed through a ring to another shard
     counter control_backlog;               // gauge-ish: control messages waiting for ring space
+    counter queued_packets;                // gauge: packets in this shard's clients' queues
+    counter transfer_buffers_in_use;       // gauge: this shard's transfer buffers out (any shard)
     // /bootstrap-dns (spec 3.5).
     counter bootstrap_dns_requests;
     counter bootstrap_dns_published_hits, bootstrap_dns_published_misses;

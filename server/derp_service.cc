@@ -727,9 +727,11 @@ void derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, p
         release_transfer(oldest);
         q.head = (q.head + 1) % depth;
         --q.count;
+        _counters.queued_packets.sub();
     }
     q.ring[(q.head + q.count) % depth] = frame;
     ++q.count;
+    _counters.queued_packets.add();
     _shard.want_write(conn);
 }
 
@@ -742,6 +744,7 @@ void derp_service::drop_queued(client& c, drop_reason reason) noexcept {
             release_transfer(f);
             q.head = (q.head + 1) % static_cast<std::uint32_t>(q.ring.size());
             --q.count;
+            _counters.queued_packets.sub();
         }
     }
 }
@@ -772,6 +775,7 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
         release_transfer(f);
         q.head = (q.head + 1) % static_cast<std::uint32_t>(q.ring.size());
         --q.count;
+        _counters.queued_packets.sub();
         return true;
     };
     // A frame already partly written goes on first: frames never interleave.
@@ -843,6 +847,7 @@ void derp_service::send_control(std::uint32_t to_shard, control* c) noexcept {
 }
 
 bool derp_service::on_turn_end() noexcept {
+    _counters.transfer_buffers_in_use.set(_transfer[0]->in_use() + _transfer[1]->in_use());
     // Controls to ourselves run here, outside any handler, in the order they were made.
     while (!_local_controls.empty()) {
         control* c = _local_controls.front();

@@ -189,6 +189,16 @@ std::string render_varz(const derp_shared& shared) {
            derp_sum(&derp_counters::handshake_timeouts));
     metric(out, "derpd_cross_shard_packets_total", "counter", "Packets relayed through a ring to another shard.",
            derp_sum(&derp_counters::cross_shard_packets));
+    for (const auto& g : {std::tuple{"derpd_shard_queued_packets", "Packets waiting in the send queues of the shard's clients.",
+                                     &derp_counters::queued_packets},
+                          std::tuple{"derpd_shard_transfer_buffers_in_use",
+                                     "Transfer buffers of the shard holding a frame (on any shard).",
+                                     &derp_counters::transfer_buffers_in_use}}) {
+        out += fmt::format("# HELP {} {}\n# TYPE {} gauge\n", std::get<0>(g), std::get<1>(g), std::get<0>(g));
+        const auto member = std::get<2>(g);
+        for (std::uint32_t s = 0; s < shared.shards; ++s)
+            out += fmt::format("{}{{shard=\"{}\"}} {}\n", std::get<0>(g), s, (shared.counters[s].*member).get());
+    }
 
     // Runtime counters, per shard (label shard="N").
     struct ring_metric {
@@ -222,6 +232,10 @@ std::string render_varz(const derp_shared& shared) {
         {"derpd_shard_io_uring_sqes_total", "counter", "Submission queue entries prepared.", &shard_counters::sqes},
         {"derpd_shard_io_uring_cqes_total", "counter", "Completions handled.", &shard_counters::cqes},
         {"derpd_shard_loop_iterations_total", "counter", "Turns of the shard loop.", &shard_counters::loop_iterations},
+        {"derpd_shard_send_buffers_in_use", "gauge", "Registered send buffers holding output.",
+         &shard_counters::send_buffers_in_use},
+        {"derpd_shard_ring_backlog", "gauge", "Messages waiting in the shard's inbound SPSC rings.",
+         &shard_counters::inbound_backlog},
     };
     for (const auto& m : ring_metrics) {
         out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", m.name, m.help, m.name, m.type);
