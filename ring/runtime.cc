@@ -68,6 +68,17 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
         for (std::uint32_t s = 0; s < cfg.shard_count; ++s) listener_fds[s].push_back(fds.value()[s]);
     }
 
+    std::vector<int> admin_fds;
+    for (auto& address : cfg.admin_listen) {
+        auto fds = open_tcp_listeners(address, 1, cfg.listen_options);
+        if (!fds) {
+            for (auto& per_shard : listener_fds)
+                for (int f : per_shard) ::close(f);
+            for (int f : admin_fds) ::close(f);
+            return unexpected(fds.error());
+        }
+        admin_fds.push_back(fds.value().front());
+    }
     std::vector<int> udp_fds;
     for (auto& address : cfg.udp_listen) {
         auto fd = open_udp_socket(address);
@@ -133,6 +144,7 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
             sc.send_buffer_count = 64;
             sc.signal_fd = rt->_signal_fd;
             sc.udp_fds = udp_fds;
+            sc.listen_fds = admin_fds;
         } else {
             sc.listen_fds = std::move(listener_fds[t]);
         }

@@ -24,7 +24,8 @@ struct runtime_config {
                                          // the offset (the last core when 0)
     std::vector<socket_address> listen;  // one SO_REUSEPORT socket per shard for each
     tcp_listen_options listen_options;
-    std::vector<socket_address> udp_listen;  // UDP sockets of the admin thread (STUN)
+    std::vector<socket_address> udp_listen;    // UDP sockets of the admin thread (STUN)
+    std::vector<socket_address> admin_listen;  // TCP listeners of the admin thread (operators)
     shard_config shard_defaults;         // sizes; index, cpu and fds are filled in per thread
     std::uint32_t admin_conn_slots = 64;
     std::uint32_t ring_capacity = 4096;  // messages per SPSC ring
@@ -64,6 +65,7 @@ public:
     // The listen addresses with their bound ports (port 0 becomes the kernel's choice).
     const std::vector<socket_address>& bound_addresses() const noexcept { return _config.listen; }
     const std::vector<socket_address>& bound_udp_addresses() const noexcept { return _config.udp_listen; }
+    const std::vector<socket_address>& bound_admin_addresses() const noexcept { return _config.admin_listen; }
     const shard_counters& counters(std::uint32_t thread) const noexcept { return _counters[thread]; }
     const std::string& ring_setup_note(std::uint32_t thread) const noexcept {
         return _shards[thread]->ring_setup_note();

@@ -46,6 +46,7 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_string("log-level", &c.log_level, "derpd: debug, info, warn or error");
     flags.add_int("conns-per-shard", &c.conns_per_shard_max, "derpd: connection slots per shard (0 = share the open-files limit among the shards)");
 
+    flags.add_string("admin-addr", &c.admin_addr, "derpd: serve /debug/varz (also as /metrics), /debug/check and /debug/ on this address from the admin thread, to any client that reaches it; \":port\" means loopback only");
     flags.add_bool("stun-strict", &c.stun_strict, "derpd: answer only Tailscale-style STUN requests (SOFTWARE tailnode + FINGERPRINT), as derper does; by default ordinary RFC 5389 Binding requests are answered too");
     flags.add_duration("handshake-timeout", &c.handshake_timeout_ns, "derpd: time a client has for ClientInfo after the upgrade (derper: 10s); the request head gets 3x this (Go: 30s)");
     flags.add_duration("keepalive-interval", &c.keepalive_interval_ns, "derpd: KeepAlive period; each connection adds a jitter of up to 1/12 of it (derper: 60s + [0,5s))");

@@ -16,6 +16,7 @@
 #include "ring/runtime.hh"
 #include "server/config.hh"
 #include "server/derp_service.hh"
+#include "server/admin_service.hh"
 #include "server/files.hh"
 #include "core/bootstrap_dns.hh"
 
@@ -164,14 +165,23 @@ int main(int argc, char** argv) {
         rc.udp_listen = stun_addresses.value();
         shared.stun = &stun_counters;
     }
+    if (!cfg.admin_addr.empty()) {
+        // ":port" binds loopback only: an admin endpoint is not for the world unless asked.
+        const std::string admin = cfg.admin_addr.front() == ':' ? "localhost" + cfg.admin_addr : cfg.admin_addr;
+        auto admin_addresses = ring::parse_listen_address(admin);
+        if (!admin_addresses) return fail(admin_addresses.error() + " (flag -admin-addr)");
+        rc.admin_listen = admin_addresses.value();
+    }
     const bool stun_accept_standard = !cfg.stun_strict;
     auto rt = ring::runtime::start(
         std::move(rc),
         [&shared](ring::shard& sh) { return std::make_unique<server::derp_service>(sh, shared); },
-        [&stun_counters, stun_accept_standard](ring::shard& sh) -> std::unique_ptr<ring::service> {
-            return std::make_unique<stun::stun_service>(sh, stun_counters, stun_accept_standard);
+        [&shared, &stun_counters, stun_accept_standard](ring::shard& sh) -> std::unique_ptr<ring::service> {
+            return std::make_unique<server::admin_service>(sh, shared, stun_counters, stun_accept_standard);
         });
     if (!rt) return fail(rt.error());
+    for (const auto& address : rt.value()->bound_admin_addresses())
+        ring::log(log_level::info, "admin listener on {}", address.to_string());
     for (const auto& address : rt.value()->bound_udp_addresses())
         ring::log(log_level::info, "STUN server listening on {}", address.to_string());
 

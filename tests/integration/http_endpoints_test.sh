@@ -13,7 +13,8 @@ failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
 # -handshake-timeout 300ms gives request heads 900 ms (3x), so the slow-sender case is quick.
-"$derpd" -a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 2 -handshake-timeout 300ms >"$tmp/derpd.log" 2>&1 &
+"$derpd" -a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 2 -handshake-timeout 300ms -admin-addr :0 \
+  >"$tmp/derpd.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do grep -q "serving on" "$tmp/derpd.log" && break; sleep 0.05; done
 port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/derpd.log" | head -n 1)
@@ -104,5 +105,22 @@ n_before=$(sed -n 's/^derp_accepts \([0-9]*\)$/\1/p' <<<"$before")
 for _ in 1 2 3; do curl -s -o /dev/null "http://127.0.0.1:$port/derp/probe"; done
 n_after=$(curl -s "http://127.0.0.1:$port/debug/varz" | sed -n 's/^derp_accepts \([0-9]*\)$/\1/p')
 ((n_after >= n_before + 4)) && echo "ok: derp_accepts $n_before -> $n_after" || fail "derp_accepts did not move ($n_before -> $n_after)"
+
+# The operators' admin listener (-admin-addr :0 = loopback) serves the same metrics off the shards.
+aport=$(sed -n 's/.*admin listener on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/derpd.log" | head -n 1)
+if [[ -z "$aport" ]]; then
+  fail "no admin listener on loopback"
+else
+  curl -s "http://127.0.0.1:$aport/metrics" >"$tmp/admin-varz.txt"
+  promtool check metrics <"$tmp/admin-varz.txt" >/dev/null 2>&1
+  rc=$?
+  ((rc == 0 || rc == 3)) && grep -q '^derp_accepts ' "$tmp/admin-varz.txt" && echo "ok: admin /metrics (promtool exit $rc)" ||
+    fail "admin /metrics: promtool exit $rc"
+  check=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$aport/debug/check")
+  [[ "$check" == "derp.Server ConsistencyCheck okay 200" ]] && echo "ok: admin /debug/check" || fail "admin /debug/check: $check"
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$aport/derp")
+  [[ "$code" == 404 ]] && echo "ok: admin listener serves no DERP" || fail "admin /derp gave $code"
+  grep -q "admin listener on 0.0.0.0\|admin listener on \[::\]" "$tmp/derpd.log" && fail "admin listener not on loopback only"
+fi
 
 if ((failures > 0)); then echo "$failures failure(s)"; exit 1; fi
