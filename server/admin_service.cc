@@ -58,6 +58,9 @@ std::size_t admin_service::on_data(ring::conn_id conn, std::span<const std::uint
         if (request.path == "/debug/varz" || request.path == "/metrics") {
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}}};
             c->out += go_http_response(200, headers, render_varz(_shared), now, head);
+        } else if (request.path == "/debug/vars") {
+            const std::array<http_header_field, 1> headers = {{{"Content-Type", "application/json; charset=utf-8"}}};
+            c->out += go_http_response(200, headers, render_debug_vars(_shared), now, head);
         } else if (request.path == "/debug/check") {
             auto [status, text] = render_debug_check(_shared);
             c->out += status == 200 ? go_http_response(200, {}, text, now, head, true) : go_http_error(status, text, now, head);

@@ -358,6 +358,10 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}}};
             respond(conn, c, go_http_response(200, headers, render_varz(_shared), unix_seconds, request.method == "HEAD"),
                     keep_alive);
+        } else if (request.path == "/debug/vars") {
+            const std::array<http_header_field, 1> headers = {{{"Content-Type", "application/json; charset=utf-8"}}};
+            respond(conn, c, go_http_response(200, headers, render_debug_vars(_shared), unix_seconds, request.method == "HEAD"),
+                    keep_alive);
         } else if (request.path == "/debug/check") {
             auto [status, text] = render_debug_check(_shared);
             respond(conn, c, status == 200 ? go_http_response(200, {}, text, unix_seconds, request.method == "HEAD", true)

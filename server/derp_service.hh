@@ -64,6 +64,7 @@ struct derp_shared {
     std::int64_t start_unix_seconds;
     const stun::stun_counters* stun = nullptr;  // the admin thread's, when STUN runs
     const bootstrap_resolver* bootstrap = nullptr;  // when bootstrap DNS names are configured
+    std::vector<std::string> cmdline;               // argv, for /debug/vars
 };
 
 class derp_service final : public ring::service {

@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
     settings.keepalive_ns = cfg.keepalive_interval_ns;
     settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
     server::derp_shared shared(settings, shards);
+    shared.cmdline.assign(argv, argv + argc);
     server::bootstrap_resolver bootstrap(parse_name_list(cfg.bootstrap_dns_names),
                                          parse_unpublished_names(cfg.unpublished_bootstrap_dns_names));
     if (bootstrap.configured()) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <sstream>
 #include <tuple>
 
@@ -253,6 +254,94 @@ std::string render_varz(const derp_shared& shared) {
     return out;
 }
 
+std::string render_debug_vars(const derp_shared& shared) {
+    const auto derp_sum = [&](auto member) {
+        return sum_derp(shared, [&](const derp_counters& c) { return (c.*member).get(); });
+    };
+    const auto json_string = [](std::string_view text) {
+        std::string out = "\"";
+        for (const char ch : text) {
+            if (ch == '"' || ch == '\\') out += '\\';
+            if (static_cast<unsigned char>(ch) < 0x20) out += fmt::format("\\u{:04x}", static_cast<unsigned>(ch));
+            else out += ch;
+        }
+        return out + "\"";
+    };
+    std::map<std::string, std::string> vars;  // sorted, as expvar.Do visits them
+    std::string cmdline = "[";
+    for (std::size_t i = 0; i < shared.cmdline.size(); ++i)
+        cmdline += (i ? "," : "") + json_string(shared.cmdline[i]);
+    vars["cmdline"] = cmdline + "]";
+    // The "derp" set: an expvar.Map, {"key": value, ...} in key order.
+    std::map<std::string, std::string> derp;
+    const std::uint64_t keys = derp_sum(&derp_counters::clients_local);
+    derp["accepts"] = std::to_string(derp_sum(&derp_counters::accepts));
+    derp["bytes_received"] = std::to_string(derp_sum(&derp_counters::bytes_received));
+    derp["bytes_sent"] = std::to_string(derp_sum(&derp_counters::bytes_sent));
+    derp["counter_packets_received_kind"] = fmt::format(
+        "{{\"disco\": {}, \"other\": {}}}",
+        sum_derp(shared, [](const derp_counters& c) { return c.packets_received_kind[0].get(); }),
+        sum_derp(shared, [](const derp_counters& c) { return c.packets_received_kind[1].get(); }));
+    derp["counter_total_dup_client_conns"] = std::to_string(derp_sum(&derp_counters::total_dup_client_conns));
+    derp["gauge_clients_local"] = std::to_string(keys);
+    derp["gauge_clients_remote"] = "0";
+    derp["gauge_clients_total"] = std::to_string(keys);
+    derp["gauge_current_connections"] = std::to_string(derp_sum(&derp_counters::current_connections));
+    derp["gauge_current_dup_client_keys"] = std::to_string(derp_sum(&derp_counters::current_dup_client_keys));
+    derp["gauge_current_home_connections"] = std::to_string(derp_sum(&derp_counters::current_home_connections));
+    derp["gauge_current_notideal_connections"] = std::to_string(derp_sum(&derp_counters::current_notideal_connections));
+    derp["gauge_watchers"] = std::to_string(derp_sum(&derp_counters::watchers));
+    derp["got_ping"] = std::to_string(derp_sum(&derp_counters::got_ping));
+    derp["home_moves_in"] = std::to_string(derp_sum(&derp_counters::home_moves_in));
+    derp["home_moves_out"] = std::to_string(derp_sum(&derp_counters::home_moves_out));
+    derp["packets_forwarded_in"] = std::to_string(derp_sum(&derp_counters::packets_forwarded_in));
+    derp["packets_forwarded_out"] = std::to_string(derp_sum(&derp_counters::packets_forwarded_out));
+    derp["packets_received"] = std::to_string(derp_sum(&derp_counters::packets_received));
+    derp["packets_sent"] = std::to_string(derp_sum(&derp_counters::packets_sent));
+    derp["peer_gone_disconnected_frames"] = std::to_string(derp_sum(&derp_counters::peer_gone_disconnected_frames));
+    derp["peer_gone_not_here_frames"] = std::to_string(derp_sum(&derp_counters::peer_gone_not_here_frames));
+    derp["sclient_write_timeouts"] = std::to_string(derp_sum(&derp_counters::sclient_write_timeouts));
+    derp["sent_pong"] = std::to_string(derp_sum(&derp_counters::sent_pong));
+    derp["unknown_frames"] = std::to_string(derp_sum(&derp_counters::unknown_frames));
+    derp["version"] = json_string(DERPD_VERSION);
+    std::string set = "{";
+    for (const auto& [k, v] : derp) set += (set.size() > 1 ? ", " : "") + json_string(k) + ": " + v;
+    vars["derp"] = set + "}";
+    for (const auto& [name, packets] : {std::pair{"derp_bytes_dropped", false}, std::pair{"derp_packets_dropped", true}}) {
+        std::string map = "{";
+        for (std::size_t r = 0; r < drop_reason_count; ++r)
+            for (std::size_t k = 0; k < 2; ++k) {
+                const bool as_packets = packets;
+                const std::uint64_t n = sum_derp(shared, [&](const derp_counters& c) {
+                    return as_packets ? c.packets_dropped[r][k].get() : c.bytes_dropped[r][k].get();
+                });
+                map += fmt::format("{}\"reason={},kind={}\": {}", map.size() > 1 ? ", " : "",
+                                   to_string(static_cast<drop_reason>(r)), k == 0 ? "disco" : "other", n);
+            }
+        vars[name] = map + "}";
+    }
+    if (shared.stun != nullptr) {
+        std::string requests;
+        for (const auto d : stun::all_dispositions)
+            requests += fmt::format("{}\"{}\": {}", requests.empty() ? "" : ", ", stun::to_string(d),
+                                    shared.stun->requests[static_cast<std::size_t>(d)].get());
+        vars["stun"] = fmt::format("{{\"counter_addrfamily\": {{\"ipv4\": {}, \"ipv6\": {}}}, \"counter_requests\": {{{}}}}}",
+                                   shared.stun->family_ipv4.get(), shared.stun->family_ipv6.get(), requests);
+    }
+    vars["counter_bootstrap_dns_requests"] = std::to_string(derp_sum(&derp_counters::bootstrap_dns_requests));
+    const auto now = static_cast<std::uint64_t>(std::time(nullptr));
+    vars["counter_uptime_sec"] = std::to_string(now - static_cast<std::uint64_t>(shared.start_unix_seconds));
+    vars["process_start_unix_time"] = std::to_string(shared.start_unix_seconds);
+    vars["version"] = json_string(DERPD_VERSION);
+    std::string out = "{\n";
+    bool first = true;
+    for (const auto& [k, v] : vars) {
+        out += (first ? "" : ",\n") + json_string(k) + ": " + v;
+        first = false;
+    }
+    return out + "\n}\n";
+}
+
 std::pair<int, std::string> render_debug_check(const derp_shared& shared) {
     std::uint64_t connections = 0, keys = 0;
     for (std::uint32_t s = 0; s < shared.shards; ++s) {
@@ -280,6 +369,7 @@ std::string render_debug_index(const derp_shared& shared) {
         "</ul>\n<ul>\n"
         "<li><a href=\"/debug/varz\">/debug/varz</a> (Prometheus)</li>\n"
         "<li><a href=\"/debug/check\">/debug/check</a></li>\n"
+        "<li><a href=\"/debug/vars\">/debug/vars</a> (JSON)</li>\n"
         "</ul>\n</body></html>\n",
         uptime, DERPD_VERSION, host, shared.settings.mesh_key ? "true" : "false", shared.shards);
 }

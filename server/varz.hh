@@ -18,6 +18,10 @@ std::string render_varz(const derp_shared& shared);
 // Returns the status and the body.
 std::pair<int, std::string> render_debug_check(const derp_shared& shared);
 
+// /debug/vars (spec 7.1): Go's expvar JSON with derper's raw names (one object; top-level keys
+// sorted, one per line, as expvar writes them). Go-runtime variables (memstats) are absent.
+std::string render_debug_vars(const derp_shared& shared);
+
 // The /debug/ index page.
 std::string render_debug_index(const derp_shared& shared);
 

@@ -74,6 +74,10 @@ sleep 0.2
 ka=$(ss -tnoH state established "sport = :$port" | grep -o 'timer:(keepalive,[^,]*' | head -n 1)
 exec 4<&-
 [[ "$ka" == "timer:(keepalive,9min"* ]] && echo "ok: accepted socket has TCP keepalive ($ka)" || fail "no 10m keepalive on accepted socket: '$ka'"
+vars=$(curl -s -i "http://127.0.0.1:$port/debug/vars")
+grep -q $'^Content-Type: application/json; charset=utf-8\r$' <<<"$vars" && grep -q '^"derp": {"accepts": [0-9]*, ' <<<"$vars" &&
+  grep -q '^"derp_packets_dropped": {"reason=unknown_dest,kind=disco": 0, ' <<<"$vars" && echo "ok: /debug/vars" ||
+  fail "/debug/vars: $vars"
 # A sender that stops in the middle of its request head gets 408 and a close.
 exec 4<>"/dev/tcp/127.0.0.1/$port"
 printf 'GET / HTTP/1.1\r\nHost: x\r\n' >&4
