@@ -84,6 +84,8 @@ struct derp_service::control {
         unwatch,    // watcher shard -> every shard: the watcher is gone
         presence,   // owner -> watcher shard: PeerPresent / PeerGone for one watcher
         close_key,  // mesh shard -> every shard: ClosePeer
+        traffic_request,  // streamer's shard -> every shard: send me your clients' counters
+        traffic_reply,    // every shard -> streamer's shard: rows (in `rows`)
     };
     type kind;
     node_key key;
@@ -92,6 +94,7 @@ struct derp_service::control {
     route_state state = route_state::gone;
     presence_info info;
     bool flag = false;  // dup_flag: is duplicate; presence: present (else gone)
+    std::vector<traffic_row> rows;  // traffic_reply
 };
 
 std::uint32_t derp_service::owner_of(const node_key& key, std::uint32_t shard_count) noexcept {
@@ -206,6 +209,7 @@ void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
         }
     }
     drop_queued(c, drop_reason::gone_disconnected);
+    if (c.stage == phase::traffic) _traffic.erase((std::uint64_t{conn.slot} << 32) | conn.gen);
     if (c.is_dup) --_local_dups;
     _pending_server_info.erase(conn.slot);
     c = client{};
@@ -230,6 +234,10 @@ void derp_service::on_timer(conn_id conn, std::uint8_t timer_id) noexcept {
                       format_addr(c->ip, c->port),
                       c->stage == phase::http ? "HTTP request" : "handshake", n);
         _shard.close(conn);
+        return;
+    }
+    if (timer_id == timer_keepalive && c->stage == phase::traffic) {
+        request_traffic_snapshot(conn);
         return;
     }
     if (timer_id == timer_keepalive) {
@@ -259,6 +267,8 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
     client* found = find(conn);
     if (found == nullptr) return bytes.size();
     client& c = *found;
+    if (c.stage == phase::traffic) return bytes.size();  // a /debug/traffic stream reads nothing
+    c.bytes_in += bytes.size();
     std::size_t used = 0;
     // One call may carry the request, ClientInfo and the first frames (fast start pipelines
     // them all in one write): each phase takes what it can and hands the rest on.
@@ -273,6 +283,7 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
             // client (reg_ack replays them): derper registers before it reads (spec 1.4).
             break;
         case phase::relay: n = handle_frames(conn, c, rest); break;
+        case phase::traffic: break;  // returned above
         }
         if (n == 0) break;
         used += n;
@@ -358,6 +369,18 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}}};
             respond(conn, c, go_http_response(200, headers, render_varz(_shared), unix_seconds, request.method == "HEAD"),
                     keep_alive);
+        } else if (request.path == "/debug/traffic") {
+            // Streams JSON lines every 2 s until the client goes (derper's /debug/traffic).
+            // A streamed body: no Content-Length; the end of the connection ends it.
+            const std::array<http_header_field, 2> headers = {{{"Connection", "close"},
+                                                               {"Content-Type", "text/plain; charset=utf-8"}}};
+            std::string head_text = go_http_response(200, headers, "", unix_seconds, true);
+            c.control_out += head_text;
+            _shard.want_write(conn);
+            c.stage = phase::traffic;
+            _shard.cancel_timer(conn, timer_deadline);
+            request_traffic_snapshot(conn);
+            return in.size();
         } else if (request.path == "/debug/vars") {
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "application/json; charset=utf-8"}}};
             respond(conn, c, go_http_response(200, headers, render_debug_vars(_shared), unix_seconds, request.method == "HEAD"),
@@ -400,6 +423,40 @@ std::optional<std::string_view> query_value(std::string_view query, std::string_
     return std::nullopt;
 }
 }  // namespace
+
+void derp_service::request_traffic_snapshot(conn_id conn) noexcept {
+    const conn_ref streamer = ref_of(conn);
+    const std::uint64_t id = (std::uint64_t{streamer.slot} << 32) | streamer.gen;
+    traffic_collection& t = _traffic[id];
+    if (t.pending > 0) return;  // the previous round is still being collected
+    t.rows.clear();
+    t.pending = _shared.shards;
+    for (std::uint32_t s = 0; s < _shared.shards; ++s) {
+        auto* m = new control{};
+        m->kind = control::type::traffic_request;
+        m->conn = streamer;
+        send_control(s, m);
+    }
+}
+
+void derp_service::report_traffic(const conn_ref& streamer, std::vector<traffic_row>& rows) noexcept {
+    client* c = find(streamer);
+    if (c == nullptr || c->stage != phase::traffic) return;
+    const conn_id conn{streamer.slot, streamer.gen};
+    std::string lines;
+    for (const traffic_row& r : rows) {
+        auto& last = c->traffic_last[r.key];
+        if (r.sent == last.first && r.recv == last.second) continue;  // only what grew
+        last = {r.sent, r.recv};
+        lines += fmt::format("{{\"Sent\":{},\"Recv\":{},\"Key\":\"nodekey:{}\"", r.sent, r.recv, r.key.to_string());
+        if (r.unique_senders > 0) lines += fmt::format(",\"UniqueSenders\":{}", r.unique_senders);
+        lines += "}\n";
+    }
+    lines += "\n";
+    c->control_out += lines;
+    _shard.want_write(conn);
+    _shard.arm_timer(conn, timer_keepalive, _shard.now_ns() + 2'000'000'000);
+}
 
 std::string derp_service::answer_bootstrap_dns(const http_request& request, const client& c, std::int64_t unix_seconds) {
     _counters.bootstrap_dns_requests.add();
@@ -785,6 +842,7 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
     // A frame already partly written goes on first: frames never interleave.
     if (c.partial_queue >= 0) {
         if (!copy_frame_part(c.queues[static_cast<std::size_t>(c.partial_queue)], c.partial_queue)) {
+            c.bytes_out += n;
             _shard.want_write(conn);
             return n;
         }
@@ -802,6 +860,7 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
         n += take;
         c.control_sent += take;
         if (c.control_sent < c.control_out.size()) {
+            c.bytes_out += n;
             _shard.want_write(conn);
             return n;
         }
@@ -822,6 +881,7 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
             if (!copy_frame_part(c.queues[static_cast<std::size_t>(which)], which)) break;
         }
     }
+    c.bytes_out += n;
     if (c.partial_queue >= 0 || c.queues[0].count > 0 || c.queues[1].count > 0 || c.pending_pong)
         if (c.stage == phase::relay) _shard.want_write(conn);
     return n;
@@ -1059,6 +1119,30 @@ void derp_service::handle_control(control& m) noexcept {
         } else {
             queue_peer_gone(conn, *w, m.key, peer_gone_reason::disconnected);
         }
+        return;
+    }
+    case control::type::traffic_request: {
+        auto* reply = new control{};
+        reply->kind = control::type::traffic_reply;
+        reply->conn = m.conn;
+        for (const auto& c : _clients)
+            if (c.open && c.stage == phase::relay)
+                reply->rows.push_back({c.key, c.bytes_out, c.bytes_in, c.seen_sources.size()});
+        send_control(m.conn.shard, reply);
+        return;
+    }
+    case control::type::traffic_reply: {
+        const std::uint64_t id = (std::uint64_t{m.conn.slot} << 32) | m.conn.gen;
+        auto it = _traffic.find(id);
+        if (it == _traffic.end()) return;
+        auto& t = it->second;
+        t.rows.insert(t.rows.end(), m.rows.begin(), m.rows.end());
+        if (--t.pending > 0) return;
+        if (find(m.conn) == nullptr) {
+            _traffic.erase(it);
+            return;
+        }
+        report_traffic(m.conn, t.rows);
         return;
     }
     case control::type::close_key: {

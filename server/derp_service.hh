@@ -67,6 +67,14 @@ struct derp_shared {
     std::vector<std::string> cmdline;               // argv, for /debug/vars
 };
 
+// One client connection's line of /debug/traffic.
+struct traffic_row {
+    node_key key;
+    std::uint64_t sent = 0;  // bytes the server sent to it
+    std::uint64_t recv = 0;  // bytes the server received from it
+    std::uint64_t unique_senders = 0;
+};
+
 class derp_service final : public ring::service {
 public:
     derp_service(ring::shard& sh, derp_shared& shared);
@@ -87,7 +95,8 @@ public:
     struct control;  // a registry or presence message between shards (derp_service.cc)
 
 private:
-    enum class phase : std::uint8_t { http, handshake, registering, relay };
+    // traffic: the connection streams /debug/traffic and reads nothing more.
+    enum class phase : std::uint8_t { http, handshake, registering, relay, traffic };
     static constexpr std::uint8_t timer_deadline = 0;   // HTTP header / handshake deadline
     static constexpr std::uint8_t timer_keepalive = 1;
 
@@ -125,6 +134,10 @@ private:
         bool watcher = false;
         std::uint64_t skip_bytes = 0;  // payload of an ignored frame still to discard
         bool partial_input = false;    // the runtime holds the start of an unfinished frame
+        std::uint64_t bytes_in = 0;    // all bytes received and sent on the connection, for
+        std::uint64_t bytes_out = 0;   // /debug/traffic (the server's own accounting)
+        // /debug/traffic streams only: the counters each key had at the last report.
+        std::unordered_map<node_key, std::pair<std::uint64_t, std::uint64_t>> traffic_last;
         std::uint64_t http_body_skip = 0;  // request body bytes still to discard (keep-alive)
         // Output: control frames in order, then the two packet queues (no priority between
         // them, as in derper: taken in turn).
@@ -154,6 +167,8 @@ private:
 
     std::size_t handle_http(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     void respond(ring::conn_id conn, client& c, std::string response, bool keep_alive) noexcept;
+    void request_traffic_snapshot(ring::conn_id conn) noexcept;
+    void report_traffic(const conn_ref& streamer, std::vector<struct traffic_row>& rows) noexcept;
     std::string answer_bootstrap_dns(const http_request& request, const client& c, std::int64_t unix_seconds);
     std::size_t handle_handshake(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     std::size_t handle_frames(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
@@ -196,7 +211,13 @@ private:
     ring::log_limiter _close_log{100'000'000, 50};  // bursts of 50, then 10 lines/s
     std::uint64_t _rng_state;
     std::uint32_t _local_dups = 0;  // connections on this shard flagged duplicate
-    std::unordered_set<std::string> _bootstrap_queried;  // names asked for via ?q= (cleared past 500)
+    std::unordered_set<std::string> _bootstrap_queried;
+    // /debug/traffic collection in progress, by streaming connection: rows so far, replies due.
+    struct traffic_collection {
+        std::vector<struct traffic_row> rows;
+        std::uint32_t pending = 0;
+    };
+    std::unordered_map<std::uint64_t, traffic_collection> _traffic;  // names asked for via ?q= (cleared past 500)
 };
 
 }  // namespace derp::server
