@@ -106,6 +106,13 @@ std::size_t key_registry::dup_key_count() const noexcept {
         _entries.begin(), _entries.end(), [](const auto& kv) { return kv.second.conns.size() > 1; }));
 }
 
+std::size_t key_registry::dup_conn_count() const noexcept {
+    std::size_t n = 0;
+    for (const auto& [key, e] : _entries)
+        if (e.conns.size() > 1) n += e.conns.size();
+    return n;
+}
+
 std::optional<conn_ref> key_registry::active_of(const node_key& key) const {
     auto it = _entries.find(key);
     if (it == _entries.end() || !it->second.active) return std::nullopt;

@@ -68,6 +68,7 @@ public:
     std::size_t key_count() const noexcept { return _entries.size(); }
     std::size_t conn_count() const noexcept { return _conn_count; }
     std::size_t dup_key_count() const noexcept;  // keys with more than one connection
+    std::size_t dup_conn_count() const noexcept;  // connections of those keys
     std::optional<conn_ref> active_of(const node_key& key) const;
 
 private:

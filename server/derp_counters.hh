@@ -37,6 +37,13 @@ inline constexpr std::size_t derpd_drop_reason_count = 2;
 
 using ring::counter;
 
+inline constexpr std::array<std::string_view, 9> tcp_rtt_labels = {"10ms", "20ms", "50ms", "100ms", "150ms",
+                                                                   "250ms", "500ms", "inf", "error"};
+inline constexpr std::array<std::uint32_t, 8> tcp_rtt_bounds_us = {10'000, 20'000, 50'000, 100'000,
+                                                                   150'000, 250'000, 500'000, ~0u};
+inline constexpr std::array<std::uint32_t, 16> buffered_write_frames_bounds = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                               10, 15, 20, 25, 50, 100};
+
 struct alignas(ring::cache_line_bytes) derp_counters {
     counter accepts;                       // connections handed to the DERP server
     counter current_connections;           // gauge: registered DERP connections
@@ -65,6 +72,14 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter handshake_timeouts;            // no complete upgrade + ClientInfo in time
     counter cross_shard_packets;           // relayed through a ring to another shard
     counter control_backlog;               // gauge-ish: control messages waiting for ring space
+    // derper's tcp_rtt{le}: RTT samples of every connection, every 10 s (spec 2.13).
+    std::array<counter, 9> tcp_rtt;  // 10ms 20ms 50ms 100ms 150ms 250ms 500ms inf error
+    // derper's buffered_write_frames histogram: frames per flush (bucket upper bounds below).
+    std::array<counter, 17> buffered_write_frames;  // ..., +Inf
+    counter buffered_write_frames_sum;
+    // average_queue_duration_ms: an EMA (alpha 0.1) of ms from enqueue to write or head drop,
+    // kept per shard in microseconds (single writer) and averaged over active shards on scrape.
+    counter average_queue_duration_us;
     counter queued_packets;                // gauge: packets in this shard's clients' queues
     counter transfer_buffers_in_use;       // gauge: this shard's transfer buffers out (any shard)
     // /bootstrap-dns (spec 3.5).

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -784,6 +785,7 @@ void derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, p
             return;
         }
         const queued_frame& oldest = q.ring[q.head];
+        note_queue_time(oldest.enqueued_ns);
         count_drop(drop_reason::queue_head, kind, oldest.frame_bytes - recv_packet_header_bytes);
         release_transfer(oldest);
         q.head = (q.head + 1) % depth;
@@ -815,6 +817,7 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
     if (found == nullptr) return 0;
     client& c = *found;
     std::size_t n = 0;
+    std::uint32_t frames_written = 0;
     auto copy_frame_part = [&](frame_queue& q, int which) {
         const queued_frame& f = q.ring[q.head];
         const std::size_t take = std::min<std::size_t>(out.size() - n, f.frame_bytes - c.partial_sent);
@@ -829,6 +832,8 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
         // sender's departure (spec 2.4), recycle the transfer buffer.
         c.partial_queue = -1;
         c.partial_sent = 0;
+        ++frames_written;
+        note_queue_time(f.enqueued_ns);
         _counters.packets_sent.add();
         _counters.bytes_sent.add(f.frame_bytes - recv_packet_header_bytes);
         node_key src(key_span(f.data + frame_header_bytes, key_bytes));
@@ -882,6 +887,18 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
         }
     }
     c.bytes_out += n;
+    if (c.stage == phase::relay && n > 0) {
+        // derper's buffered_write_frames: frames per flush (control frames count as one).
+        const std::uint32_t frames = frames_written + (n > 0 && frames_written == 0 ? 1u : 0u);
+        std::size_t bucket = buffered_write_frames_bounds.size();
+        for (std::size_t i = 0; i < buffered_write_frames_bounds.size(); ++i)
+            if (frames <= buffered_write_frames_bounds[i]) {
+                bucket = i;
+                break;
+            }
+        _counters.buffered_write_frames[bucket].add();
+        _counters.buffered_write_frames_sum.add(frames);
+    }
     if (c.partial_queue >= 0 || c.queues[0].count > 0 || c.queues[1].count > 0 || c.pending_pong)
         if (c.stage == phase::relay) _shard.want_write(conn);
     return n;
@@ -910,7 +927,38 @@ void derp_service::send_control(std::uint32_t to_shard, control* c) noexcept {
     post_or_backlog(to_shard, m);
 }
 
+void derp_service::note_queue_time(std::uint64_t enqueued_ns) noexcept {
+    const double sample_ms = static_cast<double>(_shard.now_ns() - std::min(enqueued_ns, _shard.now_ns())) / 1e6;
+    _queue_ema_ms = _queue_ema_ms * 0.9 + sample_ms * 0.1;  // derper's alpha
+    _counters.average_queue_duration_us.set(static_cast<std::uint64_t>(_queue_ema_ms * 1000.0));
+}
+
+void derp_service::sweep_tcp_rtt() noexcept {
+    for (std::uint32_t slot = 0; slot < _clients.size(); ++slot) {
+        const client& c = _clients[slot];
+        if (!c.open || c.stage != phase::relay) continue;
+        tcp_info info{};
+        socklen_t length = sizeof info;
+        const int fd = _shard.fd_of(conn_id{slot, c.gen});
+        if (fd < 0 || getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) {
+            _counters.tcp_rtt[tcp_rtt_labels.size() - 1].add();  // le="error"
+            continue;
+        }
+        for (std::size_t b = 0; b < tcp_rtt_bounds_us.size(); ++b)
+            if (info.tcpi_rtt <= tcp_rtt_bounds_us[b]) {
+                _counters.tcp_rtt[b].add();
+                break;
+            }
+    }
+}
+
 bool derp_service::on_turn_end() noexcept {
+    // derper samples every connection's RTT every 10 s (spec 2.13); here on the first loop turn
+    // after each 10 s (keepalives guarantee turns on a busy or idle node alike).
+    if (_shard.now_ns() >= _next_rtt_sweep_ns) {
+        if (_next_rtt_sweep_ns != 0) sweep_tcp_rtt();
+        _next_rtt_sweep_ns = _shard.now_ns() + 10'000'000'000;
+    }
     _counters.transfer_buffers_in_use.set(_transfer[0]->in_use() + _transfer[1]->in_use());
     // Controls to ourselves run here, outside any handler, in the order they were made.
     while (!_local_controls.empty()) {
@@ -1038,6 +1086,7 @@ void derp_service::handle_control(control& m) noexcept {
         if (!fx.dup_flags.empty() || _registry.dup_key_count() != dup_keys_before)
             _counters.total_dup_client_conns.add();
         _counters.current_dup_client_keys.set(_registry.dup_key_count());
+        _counters.current_dup_client_conns.set(_registry.dup_conn_count());
         apply_effects(m.key, m.conn, fx);
         auto* ack = new control{};
         ack->kind = control::type::reg_ack;
@@ -1048,6 +1097,7 @@ void derp_service::handle_control(control& m) noexcept {
     case control::type::unreg: {
         const registry_effects fx = _registry.remove(m.key, m.conn);
         _counters.current_dup_client_keys.set(_registry.dup_key_count());
+        _counters.current_dup_client_conns.set(_registry.dup_conn_count());
         apply_effects(m.key, m.conn, fx);
         return;
     }

@@ -211,6 +211,10 @@ private:
     ring::log_limiter _close_log{100'000'000, 50};  // bursts of 50, then 10 lines/s
     std::uint64_t _rng_state;
     std::uint32_t _local_dups = 0;  // connections on this shard flagged duplicate
+    double _queue_ema_ms = 0;        // average_queue_duration_ms of this shard
+    std::uint64_t _next_rtt_sweep_ns = 0;
+    void note_queue_time(std::uint64_t enqueued_ns) noexcept;
+    void sweep_tcp_rtt() noexcept;
     std::unordered_set<std::string> _bootstrap_queried;
     // /debug/traffic collection in progress, by streaming connection: rows so far, replies due.
     struct traffic_collection {

@@ -90,6 +90,30 @@ std::string render_varz(const derp_shared& shared) {
            derp_sum(&derp_counters::bootstrap_dns_unpublished_percent_misses));
     // derper's names and types (spec 7.3), in derper's name order.
     metric(out, "derp_accepts", "counter", derp_sum(&derp_counters::accepts));
+    {
+        // The mean of the shards' EMAs, over shards that have relayed anything.
+        double sum = 0;
+        int active = 0;
+        for (std::uint32_t s = 0; s < shared.shards; ++s)
+            if (shared.counters[s].packets_sent.get() > 0) {
+                sum += static_cast<double>(shared.counters[s].average_queue_duration_us.get()) / 1000.0;
+                ++active;
+            }
+        out += fmt::format("derp_average_queue_duration_ms {}\n", active > 0 ? sum / active : 0.0);
+    }
+    out += "# TYPE derp_buffered_write_frames histogram\n";
+    {
+        std::uint64_t cumulative = 0;
+        for (std::size_t b = 0; b <= buffered_write_frames_bounds.size(); ++b) {
+            cumulative += sum_derp(shared, [&](const derp_counters& c) { return c.buffered_write_frames[b].get(); });
+            if (b < buffered_write_frames_bounds.size())
+                out += fmt::format("derp_buffered_write_frames_bucket{{le=\"{}\"}} {}\n", buffered_write_frames_bounds[b], cumulative);
+            else
+                out += fmt::format("derp_buffered_write_frames_bucket{{le=\"+Inf\"}} {}\n", cumulative);
+        }
+        out += fmt::format("derp_buffered_write_frames_sum {}\nderp_buffered_write_frames_count {}\n",
+                           derp_sum(&derp_counters::buffered_write_frames_sum), cumulative);
+    }
     metric(out, "derp_bytes_received", "counter", derp_sum(&derp_counters::bytes_received));
     metric(out, "derp_bytes_sent", "counter", derp_sum(&derp_counters::bytes_sent));
     const std::uint64_t local_keys = derp_sum(&derp_counters::clients_local);
@@ -97,6 +121,7 @@ std::string render_varz(const derp_shared& shared) {
     metric(out, "derp_clients_remote", "gauge", 0);  // no mesh peers yet: every key is local
     metric(out, "derp_clients_total", "gauge", local_keys);
     metric(out, "derp_current_connections", "gauge", derp_sum(&derp_counters::current_connections));
+    metric(out, "derp_current_dup_client_conns", "gauge", derp_sum(&derp_counters::current_dup_client_conns));
     metric(out, "derp_current_dup_client_keys", "gauge", derp_sum(&derp_counters::current_dup_client_keys));
     metric(out, "derp_current_file_descriptors", "gauge", read_process_stats().open_fds);
     metric(out, "derp_current_home_connections", "gauge", derp_sum(&derp_counters::current_home_connections));
@@ -120,6 +145,10 @@ std::string render_varz(const derp_shared& shared) {
            derp_sum(&derp_counters::peer_gone_disconnected_frames));
     metric(out, "derp_peer_gone_not_here_frames", "counter", derp_sum(&derp_counters::peer_gone_not_here_frames));
     metric(out, "derp_sclient_write_timeouts", "counter", derp_sum(&derp_counters::sclient_write_timeouts));
+    out += "# TYPE derp_tcp_rtt counter\n";
+    for (std::size_t b = 0; b < tcp_rtt_labels.size(); ++b)
+        out += fmt::format("derp_tcp_rtt{{le=\"{}\"}} {}\n", tcp_rtt_labels[b],
+                           sum_derp(shared, [&](const derp_counters& c) { return c.tcp_rtt[b].get(); }));
     metric(out, "derp_total_dup_client_conns", "counter", derp_sum(&derp_counters::total_dup_client_conns));
     metric(out, "derp_unknown_frames", "counter", derp_sum(&derp_counters::unknown_frames));
     metric(out, "derp_watchers", "gauge", derp_sum(&derp_counters::watchers));
@@ -287,6 +316,7 @@ std::string render_debug_vars(const derp_shared& shared) {
     derp["gauge_clients_remote"] = "0";
     derp["gauge_clients_total"] = std::to_string(keys);
     derp["gauge_current_connections"] = std::to_string(derp_sum(&derp_counters::current_connections));
+    derp["gauge_current_dup_client_conns"] = std::to_string(derp_sum(&derp_counters::current_dup_client_conns));
     derp["gauge_current_dup_client_keys"] = std::to_string(derp_sum(&derp_counters::current_dup_client_keys));
     derp["gauge_current_home_connections"] = std::to_string(derp_sum(&derp_counters::current_home_connections));
     derp["gauge_current_notideal_connections"] = std::to_string(derp_sum(&derp_counters::current_notideal_connections));

@@ -102,7 +102,8 @@ printf '%s\n' "$before" >"$tmp/varz.txt"
 promtool check metrics <"$tmp/varz.txt" >"$tmp/promtool.out" 2>&1
 rc=$?
 if ((rc != 0 && rc != 3)); then fail "promtool check metrics exit $rc"; cat "$tmp/promtool.out"; else echo "ok: promtool check metrics (exit $rc)"; fi
-if grep -v -E 'should have "_total" suffix|no help text|should not have "_total" suffix|abbreviated units' "$tmp/promtool.out" | grep -q .; then
+# Lint that derper's own names draw (tcp_rtt{le} is derper's counter, not a histogram).
+if grep -v -E 'should have "_total" suffix|no help text|should not have "_total" suffix|abbreviated units|^derp_tcp_rtt non-histogram metrics should not have "le" label' "$tmp/promtool.out" | grep -q .; then
   fail "promtool reported more than derper-name lint:"; cat "$tmp/promtool.out"
 fi
 n_before=$(sed -n 's/^derp_accepts \([0-9]*\)$/\1/p' <<<"$before")

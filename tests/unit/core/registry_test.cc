@@ -47,6 +47,7 @@ TEST_CASE("registry: a duplicate becomes active; both are flagged; watchers see 
     CHECK(fx.dup_flags[0] == std::pair{c1, true});
     CHECK(fx.dup_flags[1] == std::pair{c2, true});
     CHECK(reg.dup_key_count() == 1);
+    CHECK(reg.dup_conn_count() == 2);
     // The old one speaks: it becomes active (last writer wins).
     fx = reg.activity(k, c1);
     CHECK(fx.route == route_state::active);
