@@ -70,6 +70,7 @@ std::vector<unpublished_name> parse_unpublished_names(std::string_view flag_valu
     std::vector<unpublished_name> out;
     for (const auto& entry : parse_name_list(flag_value)) {
         const auto slash = entry.find('/');
+        if (slash == 0) continue;  // "/txt" names nothing to resolve (found by fuzzing)
         if (slash == std::string::npos) out.push_back({entry, ""});
         else out.push_back({entry.substr(0, slash), entry.substr(slash + 1)});
     }

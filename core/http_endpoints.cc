@@ -2,6 +2,8 @@
 #include "core/http_endpoints.hh"
 
 #include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <array>
 #include <vector>
 
@@ -114,6 +116,118 @@ bool debug_access_allowed(const ip16& peer, bool has_forwarded_for) noexcept {
     // fd7a:115c:a1e0::/48, Tailscale's IPv6 range.
     static constexpr std::uint8_t ts6[6] = {0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0};
     return std::equal(peer.begin(), peer.begin() + 6, std::begin(ts6));
+}
+
+std::optional<ip16> parse_ip(std::string_view text) noexcept {
+    // Pure parsing of dotted quads and RFC 4291 text, without inet_pton (core includes no
+    // network headers).
+    ip16 out{};
+    if (text.find(':') == std::string_view::npos) {
+        std::array<std::uint8_t, 4> v4{};
+        int part = 0;
+        unsigned value = 0;
+        int digits = 0;
+        for (std::size_t i = 0; i <= text.size(); ++i) {
+            if (i == text.size() || text[i] == '.') {
+                if (digits == 0 || value > 255 || part > 3) return std::nullopt;
+                v4[static_cast<std::size_t>(part++)] = static_cast<std::uint8_t>(value);
+                value = 0;
+                digits = 0;
+            } else if (text[i] >= '0' && text[i] <= '9' && digits < 3) {
+                value = value * 10 + static_cast<unsigned>(text[i] - '0');
+                ++digits;
+            } else {
+                return std::nullopt;
+            }
+        }
+        if (part != 4) return std::nullopt;
+        return ipv4_mapped(v4);
+    }
+    // IPv6: up to 8 groups, one "::" gap.
+    std::array<std::uint16_t, 8> groups{};
+    int before = 0, after = 0;
+    bool gap = false;
+    std::array<std::uint16_t, 8> tail{};
+    std::size_t i = 0;
+    if (text.substr(0, 2) == "::") {
+        gap = true;
+        i = 2;
+    }
+    while (i < text.size()) {
+        std::size_t j = i;
+        unsigned value = 0;
+        while (j < text.size() && j - i < 4 && std::isxdigit(static_cast<unsigned char>(text[j]))) {
+            const char ch = text[j];
+            value = value * 16 + static_cast<unsigned>(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+            ++j;
+        }
+        if (j == i) return std::nullopt;
+        if (gap) {
+            if (after >= 8) return std::nullopt;
+            tail[static_cast<std::size_t>(after++)] = static_cast<std::uint16_t>(value);
+        } else {
+            if (before >= 8) return std::nullopt;
+            groups[static_cast<std::size_t>(before++)] = static_cast<std::uint16_t>(value);
+        }
+        i = j;
+        if (i == text.size()) break;
+        if (text[i] != ':') return std::nullopt;
+        if (i + 1 < text.size() && text[i + 1] == ':') {
+            if (gap) return std::nullopt;
+            gap = true;
+            i += 2;
+        } else {
+            ++i;
+            if (i == text.size()) return std::nullopt;
+        }
+    }
+    if (!gap && before != 8) return std::nullopt;
+    if (before + after > (gap ? 7 : 8)) return std::nullopt;
+    for (int k = 0; k < after; ++k) groups[static_cast<std::size_t>(8 - after + k)] = tail[static_cast<std::size_t>(k)];
+    for (std::size_t k = 0; k < 8; ++k) {
+        out[2 * k] = static_cast<std::uint8_t>(groups[k] >> 8);
+        out[2 * k + 1] = static_cast<std::uint8_t>(groups[k]);
+    }
+    return out;
+}
+
+std::optional<ip_prefix> parse_ip_prefix(std::string_view text) noexcept {
+    const auto slash = text.find('/');
+    const auto ip = parse_ip(text.substr(0, slash));
+    if (!ip) return std::nullopt;
+    const bool v4 = text.substr(0, slash).find(':') == std::string_view::npos;
+    int bits = v4 ? 32 : 128;
+    if (slash != std::string_view::npos) {
+        const std::string_view n = text.substr(slash + 1);
+        const auto [ptr, ec] = std::from_chars(n.data(), n.data() + n.size(), bits);
+        if (n.empty() || ec != std::errc() || ptr != n.data() + n.size() || bits < 0 || bits > (v4 ? 32 : 128))
+            return std::nullopt;
+    }
+    return ip_prefix{*ip, v4 ? bits + 96 : bits};
+}
+
+bool prefix_contains(const ip_prefix& prefix, const ip16& ip) noexcept {
+    for (int bit = 0; bit < prefix.bits; ++bit) {
+        const auto byte = static_cast<std::size_t>(bit / 8);
+        const auto mask = static_cast<std::uint8_t>(0x80u >> (bit % 8));
+        if ((prefix.address[byte] & mask) != (ip[byte] & mask)) return false;
+    }
+    return true;
+}
+
+bool debug_access_allowed(const ip16& peer, bool has_forwarded_for, const debug_access_policy& policy,
+                          std::string_view method, std::optional<std::string_view> debugkey_param) noexcept {
+    // 1. A GET with the operator's debug key, from anywhere.
+    if (method == "GET" && debugkey_param && !debugkey_param->empty() && !policy.debug_key.empty() &&
+        *debugkey_param == policy.debug_key)
+        return true;
+    // 2. No proxy in between, and a trusted peer.
+    if (has_forwarded_for) return false;
+    if (debug_access_allowed(peer, false)) return true;
+    if (policy.allow_ip && *policy.allow_ip == peer) return true;
+    for (const auto& prefix : policy.trusted_prefixes)
+        if (prefix_contains(prefix, peer)) return true;
+    return false;
 }
 
 std::string home_page_html(std::string_view hostname, bool serve_derp, bool debug_allowed) {

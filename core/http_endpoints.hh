@@ -9,6 +9,8 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <optional>
+#include <vector>
 
 #include "core/frame.hh"
 #include "core/http_request.hh"
@@ -62,10 +64,30 @@ std::string bootstrap_dns_response(std::string_view json, std::int64_t unix_seco
 // X-Tailscale-Challenge rule of /generate_204: non-empty, at most 64 bytes, [A-Za-z0-9._:-].
 bool valid_tailscale_challenge(std::string_view challenge) noexcept;
 
-// tsweb's debug access rule without its environment knobs (spec 3.8 item 2): no
-// X-Forwarded-For header, and the peer is loopback or a Tailscale address (100.64.0.0/10
-// except 100.115.92.0/23, or fd7a:115c:a1e0::/48; IPv4-mapped addresses unmapped first).
+// tsweb's debug access rule, spec 3.8 item 2 without the environment: no X-Forwarded-For
+// header, and the peer is loopback or a Tailscale address (100.64.0.0/10 except
+// 100.115.92.0/23, or fd7a:115c:a1e0::/48; IPv4-mapped addresses unmapped first).
 bool debug_access_allowed(const ip16& peer, bool has_forwarded_for) noexcept;
+
+// An IP prefix, IPv4 ones held IPv4-mapped (bits counted in the 128-bit form).
+struct ip_prefix {
+    ip16 address{};
+    int bits = 0;
+};
+// "a.b.c.d/n", "v6/n", or a bare address (a /32 or /128). Nothing when malformed.
+std::optional<ip_prefix> parse_ip_prefix(std::string_view text) noexcept;
+std::optional<ip16> parse_ip(std::string_view text) noexcept;
+bool prefix_contains(const ip_prefix& prefix, const ip16& ip) noexcept;
+
+// The operator's knobs of spec 3.8: TS_DEBUG_KEY_PATH's key (GET ?debugkey=), TS_ALLOW_DEBUG_IP,
+// TS_DEBUG_TRUSTED_CIDRS. The server reads the environment at start; this stays pure.
+struct debug_access_policy {
+    std::string debug_key;                  // empty: no key grants access
+    std::optional<ip16> allow_ip;
+    std::vector<ip_prefix> trusted_prefixes;
+};
+bool debug_access_allowed(const ip16& peer, bool has_forwarded_for, const debug_access_policy& policy,
+                          std::string_view method, std::optional<std::string_view> debugkey_param) noexcept;
 
 // The home page body (spec 3.2) for the default -home.
 std::string home_page_html(std::string_view hostname, bool serve_derp, bool debug_allowed);

@@ -60,6 +60,18 @@ std::uint64_t splitmix64(std::uint64_t& state) noexcept {
     return z ^ (z >> 31);
 }
 
+// The value of query parameter `name` (no percent-decoding: DNS names need none).
+std::optional<std::string_view> query_value(std::string_view query, std::string_view name) {
+    while (!query.empty()) {
+        const auto amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        const auto eq = pair.find('=');
+        if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+        query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    }
+    return std::nullopt;
+}
+
 std::string format_addr(const ip16& ip, std::uint16_t port) {
     char text[INET6_ADDRSTRLEN] = {};
     static constexpr std::uint8_t v4_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
@@ -341,7 +353,9 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
     context.unix_seconds = unix_seconds;
     context.serve_derp = _settings.serve_derp;
     context.hostname = _settings.hostname;
-    context.debug_allowed = debug_access_allowed(c.ip, request.header("X-Forwarded-For").has_value());
+    context.debug_allowed = debug_access_allowed(c.ip, request.header("X-Forwarded-For").has_value(),
+                                                 _settings.debug_policy, request.method,
+                                                 query_value(request.query, "debugkey"));
     http_route_result routed = route_http_request(request, context);
     switch (routed.route) {
     case http_route::derp: {
@@ -411,19 +425,6 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
     return in.size();
 }
 
-namespace {
-// The value of query parameter `name` (no percent-decoding: DNS names need none).
-std::optional<std::string_view> query_value(std::string_view query, std::string_view name) {
-    while (!query.empty()) {
-        const auto amp = query.find('&');
-        const std::string_view pair = query.substr(0, amp);
-        const auto eq = pair.find('=');
-        if (pair.substr(0, eq) == name) return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
-        query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    }
-    return std::nullopt;
-}
-}  // namespace
 
 void derp_service::request_traffic_snapshot(conn_id conn) noexcept {
     const conn_ref streamer = ref_of(conn);

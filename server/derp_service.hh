@@ -20,6 +20,7 @@
 
 #include "core/frame.hh"
 #include "core/handshake.hh"
+#include "core/http_endpoints.hh"
 #include "core/key.hh"
 #include "core/registry.hh"
 #include "crypto/box.hh"
@@ -45,6 +46,7 @@ struct derp_settings {
     std::int64_t keepalive_ns = 60'000'000'000;            // plus jitter in [0, 5 s)
     std::int64_t keepalive_jitter_ns = 5'000'000'000;
     std::string hostname = "derp.tailscale.com";           // -hostname (home page)
+    debug_access_policy debug_policy;                      // TS_DEBUG_KEY_PATH & co. (spec 3.8)
     std::uint32_t queue_depth_max = 32;                    // per queue, two queues per client
     std::uint32_t small_transfer_buffers = 8192;           // frames up to 2 KiB, per shard
     std::uint32_t large_transfer_buffers = 128;            // frames up to 64 KiB + 37, per shard

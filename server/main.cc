@@ -4,7 +4,10 @@
 #include <unistd.h>
 
 #include <array>
+#include <cctype>
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -19,6 +22,7 @@
 #include "server/admin_service.hh"
 #include "server/files.hh"
 #include "core/bootstrap_dns.hh"
+#include "core/http_endpoints.hh"
 
 #ifndef DERPD_VERSION
 #define DERPD_VERSION "unknown"
@@ -127,6 +131,27 @@ int main(int argc, char** argv) {
     settings.mesh_key = cfg.mesh_key;
     settings.serve_derp = cfg.serve_derp;
     settings.hostname = cfg.hostname;
+    // tsweb's debug access knobs (spec 3.8), read once at start.
+    if (const char* path = std::getenv("TS_DEBUG_KEY_PATH"); path != nullptr && *path) {
+        std::ifstream in(path);
+        std::string key((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        while (!key.empty() && std::isspace(static_cast<unsigned char>(key.back()))) key.pop_back();
+        while (!key.empty() && std::isspace(static_cast<unsigned char>(key.front()))) key.erase(key.begin());
+        if (!in && key.empty()) return fail(fmt::format("TS_DEBUG_KEY_PATH {}: cannot read it", path));
+        settings.debug_policy.debug_key = key;
+    }
+    if (const char* ip = std::getenv("TS_ALLOW_DEBUG_IP"); ip != nullptr && *ip) {
+        settings.debug_policy.allow_ip = parse_ip(ip);
+        if (!settings.debug_policy.allow_ip)
+            ring::log(log_level::warn, "TS_ALLOW_DEBUG_IP={} is not an IP address; ignored", ip);
+    }
+    if (const char* cidrs = std::getenv("TS_DEBUG_TRUSTED_CIDRS"); cidrs != nullptr && *cidrs) {
+        for (const auto& entry : parse_name_list(cidrs)) {
+            auto prefix = parse_ip_prefix(entry);
+            if (!prefix) return fail(fmt::format("TS_DEBUG_TRUSTED_CIDRS: invalid CIDR \"{}\"", entry));
+            settings.debug_policy.trusted_prefixes.push_back(*prefix);
+        }
+    }
     settings.write_timeout_ns = cfg.tcp_write_timeout_ns;
     settings.handshake_timeout_ns = cfg.handshake_timeout_ns;
     // Go's 30 s ReadTimeout for the request head, kept at 3x the handshake deadline so that

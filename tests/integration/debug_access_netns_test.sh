@@ -46,4 +46,23 @@ check "home page served to 192.0.2.2" "*<h1>DERP</h1>*" "$page"
 grep -q "/debug/" <<<"$page" && { echo "FAIL: home page links /debug/ for 192.0.2.2"; failures=$((failures + 1)); }
 check "/debug/varz from loopback served" "200" \
   "$(ip netns exec "$srv" curl -s --max-time 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/debug/varz")"
+
+# The operator's knobs (spec 3.8): TS_DEBUG_TRUSTED_CIDRS admits 192.0.2.0/24; TS_DEBUG_KEY_PATH's
+# key admits a GET with ?debugkey= from anywhere.
+kill "$pid"; wait "$pid" 2>/dev/null
+printf '  hunter2\n' >"$tmp/debug.key"
+ip netns exec "$srv" env TS_DEBUG_TRUSTED_CIDRS=192.0.2.0/24 "$derpd" -a :0 -c "$tmp/derper.key" -stun=false \
+  >"$tmp/derpd2.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "serving on" "$tmp/derpd2.log" && break; sleep 0.05; done
+port=$(sed -n 's/.*serving on \[::\]:\([0-9]*\).*/\1/p' "$tmp/derpd2.log" | head -n 1)
+check "TS_DEBUG_TRUSTED_CIDRS admits 192.0.2.2" "200" "$(in_cli -o /dev/null -w '%{http_code}' "http://192.0.2.1:$port/debug/varz")"
+kill "$pid"; wait "$pid" 2>/dev/null
+ip netns exec "$srv" env TS_DEBUG_KEY_PATH="$tmp/debug.key" "$derpd" -a :0 -c "$tmp/derper.key" -stun=false \
+  >"$tmp/derpd3.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "serving on" "$tmp/derpd3.log" && break; sleep 0.05; done
+port=$(sed -n 's/.*serving on \[::\]:\([0-9]*\).*/\1/p' "$tmp/derpd3.log" | head -n 1)
+check "debugkey (whitespace trimmed) admits a GET" "200" "$(in_cli -o /dev/null -w '%{http_code}' "http://192.0.2.1:$port/debug/varz?debugkey=hunter2")"
+check "a wrong debugkey does not" "403" "$(in_cli -o /dev/null -w '%{http_code}' "http://192.0.2.1:$port/debug/varz?debugkey=nope")"
 exit $((failures > 0))

@@ -20,6 +20,7 @@ TEST_CASE("bootstrap DNS flag lists") {
     CHECK(u[0].name == "a.example");
     CHECK(u[0].txt_name == "rollout.example");
     CHECK(u[1].txt_name.empty());
+    CHECK(parse_unpublished_names("/, /txt.example").empty());  // no name: nothing to resolve
 }
 
 TEST_CASE("rollout percentage from a TXT record") {

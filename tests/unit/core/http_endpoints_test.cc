@@ -121,3 +121,41 @@ TEST_CASE("routing: probes, generate_204, debug, derp, home page for the rest") 
     CHECK(home_page_html("derp12.tailscale.com", true, false).find("security@tailscale.com") != std::string::npos);
     CHECK(home_page_html("derp1.foo.tailscale.com", true, false).find("security@tailscale.com") == std::string::npos);
 }
+
+TEST_CASE("IP and prefix parsing without network headers") {
+    CHECK(parse_ip("192.0.2.1") == v4(192, 0, 2, 1));
+    CHECK(parse_ip("::1") == v6({0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}));
+    CHECK(parse_ip("fd7a:115c:a1e0::1") == v6({0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}));
+    CHECK(parse_ip("2001:db8:0:0:0:0:0:2") == v6({0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2}));
+    for (const char* bad : {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "1.2.3.x", "::1::", "1:2:3:4:5:6:7:8:9", "12345::", ":"}) {
+        CAPTURE(bad);
+        CHECK_FALSE(parse_ip(bad).has_value());
+    }
+    const auto p = parse_ip_prefix("192.0.2.0/24");
+    REQUIRE(p.has_value());
+    CHECK(prefix_contains(*p, v4(192, 0, 2, 200)));
+    CHECK_FALSE(prefix_contains(*p, v4(192, 0, 3, 1)));
+    CHECK_FALSE(parse_ip_prefix("192.0.2.0/33").has_value());
+    CHECK_FALSE(parse_ip_prefix("192.0.2.0/").has_value());
+    const auto single = parse_ip_prefix("2001:db8::7");
+    REQUIRE(single.has_value());
+    CHECK(single->bits == 128);
+}
+
+TEST_CASE("debug access knobs: debug key, allowed IP, trusted prefixes") {
+    debug_access_policy policy;
+    policy.debug_key = "s3cret";
+    policy.allow_ip = v4(192, 0, 2, 7);
+    policy.trusted_prefixes.push_back(*parse_ip_prefix("198.51.100.0/24"));
+    const ip16 outsider = v4(203, 0, 113, 5);
+    CHECK_FALSE(debug_access_allowed(outsider, false, policy, "GET", std::nullopt));
+    CHECK(debug_access_allowed(outsider, true, policy, "GET", std::string_view("s3cret")));  // key beats a proxy
+    CHECK_FALSE(debug_access_allowed(outsider, false, policy, "POST", std::string_view("s3cret")));
+    CHECK_FALSE(debug_access_allowed(outsider, false, policy, "GET", std::string_view("wrong")));
+    CHECK(debug_access_allowed(v4(192, 0, 2, 7), false, policy, "GET", std::nullopt));
+    CHECK_FALSE(debug_access_allowed(v4(192, 0, 2, 7), true, policy, "GET", std::nullopt));
+    CHECK(debug_access_allowed(v4(198, 51, 100, 99), false, policy, "GET", std::nullopt));
+    CHECK(debug_access_allowed(v4(127, 0, 0, 1), false, policy, "GET", std::nullopt));
+    const debug_access_policy none;
+    CHECK_FALSE(debug_access_allowed(outsider, false, none, "GET", std::string_view("")));
+}
