@@ -6,7 +6,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
+
+#include <fmt/format.h>
+
+#include "core/flags.hh"
 
 namespace derp::bench {
 
@@ -23,6 +31,23 @@ inline void pin_this_thread(int cpu) {
     CPU_ZERO(&set);
     CPU_SET(static_cast<unsigned>(cpu % static_cast<int>(std::max(1L, online))), &set);
     pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+// Parses a benchmark's flags; on bad flags or -h prints usage and returns the exit status the
+// program should end with.
+inline std::optional<int> parse_flags(flag_set& flags, int argc, char** argv) {
+    std::vector<std::string_view> args(argv + 1, argv + argc);
+    auto parsed = flags.parse(args);
+    if (parsed && !parsed->help_requested) return std::nullopt;
+    fmt::print(stderr, "{}{}", parsed ? "" : parsed.error() + "\n", flags.usage());
+    return parsed ? 0 : 2;
+}
+
+// The derpd to measure: -derpd if given, else the one of the build the tests run in
+// ($DERP_BUILD_ROOT), else the default.
+inline void default_derpd_path(const flag_set& flags, std::string& derpd) {
+    if (const char* root = std::getenv("DERP_BUILD_ROOT"); root != nullptr && !flags.was_set("derpd"))
+        derpd = std::string(root) + "/server/derpd";
 }
 
 }  // namespace derp::bench

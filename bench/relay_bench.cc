@@ -351,14 +351,8 @@ int main(int argc, char** argv) {
     flags.add_int("rate", &rate, "offered packets/s over all senders (0 = as fast as possible)");
     std::int64_t pace_ns = 250'000;
     flags.add_duration("pace", &pace_ns, "pacing interval: each sender sends its accumulated packets this often");
-    std::vector<std::string_view> args(argv + 1, argv + argc);
-    auto parsed = flags.parse(args);
-    if (!parsed || parsed->help_requested) {
-        fmt::print(stderr, "{}{}", parsed ? "" : parsed.error() + "\n", flags.usage());
-        return parsed ? 0 : 2;
-    }
-    if (const char* root = std::getenv("DERP_BUILD_ROOT"); root != nullptr && !flags.was_set("derpd"))
-        derpd = std::string(root) + "/server/derpd";
+    if (auto exit_status = derp::bench::parse_flags(flags, argc, argv)) return *exit_status;
+    derp::bench::default_derpd_path(flags, derpd);
     if (!crypto_init()) return 1;
     if (pace_ns <= 0) {
         fmt::print(stderr, "-pace must be positive\n");

@@ -340,12 +340,7 @@ int main(int argc, char** argv) {
     flags.add_duration("duration", &duration_ns, "length of each echo round");
     flags.add_int("conns", &connections, "echo client connections");
     flags.add_string("sizes", &sizes, "comma-separated echo request sizes in bytes");
-    std::vector<std::string_view> args(argv + 1, argv + argc);
-    auto parsed = flags.parse(args);
-    if (!parsed || parsed->help_requested) {
-        fmt::print(stderr, "{}{}", parsed ? "" : parsed.error() + "\n", flags.usage());
-        return parsed ? 0 : 2;
-    }
+    if (auto exit_status = derp::bench::parse_flags(flags, argc, argv)) return *exit_status;
     set_log_level(log_level::warn);
     const double duration_s = static_cast<double>(duration_ns) / 1e9;
 

@@ -156,14 +156,8 @@ int main(int argc, char** argv) {
     flags.add_int("rounds", &rounds, "rounds (the median is reported)");
     flags.add_duration("duration", &duration_ns, "measured time per round");
     flags.add_int("window", &window, "requests kept outstanding");
-    std::vector<std::string_view> args(argv + 1, argv + argc);
-    auto parsed = flags.parse(args);
-    if (!parsed || parsed->help_requested) {
-        fmt::print(stderr, "{}{}", parsed ? "" : parsed.error() + "\n", flags.usage());
-        return parsed ? 0 : 2;
-    }
-    if (const char* root = std::getenv("DERP_BUILD_ROOT"); root != nullptr && !flags.was_set("derpd"))
-        derpd = std::string(root) + "/server/derpd";
+    if (auto exit_status = derp::bench::parse_flags(flags, argc, argv)) return *exit_status;
+    derp::bench::default_derpd_path(flags, derpd);
     const double duration_s = static_cast<double>(duration_ns) / 1e9;
 
     // derpd with one shard on cpu 0 and its admin thread (STUN) on cpu 1, the last core.

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/key.hh"
+
 namespace derp::test {
 
 using bytes = std::vector<std::uint8_t>;
@@ -82,5 +84,20 @@ inline bytes read_hex_stream(const std::string& relative) {
     }
     return from_hex(hex);
 }
+
+// The keys of spec section 11.1 (derived as clamp(SHA-256(label))), shared by the tests that
+// check the spec's vectors byte for byte.
+namespace spec_keys {
+inline const private_key server_private =
+    *private_key::from_hex("d88a51dc98d0f19c002918706f8b825fbe90cf3e1e078195191ed9367d7d5664");
+inline const node_key server_public =
+    *node_key::from_hex("d934d6cc4aa36eb88ae522b9f408da1931a6ea30ca115a353c7b121d00724526");
+inline const private_key client_private =
+    *private_key::from_hex("701f030457528c2011662ef839667ac6b631383e714f1c30ff9fec9859f53653");
+inline const node_key client_public =
+    *node_key::from_hex("b33471873f4a323644123df2f01bbab228629aad41038a3b7cf9623afaf21a13");
+inline const node_key client2_public =
+    *node_key::from_hex("249035a08e5aa885caa1d3e45e51c717e63e88c504f22bac9629c5fd4a33865a");
+}  // namespace spec_keys
 
 }  // namespace derp::test

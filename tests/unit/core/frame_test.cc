@@ -22,9 +22,9 @@ using test::bytes;
 using test::from_hex;
 using test::to_hex;
 
-const node_key client = *node_key::from_hex("b33471873f4a323644123df2f01bbab228629aad41038a3b7cf9623afaf21a13");
-const node_key client2 = *node_key::from_hex("249035a08e5aa885caa1d3e45e51c717e63e88c504f22bac9629c5fd4a33865a");
-const node_key server = *node_key::from_hex("d934d6cc4aa36eb88ae522b9f408da1931a6ea30ca115a353c7b121d00724526");
+const node_key& client = test::spec_keys::client_public;
+const node_key& client2 = test::spec_keys::client2_public;
+const node_key& server = test::spec_keys::server_public;
 const bytes hello = test::to_bytes("hello");
 
 std::string encoded(std::size_t (*fn)(std::span<std::uint8_t>)) {

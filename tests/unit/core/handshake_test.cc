@@ -19,10 +19,10 @@ using test::bytes;
 using test::from_hex;
 using test::to_hex;
 
-const private_key server_private = *private_key::from_hex("d88a51dc98d0f19c002918706f8b825fbe90cf3e1e078195191ed9367d7d5664");
-const node_key server_public = *node_key::from_hex("d934d6cc4aa36eb88ae522b9f408da1931a6ea30ca115a353c7b121d00724526");
-const private_key client_private = *private_key::from_hex("701f030457528c2011662ef839667ac6b631383e714f1c30ff9fec9859f53653");
-const node_key client_public = *node_key::from_hex("b33471873f4a323644123df2f01bbab228629aad41038a3b7cf9623afaf21a13");
+const private_key& server_private = test::spec_keys::server_private;
+const node_key& server_public = test::spec_keys::server_public;
+const private_key& client_private = test::spec_keys::client_private;
+const node_key& client_public = test::spec_keys::client_public;
 
 const std::string spec_client_info =
     "0200000068"
