@@ -1,0 +1,254 @@
+// derpbench: capacity planning against any DERP server (derpd or Tailscale's derper), built on
+// the project's client library and the ring runtime. Workloads so far:
+//   throughput   N sender/receiver pairs, fixed packet size, paced (--rate) or unlimited
+//   connections  ramps idle clients to --count; time per connect, server RSS per connection
+// Reports sent, delivered and lost packets always, the server's CPU and RSS when --server-pid
+// is given, and says when the load generator, not the server, was the bottleneck. Exits 1 when
+// clients failed or the server closed them unexpectedly.
+// Not yet: https:// targets (TLS front door), the latency and sweep workloads, --plot.
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "bench/bench_util.hh"
+#include "bench/derp_client.hh"
+#include "bench/pair_load.hh"
+#include "crypto/box.hh"
+#include "ring/runtime.hh"
+
+namespace {
+
+using namespace derp;
+using clock_type = std::chrono::steady_clock;
+
+struct target {
+    std::string url;
+    ring::socket_address address;
+};
+
+// http://host[:port]/derp -> the address to dial. https is refused until derpd has TLS.
+result<target, std::string> parse_url(const std::string& url) {
+    constexpr std::string_view scheme = "http://";
+    if (url.rfind("https://", 0) == 0)
+        return unexpected(std::string("https:// targets need TLS, which this derpbench does not speak yet; use http://"));
+    if (url.rfind(scheme, 0) != 0) return unexpected(fmt::format("--url {}: want http://host:port/derp", url));
+    std::string rest = url.substr(scheme.size());
+    const auto slash = rest.find('/');
+    const std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
+    if (path != "/derp") return unexpected(fmt::format("--url {}: the path must be /derp", url));
+    const std::string hostport = rest.substr(0, slash);
+    std::string host = hostport, port = "80";
+    if (!hostport.empty() && hostport.front() == '[') {  // [v6]:port
+        const auto close = hostport.find(']');
+        if (close == std::string::npos) return unexpected(fmt::format("--url {}: unclosed [", url));
+        host = hostport.substr(1, close - 1);
+        if (close + 1 < hostport.size() && hostport[close + 1] == ':') port = hostport.substr(close + 2);
+    } else if (const auto colon = hostport.rfind(':'); colon != std::string::npos) {
+        host = hostport.substr(0, colon);
+        port = hostport.substr(colon + 1);
+    }
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* list = nullptr;
+    if (const int err = getaddrinfo(host.c_str(), port.c_str(), &hints, &list); err != 0)
+        return unexpected(fmt::format("--url {}: {}", url, gai_strerror(err)));
+    target t;
+    t.url = url;
+    std::memcpy(&t.address.storage, list->ai_addr, list->ai_addrlen);
+    t.address.length = list->ai_addrlen;
+    freeaddrinfo(list);
+    return t;
+}
+
+// ---- connections: idle clients up to a count. ----
+struct idle_stats {
+    std::atomic<std::uint64_t> ready{0};
+    std::atomic<std::uint64_t> failed{0};
+    std::atomic<bool> dialled{false};
+};
+
+class idle_clients final : public client::handler {
+public:
+    idle_clients(idle_stats& st, ring::socket_address server, std::uint64_t count)
+        : _st(st), _server(server), _count(count) {}
+    void attach(client::client_pool& pool) { _pool = &pool; }
+    void on_ready(ring::conn_id, const node_key&) noexcept override { _st.ready++; }
+    void on_packet(ring::conn_id, const node_key&, std::span<const std::uint8_t>) noexcept override {}
+    void on_closed(ring::conn_id, client::client_failure) noexcept override { _st.failed++; }
+    std::size_t fill(ring::conn_id, std::span<std::uint8_t>) noexcept override { return 0; }
+    bool on_turn() noexcept override {
+        if (_dialled) return false;
+        _dialled = true;
+        for (std::uint64_t i = 0; i < _count; ++i) {
+            client::client_options options;
+            options.key = generate_private_key();
+            if (!_pool->dial(_server, options)) _st.failed++;
+        }
+        _st.dialled = true;
+        return false;
+    }
+
+private:
+    idle_stats& _st;
+    ring::socket_address _server;
+    std::uint64_t _count;
+    client::client_pool* _pool = nullptr;
+    bool _dialled = false;
+};
+
+struct options {
+    std::string workload;
+    std::string url = "http://127.0.0.1:3340/derp";
+    std::int64_t pairs = 4, size = 1400, rate = 0, count = 1000, server_pid = -1;
+    std::int64_t duration_ns = 5'000'000'000, warmup_ns = 500'000'000, pace_ns = 250'000;
+    bool json = false, csv = false;
+};
+
+int run_throughput(const options& o, const target& t) {
+    bench::pair_options p;
+    p.pairs = static_cast<std::uint32_t>(o.pairs);
+    p.packet_bytes = static_cast<std::size_t>(o.size);
+    p.rate_pps = static_cast<double>(o.rate);
+    p.pacing_interval_ns = static_cast<std::uint64_t>(o.pace_ns);
+    p.warmup_s = static_cast<double>(o.warmup_ns) / 1e9;
+    p.duration_s = static_cast<double>(o.duration_ns) / 1e9;
+    p.server_pid = static_cast<pid_t>(o.server_pid);
+    p.client_cpu_offset = 0;  // next to a server of its own cores, the load takes the first
+    const bench::pair_measurement m = bench::measure_pairs(t.address, p);
+    if (!m.error.empty()) std::fprintf(stderr, "derpbench: %s\n", m.error.c_str());
+    const bool sampled = o.server_pid > 0;
+    const double delivered_bps = m.delivered_pps * static_cast<double>(o.size) * 8;
+    if (o.json) {
+        std::string extra;
+        if (sampled)
+            extra = fmt::format(",\"server_cpu_s\":{:.3f},\"server_cpu_us_per_packet\":{:.3f},\"server_rss_bytes\":{}",
+                                m.server_cpu_s, m.server_cpu_us_per_packet, m.server_rss_bytes);
+        fmt::print("{{\"workload\":\"throughput\",\"url\":\"{}\",\"pairs\":{},\"size\":{},\"rate_offered_pps\":{},"
+                   "\"duration_s\":{:.3f},\"sent_packets\":{},\"delivered_packets\":{},\"loss_ratio\":{:.6f},"
+                   "\"delivered_bps\":{:.0f},\"delivered_pps\":{:.0f},\"client_cpu_share\":{:.3f},\"failures\":{}{}}}\n",
+                   t.url, o.pairs, o.size, o.rate, p.duration_s, m.sent_packets, m.delivered_packets, m.loss,
+                   delivered_bps, m.delivered_pps, m.client_cpu_share, m.failures, extra);
+    } else if (o.csv) {
+        fmt::print("workload,url,pairs,size,rate_offered_pps,duration_s,sent_packets,delivered_packets,loss_ratio,"
+                   "delivered_bps,delivered_pps,server_cpu_s,server_rss_bytes,failures\n");
+        fmt::print("throughput,{},{},{},{},{:.3f},{},{},{:.6f},{:.0f},{:.0f},{},{},{}\n", t.url, o.pairs, o.size, o.rate,
+                   p.duration_s, m.sent_packets, m.delivered_packets, m.loss, delivered_bps, m.delivered_pps,
+                   sampled ? fmt::format("{:.3f}", m.server_cpu_s) : "", sampled ? std::to_string(m.server_rss_bytes) : "",
+                   m.failures);
+    } else {
+        fmt::print("throughput to {}: {} pairs, {} B packets, offered {}\n", t.url, o.pairs, o.size,
+                   o.rate > 0 ? fmt::format("{} pkt/s", o.rate) : std::string("as fast as possible"));
+        fmt::print("  sent {}  delivered {}  lost {} ({:.3f} %)\n", m.sent_packets, m.delivered_packets,
+                   m.sent_packets - m.delivered_packets, m.loss * 100);
+        fmt::print("  delivered {:.0f} pkt/s = {:.3f} Gbit/s\n", m.delivered_pps, delivered_bps / 1e9);
+        if (sampled)
+            fmt::print("  server: {:.3f} CPU s ({:.0f} % of a core), {:.3f} us/packet, {:.2f} CPU s per Gbit, RSS {} MiB\n",
+                       m.server_cpu_s, m.server_cpu_share * 100, m.server_cpu_us_per_packet,
+                       delivered_bps > 0 ? m.server_cpu_s / p.duration_s / (delivered_bps / 1e9) : 0.0,
+                       m.server_rss_bytes >> 20);
+        fmt::print("  load generator: {:.0f} % of a core\n", m.client_cpu_share * 100);
+    }
+    // Never hide who was the limit.
+    if (m.client_cpu_share > 0.9 && (!sampled || m.server_cpu_share < 0.9))
+        std::fprintf(stderr, "derpbench: note: the load generator used %.0f%% of its core%s: it, not the server, "
+                             "was probably the bottleneck\n",
+                     m.client_cpu_share * 100, sampled ? " while the server had room" : "");
+    if (m.failures > 0) {
+        std::fprintf(stderr, "derpbench: %llu client failure(s): the server refused or closed clients\n",
+                     static_cast<unsigned long long>(m.failures));
+        return 1;
+    }
+    return m.error.empty() ? 0 : 1;
+}
+
+int run_connections(const options& o, const target& t) {
+    idle_stats st;
+    idle_clients load(st, t.address, static_cast<std::uint64_t>(o.count));
+    ring::runtime_config cfg;
+    cfg.shard_count = 1;
+    cfg.pin_threads = false;
+    cfg.shard_defaults.conn_slots = static_cast<std::uint32_t>(o.count) + 16;
+    const std::uint64_t rss_before = o.server_pid > 0 ? bench::process_rss_bytes(static_cast<pid_t>(o.server_pid)) : 0;
+    const auto start = clock_type::now();
+    auto rt = ring::runtime::start(cfg, [&load](ring::shard& sh) {
+        auto pool = std::make_unique<client::client_pool>(sh, load);
+        load.attach(*pool);
+        return pool;
+    }, nullptr);
+    if (!rt) {
+        std::fprintf(stderr, "derpbench: client runtime: %s\n", rt.error().c_str());
+        return 1;
+    }
+    const auto deadline = start + std::chrono::duration<double>(static_cast<double>(o.duration_ns) / 1e9);
+    while (clock_type::now() < deadline && (!st.dialled.load() || st.ready.load() + st.failed.load() < static_cast<std::uint64_t>(o.count)))
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const double elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
+    const std::uint64_t ready = st.ready.load(), failed = st.failed.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the server's RSS settle
+    const std::uint64_t rss_after = o.server_pid > 0 ? bench::process_rss_bytes(static_cast<pid_t>(o.server_pid)) : 0;
+    const double per_conn = ready > 0 && rss_after > rss_before
+                                ? static_cast<double>(rss_after - rss_before) / static_cast<double>(ready)
+                                : 0;
+    if (o.json) {
+        fmt::print("{{\"workload\":\"connections\",\"url\":\"{}\",\"target\":{},\"connected\":{},\"failed\":{},"
+                   "\"duration_s\":{:.3f},\"connect_us_mean\":{:.1f}{}}}\n",
+                   t.url, o.count, ready, failed, elapsed, ready > 0 ? elapsed * 1e6 / static_cast<double>(ready) : 0.0,
+                   o.server_pid > 0 ? fmt::format(",\"server_rss_bytes\":{},\"server_rss_bytes_per_connection\":{:.0f}",
+                                                  rss_after, per_conn)
+                                    : std::string());
+    } else {
+        fmt::print("connections to {}: {} of {} connected, {} failed, in {:.2f} s ({:.1f} us per connect)\n", t.url,
+                   ready, o.count, failed, elapsed, ready > 0 ? elapsed * 1e6 / static_cast<double>(ready) : 0.0);
+        if (o.server_pid > 0)
+            fmt::print("  server RSS {} KiB -> {} KiB: {:.0f} bytes per connection\n", rss_before >> 10, rss_after >> 10,
+                       per_conn);
+    }
+    rt.value()->request_stop();
+    rt.value()->wait();
+    return failed > 0 || ready < static_cast<std::uint64_t>(o.count) ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    options o;
+    derp::flag_set flags("derpbench");
+    flags.add_string("url", &o.url, "DERP server, http://host:port/derp");
+    flags.add_int("pairs", &o.pairs, "throughput: sender/receiver client pairs");
+    flags.add_int("size", &o.size, "throughput: packet bytes (1..65536)");
+    flags.add_int("rate", &o.rate, "throughput: offered packets/s over all senders (0 = as fast as possible)");
+    flags.add_duration("pace", &o.pace_ns, "throughput: each sender sends its accumulated packets this often");
+    flags.add_duration("duration", &o.duration_ns, "measured time (connections: the time allowed)");
+    flags.add_duration("warmup", &o.warmup_ns, "throughput: sending time before the measured window");
+    flags.add_int("count", &o.count, "connections: idle clients to open");
+    flags.add_int("server-pid", &o.server_pid, "sample this process's CPU and RSS from /proc");
+    flags.add_bool("json", &o.json, "one JSON object on stdout");
+    flags.add_bool("csv", &o.csv, "a CSV header and row on stdout");
+    if (argc < 2 || argv[1][0] == '-') {
+        std::fprintf(stderr, "usage: derpbench throughput|connections [flags]\n%s", flags.usage().c_str());
+        return 2;
+    }
+    o.workload = argv[1];
+    if (auto exit_status = derp::bench::parse_flags(flags, argc - 1, argv + 1)) return *exit_status;
+    if (o.size < 1 || o.size > 65536) return std::fprintf(stderr, "derpbench: -size must be 1..65536\n"), 2;
+    if (o.pairs < 1 || o.pairs > 4096) return std::fprintf(stderr, "derpbench: -pairs must be 1..4096\n"), 2;
+    if (o.count < 1 || o.count > 100000) return std::fprintf(stderr, "derpbench: -count must be 1..100000\n"), 2;
+    if (!crypto_init()) return 1;
+    ring::set_log_level(ring::log_level::warn);
+    auto t = parse_url(o.url);
+    if (!t) return std::fprintf(stderr, "derpbench: %s\n", t.error().c_str()), 2;
+    if (o.workload == "throughput") return run_throughput(o, *t);
+    if (o.workload == "connections") return run_connections(o, *t);
+    std::fprintf(stderr, "derpbench: unknown workload \"%s\" (want throughput or connections)\n", o.workload.c_str());
+    return 2;
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# derpbench against a derpd started here (plain HTTP): a paced throughput run delivers what it
+# sends and reports the server's CPU and RSS; an unpaced flood shows its loss instead of hiding
+# it; the connections workload opens idle clients and reports memory per connection; a server
+# that is down, a wrong path and an https:// target are clear failures.
+set -uo pipefail
+derpd="${DERP_BUILD_ROOT:?}/server/derpd"
+bench="${DERP_BUILD_ROOT:?}/bench/derpbench"
+tmp=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+"$derpd" -a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 1 >"$tmp/derpd.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "serving on" "$tmp/derpd.log" && break; sleep 0.05; done
+port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/derpd.log" | head -n 1)
+url="http://127.0.0.1:$port/derp"
+field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
+
+out=$("$bench" throughput --url "$url" --pairs 2 --size 1200 --rate 20000 --duration 1s --warmup 200ms --json --server-pid "$pid")
+rc=$?
+sent=$(field sent_packets "$out"); delivered=$(field delivered_packets "$out"); rss=$(field server_rss_bytes "$out")
+if ((rc == 0)) && [[ -n "$sent" && -n "$rss" ]] && ((sent > 10000 && delivered * 100 >= sent * 99 && rss > 0)) &&
+   grep -q '"workload":"throughput"' <<<"$out" && grep -q '"server_cpu_s":' <<<"$out"; then
+  echo "ok: paced throughput: $sent sent, $delivered delivered, server RSS $rss"
+else
+  fail "paced throughput (exit $rc): $out"
+fi
+
+out=$("$bench" throughput --url "$url" --pairs 1 --size 64 --rate 0 --duration 500ms --warmup 100ms --json 2>"$tmp/err")
+loss=$(field loss_ratio "$out")
+[[ -n "$loss" ]] && awk "BEGIN{exit !($loss > 0)}" && echo "ok: an unpaced flood reports its loss ($loss)" ||
+  fail "unpaced loss not reported: $out"
+
+out=$("$bench" connections --url "$url" --count 300 --duration 20s --server-pid "$pid" --json)
+rc=$?
+((rc == 0)) && grep -q '"connected":300,"failed":0' <<<"$out" && grep -q '"server_rss_bytes_per_connection":' <<<"$out" &&
+  echo "ok: connections: $out" || fail "connections (exit $rc): $out"
+
+csv=$("$bench" throughput --url "$url" --pairs 1 --size 100 --rate 1000 --duration 300ms --warmup 100ms --csv)
+[[ "$(head -n 1 <<<"$csv")" == workload,url,pairs,* && "$(sed -n 2p <<<"$csv")" == throughput,* ]] && echo "ok: CSV" ||
+  fail "CSV: $csv"
+
+# Failures are clear and non-zero.
+out=$("$bench" throughput --url "http://127.0.0.1:1/derp" --pairs 1 --duration 300ms 2>&1)
+(($? != 0)) && grep -q "finished the handshake\|failure" <<<"$out" && echo "ok: server down is a failure" || fail "server down: $out"
+out=$("$bench" throughput --url "https://127.0.0.1:$port/derp" 2>&1)
+(($? == 2)) && grep -q "need TLS" <<<"$out" && echo "ok: https refused clearly" || fail "https: $out"
+out=$("$bench" throughput --url "http://127.0.0.1:$port/nope" 2>&1)
+(($? == 2)) && grep -q "path must be /derp" <<<"$out" && echo "ok: wrong path refused" || fail "path: $out"
+out=$("$bench" nosuchworkload --url "$url" 2>&1)
+(($? == 2)) && grep -q 'unknown workload' <<<"$out" && echo "ok: unknown workload" || fail "workload: $out"
+exit $((failures > 0))
