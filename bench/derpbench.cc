@@ -1,15 +1,17 @@
 // derpbench: capacity planning against any DERP server (derpd or Tailscale's derper), built on
 // the project's client library and the ring runtime. Workloads so far:
 //   throughput   N sender/receiver pairs, fixed packet size, paced (--rate) or unlimited
+//   latency      round trips through the relay (p50..max), beside an optional paced load
 //   connections  ramps idle clients to --count; time per connect, server RSS per connection
 // Reports sent, delivered and lost packets always, the server's CPU and RSS when --server-pid
 // is given, and says when the load generator, not the server, was the bottleneck. Exits 1 when
 // clients failed or the server closed them unexpectedly.
-// Not yet: https:// targets (TLS front door), the latency and sweep workloads, --plot.
+// Not yet: https:// targets (TLS front door), the sweep workload, --plot, a live progress line.
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -106,13 +108,197 @@ private:
     bool _dialled = false;
 };
 
+// ---- latency: round trips through the relay, beside an optional background load. ----
+// Client A sends a probe (sequence number and send time) every interval to client B; B echoes
+// each probe back to A; A records the round-trip time. Both clients live in this process, so
+// one clock times both ends.
+struct latency_stats {
+    std::atomic<int> ready{0};
+    std::atomic<bool> running{false};
+    std::atomic<std::uint64_t> sent{0};
+    std::atomic<std::uint64_t> failures{0};
+};
+
+class latency_probe final : public client::handler {
+public:
+    latency_probe(latency_stats& st, ring::socket_address server, std::size_t size, std::uint64_t interval_ns)
+        : _st(st), _server(server), _size(std::max<std::size_t>(size, 16)), _interval_ns(interval_ns) {}
+    void attach(client::client_pool& pool) { _pool = &pool; }
+    std::vector<double>& rtts_us() { return _rtts_us; }
+
+    void on_ready(ring::conn_id, const node_key&) noexcept override { _st.ready++; }
+    void on_packet(ring::conn_id conn, const node_key&, std::span<const std::uint8_t> packet) noexcept override {
+        if (packet.size() < 16) return;
+        if (conn == _b) {  // echo it home
+            _echoes.emplace_back(packet.begin(), packet.end());
+            _pool->want_send(_b);
+            return;
+        }
+        std::uint64_t sent_ns = 0;
+        std::memcpy(&sent_ns, packet.data() + 8, 8);
+        _rtts_us.push_back(static_cast<double>(ring::monotonic_ns() - sent_ns) / 1e3);
+    }
+    void on_closed(ring::conn_id, client::client_failure) noexcept override {
+        if (_st.running.load()) _st.failures++;
+    }
+    std::size_t fill(ring::conn_id conn, std::span<std::uint8_t> out) noexcept override {
+        std::size_t n = 0;
+        const std::size_t frame = send_packet_frame_bytes(_size);
+        if (conn == _a) {
+            while (_due > 0 && n + frame <= out.size()) {
+                std::vector<std::uint8_t> payload(_size, 0);
+                const std::uint64_t now = ring::monotonic_ns();
+                std::memcpy(payload.data(), &_seq, 8);
+                std::memcpy(payload.data() + 8, &now, 8);
+                n += encode_send_packet(out.subspan(n), _b_key, payload);
+                ++_seq;
+                --_due;
+                _st.sent++;
+            }
+            if (_due > 0) _pool->want_send(_a);
+        } else if (conn == _b) {
+            while (!_echoes.empty() && n + frame <= out.size()) {
+                n += encode_send_packet(out.subspan(n), _a_key, _echoes.front());
+                _echoes.erase(_echoes.begin());
+            }
+            if (!_echoes.empty()) _pool->want_send(_b);
+        }
+        return n;
+    }
+    bool on_turn() noexcept override {
+        if (!_dialled) {
+            _dialled = true;
+            client::client_options a, b;
+            a.key = generate_private_key();
+            b.key = generate_private_key();
+            _a_key = public_key_of(a.key);
+            _b_key = public_key_of(b.key);
+            auto ca = _pool->dial(_server, a);
+            auto cb = _pool->dial(_server, b);
+            if (!ca || !cb) {
+                _st.failures++;
+                return false;
+            }
+            _a = *ca;
+            _b = *cb;
+        }
+        if (_st.running.load()) {
+            const std::uint64_t now = ring::monotonic_ns();
+            if (_next_ns == 0) _next_ns = now;
+            if (now >= _next_ns) {
+                ++_due;
+                _next_ns += _interval_ns;
+                _pool->want_send(_a);
+            }
+            _pool->wake_at(_next_ns);
+        }
+        return false;
+    }
+
+private:
+    latency_stats& _st;
+    ring::socket_address _server;
+    std::size_t _size;
+    std::uint64_t _interval_ns;
+    client::client_pool* _pool = nullptr;
+    ring::conn_id _a{}, _b{};
+    node_key _a_key, _b_key;
+    bool _dialled = false;
+    std::uint64_t _seq = 0, _due = 0, _next_ns = 0;
+    std::vector<std::vector<std::uint8_t>> _echoes;
+    std::vector<double> _rtts_us;
+};
+
+double percentile(std::vector<double>& sorted, double p) {
+    if (sorted.empty()) return 0;
+    const auto index = static_cast<std::size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5);
+    return sorted[std::min(index, sorted.size() - 1)];
+}
+
 struct options {
     std::string workload;
     std::string url = "http://127.0.0.1:3340/derp";
     std::int64_t pairs = 4, size = 1400, rate = 0, count = 1000, server_pid = -1;
     std::int64_t duration_ns = 5'000'000'000, warmup_ns = 500'000'000, pace_ns = 250'000;
+    std::int64_t probe_interval_ns = 1'000'000;
     bool json = false, csv = false;
 };
+
+int run_latency(const options& o, const target& t) {
+    latency_stats st;
+    latency_probe probe(st, t.address, static_cast<std::size_t>(o.size), static_cast<std::uint64_t>(o.probe_interval_ns));
+    ring::runtime_config cfg;
+    cfg.shard_count = 1;
+    cfg.pin_threads = false;
+    cfg.shard_defaults.conn_slots = 16;
+    auto rt = ring::runtime::start(cfg, [&probe](ring::shard& sh) {
+        auto pool = std::make_unique<client::client_pool>(sh, probe);
+        probe.attach(*pool);
+        return pool;
+    }, nullptr);
+    if (!rt) {
+        std::fprintf(stderr, "derpbench: client runtime: %s\n", rt.error().c_str());
+        return 1;
+    }
+    const auto ready_deadline = clock_type::now() + std::chrono::seconds(10);
+    while (st.ready.load() < 2 && clock_type::now() < ready_deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (st.ready.load() < 2) {
+        std::fprintf(stderr, "derpbench: the probe clients did not finish the handshake\n");
+        return 1;
+    }
+    // Background load (when --rate > 0) on its own runtime, for the same time.
+    bench::pair_measurement background;
+    std::thread load_thread;
+    if (o.rate > 0) {
+        bench::pair_options p;
+        p.pairs = static_cast<std::uint32_t>(o.pairs);
+        p.packet_bytes = static_cast<std::size_t>(o.size);
+        p.rate_pps = static_cast<double>(o.rate);
+        p.warmup_s = 0;
+        p.duration_s = static_cast<double>(o.duration_ns) / 1e9;
+        p.server_pid = static_cast<pid_t>(o.server_pid);
+        load_thread = std::thread([&] { background = bench::measure_pairs(t.address, p); });
+    }
+    st.running = true;
+    rt.value()->wake_all();
+    std::this_thread::sleep_for(std::chrono::nanoseconds(o.duration_ns));
+    st.running = false;
+    if (load_thread.joinable()) load_thread.join();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // last echoes
+    rt.value()->request_stop();
+    rt.value()->wait();
+    std::vector<double>& rtts = probe.rtts_us();
+    std::sort(rtts.begin(), rtts.end());
+    const std::uint64_t sent = st.sent.load();
+    const double loss = sent > 0 ? 1.0 - static_cast<double>(rtts.size()) / static_cast<double>(sent) : 0;
+    const double p50 = percentile(rtts, 0.5), p90 = percentile(rtts, 0.9), p99 = percentile(rtts, 0.99),
+                 p999 = percentile(rtts, 0.999), max = rtts.empty() ? 0 : rtts.back();
+    if (o.json) {
+        fmt::print("{{\"workload\":\"latency\",\"url\":\"{}\",\"pairs\":{},\"size\":{},\"background_rate_pps\":{},"
+                   "\"duration_s\":{:.3f},\"sent_packets\":{},\"delivered_packets\":{},\"loss_ratio\":{:.6f},"
+                   "\"rtt_p50_us\":{:.1f},\"rtt_p90_us\":{:.1f},\"rtt_p99_us\":{:.1f},\"rtt_p999_us\":{:.1f},\"rtt_max_us\":{:.1f}"
+                   "{}}}\n",
+                   t.url, o.rate > 0 ? o.pairs : 0, o.size, o.rate, static_cast<double>(o.duration_ns) / 1e9, sent,
+                   rtts.size(), loss, p50, p90, p99, p999, max,
+                   o.rate > 0 ? fmt::format(",\"background_delivered_pps\":{:.0f},\"background_loss_ratio\":{:.6f}",
+                                            background.delivered_pps, background.loss)
+                              : std::string());
+    } else {
+        fmt::print("latency through {}: {} probes of {} B, {} answered ({:.3f} % lost)\n", t.url, sent, o.size,
+                   rtts.size(), loss * 100);
+        fmt::print("  round trip: p50 {:.1f} us  p90 {:.1f} us  p99 {:.1f} us  p99.9 {:.1f} us  max {:.1f} us\n", p50,
+                   p90, p99, p999, max);
+        if (o.rate > 0)
+            fmt::print("  background: {} pairs offering {} pkt/s, delivered {:.0f} pkt/s ({:.3f} % lost)\n", o.pairs,
+                       o.rate, background.delivered_pps, background.loss * 100);
+    }
+    const std::uint64_t failures = st.failures.load() + background.failures;
+    if (failures > 0) {
+        std::fprintf(stderr, "derpbench: %llu client failure(s)\n", static_cast<unsigned long long>(failures));
+        return 1;
+    }
+    return rtts.empty() ? 1 : 0;
+}
 
 int run_throughput(const options& o, const target& t) {
     bench::pair_options p;
@@ -231,11 +417,12 @@ int main(int argc, char** argv) {
     flags.add_duration("duration", &o.duration_ns, "measured time (connections: the time allowed)");
     flags.add_duration("warmup", &o.warmup_ns, "throughput: sending time before the measured window");
     flags.add_int("count", &o.count, "connections: idle clients to open");
+    flags.add_duration("probe-interval", &o.probe_interval_ns, "latency: time between probes");
     flags.add_int("server-pid", &o.server_pid, "sample this process's CPU and RSS from /proc");
     flags.add_bool("json", &o.json, "one JSON object on stdout");
     flags.add_bool("csv", &o.csv, "a CSV header and row on stdout");
     if (argc < 2 || argv[1][0] == '-') {
-        std::fprintf(stderr, "usage: derpbench throughput|connections [flags]\n%s", flags.usage().c_str());
+        std::fprintf(stderr, "usage: derpbench throughput|latency|connections [flags]\n%s", flags.usage().c_str());
         return 2;
     }
     o.workload = argv[1];
@@ -249,6 +436,7 @@ int main(int argc, char** argv) {
     if (!t) return std::fprintf(stderr, "derpbench: %s\n", t.error().c_str()), 2;
     if (o.workload == "throughput") return run_throughput(o, *t);
     if (o.workload == "connections") return run_connections(o, *t);
-    std::fprintf(stderr, "derpbench: unknown workload \"%s\" (want throughput or connections)\n", o.workload.c_str());
+    if (o.workload == "latency") return run_latency(o, *t);
+    std::fprintf(stderr, "derpbench: unknown workload \"%s\" (want throughput, latency or connections)\n", o.workload.c_str());
     return 2;
 }

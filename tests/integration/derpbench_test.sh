@@ -37,6 +37,12 @@ rc=$?
 ((rc == 0)) && grep -q '"connected":300,"failed":0' <<<"$out" && grep -q '"server_rss_bytes_per_connection":' <<<"$out" &&
   echo "ok: connections: $out" || fail "connections (exit $rc): $out"
 
+out=$("$bench" latency --url "$url" --size 100 --duration 1s --probe-interval 2ms --json)
+rc=$?
+p50=$(field rtt_p50_us "$out"); answered=$(field delivered_packets "$out")
+((rc == 0)) && [[ -n "$p50" && -n "$answered" ]] && ((answered > 400)) && awk "BEGIN{exit !($p50 > 0)}" &&
+  echo "ok: latency: $answered round trips, p50 $p50 us" || fail "latency (exit $rc): $out"
+
 csv=$("$bench" throughput --url "$url" --pairs 1 --size 100 --rate 1000 --duration 300ms --warmup 100ms --csv)
 [[ "$(head -n 1 <<<"$csv")" == workload,url,pairs,* && "$(sed -n 2p <<<"$csv")" == throughput,* ]] && echo "ok: CSV" ||
   fail "CSV: $csv"
