@@ -3,10 +3,11 @@
 //   throughput   N sender/receiver pairs, fixed packet size, paced (--rate) or unlimited
 //   latency      round trips through the relay (p50..max), beside an optional paced load
 //   connections  ramps idle clients to --count; time per connect, server RSS per connection
+//   sweep        per packet size, the highest rate delivered with loss under 1 % (--plot SVG)
 // Reports sent, delivered and lost packets always, the server's CPU and RSS when --server-pid
 // is given, and says when the load generator, not the server, was the bottleneck. Exits 1 when
 // clients failed or the server closed them unexpectedly.
-// Not yet: https:// targets (TLS front door), the sweep workload, --plot, a live progress line.
+// Not yet: https:// targets (TLS front door), several --url, a live progress line.
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -215,6 +217,56 @@ double percentile(std::vector<double>& sorted, double p) {
     return sorted[std::min(index, sorted.size() - 1)];
 }
 
+// ---- sweep: for each packet size, the highest offered rate delivered with loss under 1 %. ----
+struct sweep_point {
+    std::int64_t size;
+    double offered_pps;
+    double delivered_pps;
+    double loss;
+};
+
+// An SVG of delivered packets/s (solid) and loss (dashed, right axis) against offered load,
+// one colour per packet size.
+std::string sweep_svg(const std::vector<sweep_point>& points) {
+    constexpr double w = 720, h = 420, left = 70, right = 60, top = 30, bottom = 50;
+    double max_rate = 1;
+    for (const auto& p : points) max_rate = std::max({max_rate, p.offered_pps, p.delivered_pps});
+    const auto x = [&](double v) { return left + v / max_rate * (w - left - right); };
+    const auto y = [&](double v) { return h - bottom - v / max_rate * (h - top - bottom); };
+    const auto y_loss = [&](double v) { return h - bottom - std::min(v, 1.0) * (h - top - bottom); };
+    std::string svg = fmt::format(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        "<text x=\"{}\" y=\"18\">derpbench sweep: delivered (solid) and loss (dashed, right axis) vs offered packets/s</text>\n"
+        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n"
+        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n"
+        "<text x=\"{}\" y=\"{}\">offered packets/s (max {:.0f})</text>\n"
+        "<text x=\"5\" y=\"{}\">delivered</text><text x=\"{}\" y=\"{}\">loss 100 %</text>\n",
+        w, h, left, left, h - bottom, w - right, h - bottom, left, top, left, h - bottom, left + 200, h - 15, max_rate,
+        top + 10, w - right + 5, top + 10);
+    static constexpr const char* colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"};
+    std::vector<std::int64_t> sizes;
+    for (const auto& p : points)
+        if (std::find(sizes.begin(), sizes.end(), p.size) == sizes.end()) sizes.push_back(p.size);
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+        std::vector<sweep_point> series;
+        for (const auto& p : points)
+            if (p.size == sizes[i]) series.push_back(p);
+        std::sort(series.begin(), series.end(), [](const sweep_point& a, const sweep_point& b) { return a.offered_pps < b.offered_pps; });
+        std::string delivered, loss;
+        for (const auto& p : series) {
+            delivered += fmt::format("{:.1f},{:.1f} ", x(p.offered_pps), y(p.delivered_pps));
+            loss += fmt::format("{:.1f},{:.1f} ", x(p.offered_pps), y_loss(p.loss));
+        }
+        const char* colour = colours[i % 5];
+        svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", colour, delivered);
+        svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-dasharray=\"5,4\" points=\"{}\"/>\n", colour, loss);
+        svg += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{} B</text>\n", w - right - 60, top + 20 + 16 * static_cast<double>(i),
+                           colour, sizes[i]);
+    }
+    return svg + "</svg>\n";
+}
+
 struct options {
     std::string workload;
     std::string url = "http://127.0.0.1:3340/derp";
@@ -222,7 +274,84 @@ struct options {
     std::int64_t duration_ns = 5'000'000'000, warmup_ns = 500'000'000, pace_ns = 250'000;
     std::int64_t probe_interval_ns = 1'000'000;
     bool json = false, csv = false;
+    std::string sizes = "64,570,1400";     // sweep
+    std::int64_t start_rate = 50000;       // sweep: first offered rate
+    std::int64_t max_rate = 2'000'000;     // sweep: stop doubling here
+    std::string plot;                      // sweep: SVG file
 };
+
+int run_sweep(const options& o, const target& t) {
+    std::vector<sweep_point> points;
+    std::string json = "[";
+    bool failed = false;
+    std::string rest = o.sizes;
+    while (!rest.empty()) {
+        const auto comma = rest.find(',');
+        const std::int64_t size = std::stoll(rest.substr(0, comma));
+        rest = comma == std::string::npos ? std::string() : rest.substr(comma + 1);
+        bench::pair_options p;
+        p.pairs = static_cast<std::uint32_t>(o.pairs);
+        p.packet_bytes = static_cast<std::size_t>(size);
+        p.pacing_interval_ns = static_cast<std::uint64_t>(o.pace_ns);
+        p.warmup_s = static_cast<double>(o.warmup_ns) / 1e9;
+        p.duration_s = static_cast<double>(o.duration_ns) / 1e9;
+        p.server_pid = static_cast<pid_t>(o.server_pid);
+        p.client_cpu_offset = 0;
+        // Double the offered rate until loss reaches 1 %, then bisect three times between the
+        // last good and the first bad rate.
+        double good = 0, bad = 0, good_delivered = 0;
+        auto measure = [&](double rate) {
+            p.rate_pps = rate;
+            const auto m = bench::measure_pairs(t.address, p);
+            if (m.failures > 0 || !m.error.empty()) failed = true;
+            points.push_back({size, rate, m.delivered_pps, m.loss});
+            if (!o.json) fmt::print(stderr, "  {} B at {:.0f} pkt/s: delivered {:.0f} pkt/s, loss {:.3f} %\n", size, rate,
+                                    m.delivered_pps, m.loss * 100);
+            return m;
+        };
+        for (double rate = static_cast<double>(o.start_rate); rate <= static_cast<double>(o.max_rate); rate *= 2) {
+            const auto m = measure(rate);
+            if (m.loss < 0.01) {
+                good = rate;
+                good_delivered = m.delivered_pps;
+            } else {
+                bad = rate;
+                break;
+            }
+        }
+        for (int step = 0; step < 3 && bad > 0 && good > 0; ++step) {
+            const double mid = (good + bad) / 2;
+            const auto m = measure(mid);
+            if (m.loss < 0.01) {
+                good = mid;
+                good_delivered = m.delivered_pps;
+            } else {
+                bad = mid;
+            }
+        }
+        const double gbps = good_delivered * static_cast<double>(size) * 8 / 1e9;
+        if (o.json)
+            json += fmt::format("{}{{\"size\":{},\"max_rate_under_1pct_loss_pps\":{:.0f},\"delivered_pps\":{:.0f},"
+                                "\"delivered_bps\":{:.0f},\"limit_reached\":{}}}",
+                                json.size() > 1 ? "," : "", size, good, good_delivered, gbps * 1e9, bad > 0 ? "true" : "false");
+        else
+            fmt::print("{:>6} B: {:.0f} pkt/s ({:.3f} Gbit/s) delivered with loss under 1 %{}\n", size, good_delivered, gbps,
+                       bad > 0 ? "" : fmt::format(" (no loss up to {} pkt/s: raise --max-rate)", o.max_rate));
+    }
+    if (o.json) fmt::print("{{\"workload\":\"sweep\",\"url\":\"{}\",\"pairs\":{},\"results\":{}]}}\n", t.url, o.pairs, json);
+    if (!o.plot.empty()) {
+        std::FILE* f = std::fopen(o.plot.c_str(), "w");
+        if (f == nullptr) {
+            std::fprintf(stderr, "derpbench: --plot %s: %s\n", o.plot.c_str(), std::strerror(errno));
+            return 1;
+        }
+        const std::string svg = sweep_svg(points);
+        std::fwrite(svg.data(), 1, svg.size(), f);
+        std::fclose(f);
+    }
+    if (failed) std::fprintf(stderr, "derpbench: client failures during the sweep\n");
+    return failed ? 1 : 0;
+}
 
 int run_latency(const options& o, const target& t) {
     latency_stats st;
@@ -417,12 +546,16 @@ int main(int argc, char** argv) {
     flags.add_duration("duration", &o.duration_ns, "measured time (connections: the time allowed)");
     flags.add_duration("warmup", &o.warmup_ns, "throughput: sending time before the measured window");
     flags.add_int("count", &o.count, "connections: idle clients to open");
+    flags.add_string("sizes", &o.sizes, "sweep: comma-separated packet sizes");
+    flags.add_int("start-rate", &o.start_rate, "sweep: first offered packets/s");
+    flags.add_int("max-rate", &o.max_rate, "sweep: highest offered packets/s");
+    flags.add_string("plot", &o.plot, "sweep: write an SVG of delivered and loss against offered load here");
     flags.add_duration("probe-interval", &o.probe_interval_ns, "latency: time between probes");
     flags.add_int("server-pid", &o.server_pid, "sample this process's CPU and RSS from /proc");
     flags.add_bool("json", &o.json, "one JSON object on stdout");
     flags.add_bool("csv", &o.csv, "a CSV header and row on stdout");
     if (argc < 2 || argv[1][0] == '-') {
-        std::fprintf(stderr, "usage: derpbench throughput|latency|connections [flags]\n%s", flags.usage().c_str());
+        std::fprintf(stderr, "usage: derpbench throughput|latency|connections|sweep [flags]\n%s", flags.usage().c_str());
         return 2;
     }
     o.workload = argv[1];
@@ -437,6 +570,7 @@ int main(int argc, char** argv) {
     if (o.workload == "throughput") return run_throughput(o, *t);
     if (o.workload == "connections") return run_connections(o, *t);
     if (o.workload == "latency") return run_latency(o, *t);
-    std::fprintf(stderr, "derpbench: unknown workload \"%s\" (want throughput, latency or connections)\n", o.workload.c_str());
+    if (o.workload == "sweep") return run_sweep(o, *t);
+    std::fprintf(stderr, "derpbench: unknown workload \"%s\" (want throughput, latency, connections or sweep)\n", o.workload.c_str());
     return 2;
 }

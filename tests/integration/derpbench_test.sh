@@ -43,6 +43,13 @@ p50=$(field rtt_p50_us "$out"); answered=$(field delivered_packets "$out")
 ((rc == 0)) && [[ -n "$p50" && -n "$answered" ]] && ((answered > 400)) && awk "BEGIN{exit !($p50 > 0)}" &&
   echo "ok: latency: $answered round trips, p50 $p50 us" || fail "latency (exit $rc): $out"
 
+out=$("$bench" sweep --url "$url" --sizes 200 --pairs 2 --duration 300ms --warmup 100ms --start-rate 20000 \
+  --max-rate 40000 --plot "$tmp/sweep.svg" --json 2>/dev/null)
+rc=$?
+((rc == 0)) && grep -q '"workload":"sweep"' <<<"$out" && grep -q '"size":200,"max_rate_under_1pct_loss_pps":' <<<"$out" &&
+  grep -q '<polyline' "$tmp/sweep.svg" && grep -q '</svg>' "$tmp/sweep.svg" && echo "ok: sweep with --plot" ||
+  fail "sweep (exit $rc): $out"
+
 csv=$("$bench" throughput --url "$url" --pairs 1 --size 100 --rate 1000 --duration 300ms --warmup 100ms --csv)
 [[ "$(head -n 1 <<<"$csv")" == workload,url,pairs,* && "$(sed -n 2p <<<"$csv")" == throughput,* ]] && echo "ok: CSV" ||
   fail "CSV: $csv"
