@@ -15,6 +15,7 @@
 #include "core/frame.hh"
 #include "core/key.hh"
 #include "ring/listen.hh"
+#include "ring/runtime.hh"
 #include "ring/shard.hh"
 
 namespace derp::client {
@@ -108,5 +109,19 @@ private:
     handler& _handler;
     std::vector<conn_state> _conns;  // by slot
 };
+
+// Starts a client runtime (usually one shard) whose shards each serve `handler` through a
+// client_pool; handler.attach(pool) runs on the shard thread before the loop starts.
+template <typename Handler>
+result<std::unique_ptr<ring::runtime>, std::string> start_client_runtime(ring::runtime_config config, Handler& handler) {
+    return ring::runtime::start(
+        std::move(config),
+        [&handler](ring::shard& sh) {
+            auto pool = std::make_unique<client_pool>(sh, handler);
+            handler.attach(*pool);
+            return pool;
+        },
+        nullptr);
+}
 
 }  // namespace derp::client

@@ -360,11 +360,7 @@ int run_latency(const options& o, const target& t) {
     cfg.shard_count = 1;
     cfg.pin_threads = false;
     cfg.shard_defaults.conn_slots = 16;
-    auto rt = ring::runtime::start(cfg, [&probe](ring::shard& sh) {
-        auto pool = std::make_unique<client::client_pool>(sh, probe);
-        probe.attach(*pool);
-        return pool;
-    }, nullptr);
+    auto rt = client::start_client_runtime(cfg, probe);
     if (!rt) {
         std::fprintf(stderr, "derpbench: client runtime: %s\n", rt.error().c_str());
         return 1;
@@ -495,11 +491,7 @@ int run_connections(const options& o, const target& t) {
     cfg.shard_defaults.conn_slots = static_cast<std::uint32_t>(o.count) + 16;
     const std::uint64_t rss_before = o.server_pid > 0 ? bench::process_rss_bytes(static_cast<pid_t>(o.server_pid)) : 0;
     const auto start = clock_type::now();
-    auto rt = ring::runtime::start(cfg, [&load](ring::shard& sh) {
-        auto pool = std::make_unique<client::client_pool>(sh, load);
-        load.attach(*pool);
-        return pool;
-    }, nullptr);
+    auto rt = client::start_client_runtime(cfg, load);
     if (!rt) {
         std::fprintf(stderr, "derpbench: client runtime: %s\n", rt.error().c_str());
         return 1;

@@ -122,11 +122,7 @@ TEST_CASE("10,000 idle clients connect, stay connected through keepalives, and s
     cfg.pin_threads = false;
     cfg.shard_defaults.conn_slots = client_count + 16;
     cfg.shard_defaults.send_buffer_count = 256;
-    auto rt = ring::runtime::start(cfg, [&load](ring::shard& sh) {
-        auto pool = std::make_unique<client::client_pool>(sh, load);
-        load.attach(*pool);
-        return pool;
-    }, nullptr);
+    auto rt = client::start_client_runtime(cfg, load);
     if (!rt && test::is_missing_io_uring(rt.error())) test::skip(rt.error());
     REQUIRE_MESSAGE(rt.has_value(), (rt ? std::string() : rt.error()));
 
