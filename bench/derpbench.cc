@@ -309,26 +309,20 @@ int run_sweep(const options& o, const target& t) {
                                     m.delivered_pps, m.loss * 100);
             return m;
         };
-        for (double rate = static_cast<double>(o.start_rate); rate <= static_cast<double>(o.max_rate); rate *= 2) {
+        // One probe: measure at `rate` and move the good/bad bracket; true when under 1 % loss.
+        auto probe = [&](double rate) {
             const auto m = measure(rate);
-            if (m.loss < 0.01) {
-                good = rate;
-                good_delivered = m.delivered_pps;
-            } else {
+            if (m.loss >= 0.01) {
                 bad = rate;
-                break;
+                return false;
             }
-        }
-        for (int step = 0; step < 3 && bad > 0 && good > 0; ++step) {
-            const double mid = (good + bad) / 2;
-            const auto m = measure(mid);
-            if (m.loss < 0.01) {
-                good = mid;
-                good_delivered = m.delivered_pps;
-            } else {
-                bad = mid;
-            }
-        }
+            good = rate;
+            good_delivered = m.delivered_pps;
+            return true;
+        };
+        for (double rate = static_cast<double>(o.start_rate); rate <= static_cast<double>(o.max_rate); rate *= 2)
+            if (!probe(rate)) break;
+        for (int step = 0; step < 3 && bad > 0 && good > 0; ++step) probe((good + bad) / 2);
         const double gbps = good_delivered * static_cast<double>(size) * 8 / 1e9;
         if (o.json)
             json += fmt::format("{}{{\"size\":{},\"max_rate_under_1pct_loss_pps\":{:.0f},\"delivered_pps\":{:.0f},"
