@@ -58,7 +58,10 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
 
     // Listeners first, on this thread: a port in use is a start-up error before any thread runs.
     std::vector<std::vector<int>> listener_fds(cfg.shard_count);
-    for (auto& address : cfg.listen) {
+    std::vector<std::uint8_t> listener_tags;
+    for (std::size_t i = 0; i < cfg.listen.size(); ++i) {
+        auto& address = cfg.listen[i];
+        listener_tags.push_back(i < cfg.listen_tags.size() ? cfg.listen_tags[i] : 0);
         auto fds = open_tcp_listeners(address, cfg.shard_count, cfg.listen_options);
         if (!fds) {
             for (auto& per_shard : listener_fds)
@@ -147,6 +150,7 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
             sc.listen_fds = admin_fds;
         } else {
             sc.listen_fds = std::move(listener_fds[t]);
+            sc.listen_tags = listener_tags;
         }
         std::vector<spsc_ring<message>*> outbound(threads, nullptr), inbound(threads, nullptr);
         for (std::uint32_t o = 0; o < threads; ++o) {

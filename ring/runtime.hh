@@ -23,6 +23,7 @@ struct runtime_config {
     std::uint32_t cpu_offset = 0;        // shard i on core (offset + i); admin on the core before
                                          // the offset (the last core when 0)
     std::vector<socket_address> listen;  // one SO_REUSEPORT socket per shard for each
+    std::vector<std::uint8_t> listen_tags;  // per listen entry (missing = 0): see shard::listener_tag
     tcp_listen_options listen_options;
     std::vector<socket_address> udp_listen;    // UDP sockets of the admin thread (STUN)
     std::vector<socket_address> admin_listen;  // TCP listeners of the admin thread (operators)

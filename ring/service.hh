@@ -74,6 +74,15 @@ public:
         (void)payload;
         (void)truncated;
     }
+    // A receive failed with `error` (an errno) and the connection is about to close as an
+    // io_error: the last chance to look at the socket (kTLS reports a non-data record as EIO).
+    virtual void on_recv_error(conn_id conn, int error) noexcept {
+        (void)conn;
+        (void)error;
+    }
+    // After shard::pause_recv(): no receive completion can arrive any more until resume_recv()
+    // (every byte read so far has gone to on_data). kTLS RX is installed here.
+    virtual void on_recv_paused(conn_id conn) noexcept { (void)conn; }
     // One of the connection's service timers (id < shard::service_timer_count) fired.
     virtual void on_timer(conn_id conn, std::uint8_t timer_id) noexcept = 0;
     // The connection is closing; called exactly once per accepted connection. The id is dead

@@ -196,6 +196,11 @@ int shard::fd_of(conn_id conn) const noexcept {
     return s != nullptr ? s->fd : -1;
 }
 
+std::uint8_t shard::listener_tag(conn_id conn) const noexcept {
+    const conn_slot* s = lookup(conn);
+    return s != nullptr ? s->listener_tag : 0;
+}
+
 void shard::want_write(conn_id conn) noexcept {
     conn_slot* s = lookup(conn);
     if (s == nullptr) return;
@@ -215,10 +220,35 @@ void shard::flush_now(conn_id conn) noexcept {
 
 void shard::replay_input(conn_id conn) noexcept {
     conn_slot* s = lookup(conn);
-    if (s == nullptr || s->pending_input.empty()) return;
+    if (s == nullptr) return;
+    if (s->pending_input.empty()) {
+        if (_service) _service->on_data(conn, {});
+        return;
+    }
     std::vector<std::uint8_t> pending;
     pending.swap(s->pending_input);
     deliver_input(conn.slot, pending);  // whatever is still unconsumed is kept again
+}
+
+void shard::pause_recv(conn_id conn) noexcept {
+    conn_slot* s = lookup(conn);
+    if (s == nullptr || s->state != conn_state::open || s->recv_paused) return;
+    s->recv_paused = true;
+    if (!s->recv_armed) {
+        if (_service) _service->on_recv_paused(conn);
+        return;
+    }
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, pack_user_data(op::recv, conn.slot, conn.gen), 0);
+    io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, conn.slot, conn.gen));
+    ++s->ops_in_flight;
+}
+
+void shard::resume_recv(conn_id conn) noexcept {
+    conn_slot* s = lookup(conn);
+    if (s == nullptr || !s->recv_paused) return;
+    s->recv_paused = false;
+    if (s->state == conn_state::open && !s->recv_armed) prep_recv(conn.slot);
 }
 
 void shard::close(conn_id conn) noexcept {
@@ -452,6 +482,7 @@ void shard::handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexc
         } else {
             const std::uint32_t slot = *take_slot(fd);
             conn_slot& s = _slots[slot];
+            if (listener < _config.listen_tags.size()) s.listener_tag = _config.listen_tags[listener];
             _counters.accepts.add();
             sockaddr_storage peer{};
             socklen_t peer_length = sizeof peer;
@@ -639,9 +670,12 @@ void shard::handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
         } else {
             log(log_level::debug, "shard {}: recv on slot {}: {}", _config.index, slot,
                 std::strerror(-cqe.res));
+            if (_service) _service->on_recv_error(conn_id{slot, gen}, -cqe.res);
             begin_close(slot, close_cause::io_error);
         }
     }
+    if (!more && s.gen == gen && s.state == conn_state::open && s.recv_paused && _service)
+        _service->on_recv_paused(conn_id{slot, gen});
     if (s.gen == gen) maybe_finish_close(slot);
 }
 
@@ -830,7 +864,7 @@ void shard::run() noexcept {
         flush_writes();
         for (std::uint32_t slot : _rearm_recv) {
             conn_slot& s = _slots[slot];
-            if (s.state == conn_state::open && !s.recv_armed) prep_recv(slot);
+            if (s.state == conn_state::open && !s.recv_armed && !s.recv_paused) prep_recv(slot);
         }
         _rearm_recv.clear();
         _recv_buffers.flush();

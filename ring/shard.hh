@@ -53,6 +53,7 @@ struct shard_config {
     std::int64_t default_write_timeout_ns = 0;  // 0 = none
     std::int64_t shutdown_grace_ns = 5'000'000'000;
     std::vector<int> listen_fds;             // owned from start() on
+    std::vector<std::uint8_t> listen_tags;   // per listen_fds entry; services read it per connection
     int signal_fd = -1;                      // admin only: SIGINT/SIGTERM/SIGHUP
     std::vector<int> udp_fds;                // UDP sockets read with multishot recvmsg (owned)
 };
@@ -62,7 +63,7 @@ using signal_handler = void (*)(void* context, int signal_number) noexcept;
 
 class shard {
 public:
-    static constexpr std::uint8_t service_timer_count = 2;
+    static constexpr std::uint8_t service_timer_count = 3;
     // Datagrams longer than this are cut (and reported truncated): STUN needs a few hundred.
     static constexpr std::uint32_t udp_datagram_bytes_max = 2048;
 
@@ -97,6 +98,9 @@ public:
     std::uint64_t now_ns() const noexcept { return _now_ns; }
     bool is_open(conn_id conn) const noexcept;
     int fd_of(conn_id conn) const noexcept;
+    // The tag of the listener that accepted the connection (shard_config::listen_tags; 0 for
+    // outgoing connections and untagged listeners).
+    std::uint8_t listener_tag(conn_id conn) const noexcept;
     // Asks for on_writable() when the connection can send.
     void want_write(conn_id conn) noexcept;
     // Starts the connection's send right now (on_writable is called re-entrantly) instead of at
@@ -105,7 +109,14 @@ public:
     void flush_now(conn_id conn) noexcept;
     // Offers the connection's unconsumed input to on_data again now: for a service that
     // consumed nothing while waiting for something else (a registration) and is ready now.
+    // With nothing kept, on_data is called with no bytes (a layer above may hold input).
     void replay_input(conn_id conn) noexcept;
+    // Stops receiving on the connection: the multishot recv is cancelled, and once its last
+    // completion has been delivered, on_recv_paused() is called (at once when none is armed).
+    // A socket option that changes what recv returns (kTLS RX) may only be set in that
+    // window: a completion already posted would hold bytes read under the old rules.
+    void pause_recv(conn_id conn) noexcept;
+    void resume_recv(conn_id conn) noexcept;
     void close(conn_id conn) noexcept;
     // Sends one datagram on UDP socket `socket_index` at once (sendto, non-blocking). Returns
     // 0 or the errno; UDP has no queue to wait in, so a full socket buffer drops (counted).
@@ -149,6 +160,8 @@ private:
         bool close_when_flushed = false;
         bool cancel_sent = false;
         bool connecting = false;  // an outgoing connect is in flight: no sends yet
+        std::uint8_t listener_tag = 0;
+        bool recv_paused = false;
         std::uint16_t ops_in_flight = 0;
         std::uint32_t send_buffer = no_buffer;
         std::uint32_t send_offset = 0;

@@ -1,0 +1,843 @@
+// OpenSSL 3 behind crypto/tls.hh: contexts with derper's rules (TLS >= 1.2, no tickets, SNI
+// check, http/1.1 ALPN, the meta certificate at the end of the chain), sessions over an
+// in-memory BIO that reads the bytes io_uring received and writes records straight into the
+// registered send buffer, and the traffic keys the kernel needs for kTLS.
+#include "crypto/tls.hh"
+
+#include <arpa/inet.h>
+#include <linux/tls.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+
+#include <fmt/format.h>
+
+namespace derp::tls {
+namespace {
+
+// Everything OpenSSL queued on this thread's error stack, as one line.
+std::string openssl_errors() {
+    std::string text;
+    unsigned long code = 0;
+    while ((code = ERR_get_error()) != 0) {
+        char line[256];
+        ERR_error_string_n(code, line, sizeof line);
+        if (!text.empty()) text += "; ";
+        text += line;
+    }
+    return text.empty() ? "no detail from OpenSSL" : text;
+}
+
+// The window the memory BIO works on during one feed() or write(): input it may read, output
+// it writes into (a registered buffer), and a spill string for what does not fit.
+struct io_window {
+    const std::uint8_t* in = nullptr;
+    std::size_t in_length = 0;
+    std::size_t in_position = 0;
+    std::uint8_t* out = nullptr;
+    std::size_t out_capacity = 0;
+    std::size_t out_length = 0;
+    std::string* spill = nullptr;
+};
+
+int window_write(BIO* bio, const char* data, int length) {
+    auto* w = static_cast<io_window*>(BIO_get_data(bio));
+    BIO_clear_retry_flags(bio);
+    if (length <= 0) return 0;
+    auto bytes = static_cast<std::size_t>(length);
+    const std::size_t direct = std::min(bytes, w->out_capacity - w->out_length);
+    if (direct > 0) {
+        std::memcpy(w->out + w->out_length, data, direct);
+        w->out_length += direct;
+    }
+    if (direct < bytes) {
+        if (w->spill == nullptr) {  // nowhere to put it: ask OpenSSL to retry (never expected)
+            if (direct > 0) return static_cast<int>(direct);
+            BIO_set_retry_write(bio);
+            return -1;
+        }
+        w->spill->append(data + direct, bytes - direct);
+    }
+    return length;
+}
+
+int window_read(BIO* bio, char* data, int length) {
+    auto* w = static_cast<io_window*>(BIO_get_data(bio));
+    BIO_clear_retry_flags(bio);
+    const std::size_t available = w->in_length - w->in_position;
+    if (available == 0 || length <= 0) {
+        BIO_set_retry_read(bio);
+        return -1;
+    }
+    const std::size_t n = std::min(available, static_cast<std::size_t>(length));
+    std::memcpy(data, w->in + w->in_position, n);
+    w->in_position += n;
+    return static_cast<int>(n);
+}
+
+long window_ctrl(BIO* bio, int command, long, void*) {
+    (void)bio;
+    switch (command) {
+        case BIO_CTRL_FLUSH: return 1;  // records are already where they go
+        case BIO_CTRL_PUSH:
+        case BIO_CTRL_POP: return 0;
+        default: return 0;
+    }
+}
+
+int window_create(BIO* bio) {
+    BIO_set_init(bio, 1);
+    return 1;
+}
+
+BIO_METHOD* window_method() {
+    static BIO_METHOD* method = [] {
+        BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "derpd window");
+        BIO_meth_set_write(m, window_write);
+        BIO_meth_set_read(m, window_read);
+        BIO_meth_set_ctrl(m, window_ctrl);
+        BIO_meth_set_create(m, window_create);
+        return m;
+    }();
+    return method;
+}
+
+bool is_ip_literal(std::string_view host) {
+    std::string text(host);
+    in6_addr v6{};
+    in_addr v4{};
+    return inet_pton(AF_INET, text.c_str(), &v4) == 1 || inet_pton(AF_INET6, text.c_str(), &v6) == 1;
+}
+
+std::array<std::uint8_t, 32> sha256_of_der(X509* cert) {
+    std::array<std::uint8_t, 32> digest{};
+    unsigned char* der = nullptr;
+    const int length = i2d_X509(cert, &der);
+    if (length > 0) {
+        unsigned int digest_length = 0;
+        EVP_Digest(der, static_cast<std::size_t>(length), digest.data(), &digest_length, EVP_sha256(), nullptr);
+    }
+    OPENSSL_free(der);
+    return digest;
+}
+
+std::int64_t not_after_unix(const X509* cert) {
+    std::tm when{};
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &when) != 1) return 0;
+    return static_cast<std::int64_t>(timegm(&when));
+}
+
+std::string file_problem(const std::string& path, const char* what) {
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) return fmt::format("{} {}: {}", what, path, std::strerror(errno));
+    if (::access(path.c_str(), R_OK) != 0) return fmt::format("{} {}: {}", what, path, std::strerror(errno));
+    return {};
+}
+
+// Which session a callback is about (SSL app data) and the index of our ex_data slot.
+int session_index() {
+    static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+    return index;
+}
+
+}  // namespace
+
+struct context::state {
+    std::string hostname;
+    bool require_sni = false;  // a DNS hostname: the ClientHello must name it exactly
+    verify_mode verify = verify_mode::system;
+    std::array<std::uint8_t, 32> pinned{};
+};
+
+struct session::secrets {
+    std::vector<std::uint8_t> client_traffic;  // CLIENT_TRAFFIC_SECRET_0
+    std::vector<std::uint8_t> server_traffic;  // SERVER_TRAFFIC_SECRET_0
+    io_window window;
+    bool wrote_application_data = false;
+    bool want_ktls = false;
+    std::string refusal;  // why a callback refused the handshake, for the log
+};
+
+namespace {
+
+// TLS 1.3 traffic secrets reach us only through the key log (OpenSSL has no getter).
+void keylog_line(const SSL* ssl, const char* line) {
+    auto* s = static_cast<session::secrets*>(SSL_get_ex_data(ssl, session_index()));
+    if (s == nullptr || !s->want_ktls) return;
+    std::string_view text(line);
+    std::vector<std::uint8_t>* target = nullptr;
+    if (text.starts_with("CLIENT_TRAFFIC_SECRET_0 ")) target = &s->client_traffic;
+    else if (text.starts_with("SERVER_TRAFFIC_SECRET_0 ")) target = &s->server_traffic;
+    if (target == nullptr) return;
+    const auto last_space = text.rfind(' ');
+    std::string_view hex = text.substr(last_space + 1);
+    target->clear();
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+        unsigned value = 0;
+        std::sscanf(std::string(hex.substr(i, 2)).c_str(), "%2x", &value);
+        target->push_back(static_cast<std::uint8_t>(value));
+    }
+}
+
+int servername_check(SSL* ssl, int* alert, void* arg) {
+    auto* st = static_cast<context::state*>(arg);
+    if (!st->require_sni) return SSL_TLSEXT_ERR_OK;
+    const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    // derper's manual mode: "cert mismatch with hostname", which Go answers with internal_error.
+    if (name == nullptr || st->hostname != name) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        if (auto* s = static_cast<session::secrets*>(SSL_get_ex_data(ssl, session_index())))
+            s->refusal = name == nullptr ? fmt::format("no SNI; this server only answers to {}", st->hostname)
+                                         : fmt::format("SNI \"{}\" is not the hostname {}", name, st->hostname);
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+// Only HTTP/1.1: DERP's upgrade needs it, and derpd speaks no HTTP/2.
+int alpn_select(SSL*, const unsigned char** out, unsigned char* out_length, const unsigned char* in,
+                unsigned int in_length, void*) {
+    static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    unsigned char* selected = nullptr;
+    if (SSL_select_next_proto(&selected, out_length, http11, sizeof http11, in, in_length) ==
+        OPENSSL_NPN_NEGOTIATED) {
+        *out = selected;
+        return SSL_TLSEXT_ERR_OK;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+int accept_any_chain(int, X509_STORE_CTX*) { return 1; }
+
+bool is_meta_certificate(X509* cert, std::string* cn_out = nullptr) {
+    X509_NAME* subject = X509_get_subject_name(cert);
+    char cn[256] = {};
+    if (X509_NAME_get_text_by_NID(subject, NID_commonName, cn, sizeof cn) <= 0) return false;
+    if (std::strncmp(cn, "derpkey", 7) != 0) return false;
+    if (cn_out != nullptr) *cn_out = cn;
+    return true;
+}
+
+}  // namespace
+
+context::~context() {
+    if (_ctx != nullptr) SSL_CTX_free(_ctx);
+}
+
+result<std::shared_ptr<context>, std::string> context::make_server(const server_identity& identity) {
+    if (auto problem = file_problem(identity.cert_path, "certificate"); !problem.empty())
+        return unexpected(problem);
+    if (auto problem = file_problem(identity.key_path, "key"); !problem.empty()) return unexpected(problem);
+    std::shared_ptr<context> c(new context());
+    c->_server = true;
+    c->_hostname = identity.hostname;
+    c->_state = std::make_unique<state>();
+    c->_state->hostname = identity.hostname;
+    c->_state->require_sni = !is_ip_literal(identity.hostname);
+    ERR_clear_error();
+    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == nullptr) return unexpected("SSL_CTX_new: " + openssl_errors());
+    c->_ctx = ctx;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    // No tickets and no session cache: nothing to resume, nothing after the handshake that
+    // kTLS would have to count, and no per-connection memory for them.
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    // Idle connections give their 16 KiB read and write buffers back.
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (SSL_CTX_use_certificate_chain_file(ctx, identity.cert_path.c_str()) != 1)
+        return unexpected(fmt::format("certificate {}: {}", identity.cert_path, openssl_errors()));
+    {
+        FILE* key_file = std::fopen(identity.key_path.c_str(), "r");
+        EVP_PKEY* key = key_file == nullptr ? nullptr : PEM_read_PrivateKey(key_file, nullptr, nullptr, nullptr);
+        if (key_file != nullptr) std::fclose(key_file);
+        if (key == nullptr)
+            return unexpected(fmt::format("key {}: not a PEM private key ({})", identity.key_path, openssl_errors()));
+        const bool matches_leaf = X509_check_private_key(SSL_CTX_get0_certificate(ctx), key) == 1;
+        const bool used = matches_leaf && SSL_CTX_use_PrivateKey(ctx, key) == 1;
+        EVP_PKEY_free(key);
+        ERR_clear_error();
+        if (!matches_leaf)
+            return unexpected(fmt::format("key {} does not match certificate {}", identity.key_path, identity.cert_path));
+        if (!used) return unexpected(fmt::format("key {}: {}", identity.key_path, openssl_errors()));
+    }
+    X509* leaf = SSL_CTX_get0_certificate(ctx);
+    const bool matches = is_ip_literal(identity.hostname)
+                             ? X509_check_ip_asc(leaf, identity.hostname.c_str(), 0) == 1
+                             : X509_check_host(leaf, identity.hostname.data(), identity.hostname.size(), 0, nullptr) == 1;
+    if (!matches)
+        return unexpected(fmt::format("certificate {} is not valid for hostname {}", identity.cert_path,
+                                      identity.hostname));
+    c->_leaf_sha256 = sha256_of_der(leaf);
+    c->_leaf_not_after = not_after_unix(leaf);
+    if (!identity.meta_cert_der.empty()) {
+        const unsigned char* p = identity.meta_cert_der.data();
+        X509* meta = d2i_X509(nullptr, &p, static_cast<long>(identity.meta_cert_der.size()));
+        if (meta == nullptr) return unexpected("meta certificate: " + openssl_errors());
+        // Appended as-is after the leaf and intermediates (spec 2.15); OpenSSL sends an
+        // explicitly set chain without rebuilding it.
+        if (SSL_CTX_add0_chain_cert(ctx, meta) != 1) {
+            X509_free(meta);
+            return unexpected("meta certificate: " + openssl_errors());
+        }
+    }
+    // OpenSSL's macros cast in C style.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wold-style-cast"
+    SSL_CTX_set_tlsext_servername_callback(ctx, servername_check);
+    SSL_CTX_set_tlsext_servername_arg(ctx, c->_state.get());
+#pragma GCC diagnostic pop
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, nullptr);
+    SSL_CTX_set_keylog_callback(ctx, keylog_line);
+    return c;
+}
+
+result<std::shared_ptr<context>, std::string> context::make_client(const client_options& options) {
+    std::shared_ptr<context> c(new context());
+    c->_hostname = options.server_name;
+    c->_state = std::make_unique<state>();
+    c->_state->hostname = options.server_name;
+    c->_state->verify = options.verify;
+    c->_state->pinned = options.pinned_sha256;
+    ERR_clear_error();
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == nullptr) return unexpected("SSL_CTX_new: " + openssl_errors());
+    c->_ctx = ctx;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (options.max_version != 0) SSL_CTX_set_max_proto_version(ctx, options.max_version);
+    if (!options.tls13_ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, options.tls13_ciphersuites.c_str()) != 1)
+        return unexpected("TLS 1.3 cipher suites: " + openssl_errors());
+    if (!options.tls12_ciphers.empty() && SSL_CTX_set_cipher_list(ctx, options.tls12_ciphers.c_str()) != 1)
+        return unexpected("TLS 1.2 ciphers: " + openssl_errors());
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+    SSL_CTX_set_alpn_protos(ctx, http11, sizeof http11);
+    switch (options.verify) {
+        case verify_mode::system:
+            if (!options.ca_file.empty()) {
+                if (auto problem = file_problem(options.ca_file, "CA file"); !problem.empty())
+                    return unexpected(problem);
+                if (SSL_CTX_load_verify_locations(ctx, options.ca_file.c_str(), nullptr) != 1)
+                    return unexpected(fmt::format("CA file {}: {}", options.ca_file, openssl_errors()));
+            } else {
+                SSL_CTX_set_default_verify_paths(ctx);
+            }
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+            break;
+        case verify_mode::insecure: SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr); break;
+        case verify_mode::pinned:
+            // The chain is not verified; the pin is checked after the handshake (session::feed).
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_chain);
+            break;
+    }
+    return c;
+}
+
+result<std::vector<std::uint8_t>, std::string> make_meta_certificate(const node_key& server_key) {
+    EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519");
+    if (key == nullptr) return unexpected("Ed25519 key: " + openssl_errors());
+    X509* cert = X509_new();
+    std::vector<std::uint8_t> der;
+    std::string problem;
+    do {
+        X509_set_version(cert, 2);
+        ASN1_INTEGER_set(X509_get_serialNumber(cert), 2);  // the protocol version
+        X509_gmtime_adj(X509_getm_notBefore(cert), -30L * 24 * 3600);
+        X509_gmtime_adj(X509_getm_notAfter(cert), 30L * 24 * 3600);
+        const std::string cn = "derpkey" + server_key.to_string();
+        X509_NAME* name = X509_get_subject_name(cert);
+        // 71 characters: over X.509's 64-character bound for a CN, which OpenSSL enforces for
+        // MBSTRING input. Go does not, and derper's clients expect the whole key: a
+        // PrintableString set directly (as Go encodes it) is not checked against the bound.
+        if (X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_PRINTABLESTRING,
+                                       reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0) != 1) {
+            problem = "meta certificate name: " + openssl_errors();
+            break;
+        }
+        X509_set_issuer_name(cert, name);
+        X509_set_pubkey(cert, key);
+        X509_EXTENSION* basic = X509V3_EXT_conf_nid(nullptr, nullptr, NID_basic_constraints, "critical,CA:FALSE");
+        if (basic != nullptr) {
+            X509_add_ext(cert, basic, -1);
+            X509_EXTENSION_free(basic);
+        }
+        if (X509_sign(cert, key, nullptr) <= 0) {
+            problem = "signing the meta certificate: " + openssl_errors();
+            break;
+        }
+        unsigned char* p = nullptr;
+        const int length = i2d_X509(cert, &p);
+        if (length > 0) der.assign(p, p + length);
+        OPENSSL_free(p);
+    } while (false);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    if (!problem.empty()) return unexpected(problem);
+    return der;
+}
+
+result<void, std::string> write_self_signed(const std::string& ip_text, const std::string& cert_path,
+                                            const std::string& key_path) {
+    const auto slash = cert_path.rfind('/');
+    if (slash != std::string::npos) {
+        const std::string dir = cert_path.substr(0, slash);
+        if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+            return unexpected(fmt::format("certdir {}: {}", dir, std::strerror(errno)));
+    }
+    EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
+    if (key == nullptr) return unexpected("P-256 key: " + openssl_errors());
+    X509* cert = X509_new();
+    std::string problem;
+    do {
+        X509_set_version(cert, 2);
+        std::array<unsigned char, 16> serial{};
+        RAND_bytes(serial.data(), serial.size());
+        serial[0] &= 0x7f;  // a positive 128-bit serial
+        BIGNUM* bn = BN_bin2bn(serial.data(), static_cast<int>(serial.size()), nullptr);
+        BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert));
+        BN_free(bn);
+        X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+        X509_gmtime_adj(X509_getm_notAfter(cert), 365L * 24 * 3600);
+        X509_NAME* name = X509_get_subject_name(cert);
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(ip_text.c_str()), -1, -1, 0);
+        X509_set_issuer_name(cert, name);
+        X509_set_pubkey(cert, key);
+        X509V3_CTX v3{};
+        X509V3_set_ctx(&v3, cert, cert, nullptr, nullptr, 0);
+        const std::string san = "IP:" + ip_text;
+        for (auto [nid, value] : {std::pair{NID_key_usage, "critical,digitalSignature,keyEncipherment"},
+                                  std::pair{NID_ext_key_usage, "serverAuth"},
+                                  std::pair{NID_basic_constraints, "critical,CA:FALSE"},
+                                  std::pair{NID_subject_alt_name, san.c_str()}}) {
+            X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value);
+            if (ext == nullptr) {
+                problem = fmt::format("certificate extension {}: {}", value, openssl_errors());
+                break;
+            }
+            X509_add_ext(cert, ext, -1);
+            X509_EXTENSION_free(ext);
+        }
+        if (!problem.empty()) break;
+        if (X509_sign(cert, key, EVP_sha256()) <= 0) {
+            problem = "signing the certificate: " + openssl_errors();
+            break;
+        }
+        // The key first, 0600 from the start (never a moment world-readable), as "EC PRIVATE KEY".
+        const int key_fd = ::open(key_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (key_fd < 0) {
+            problem = fmt::format("key {}: {}", key_path, std::strerror(errno));
+            break;
+        }
+        BIO* key_file = BIO_new_fd(key_fd, BIO_CLOSE);
+        const bool key_ok = PEM_write_bio_PrivateKey_traditional(key_file, key, nullptr, nullptr, 0, nullptr, nullptr) == 1;
+        if (BIO_free(key_file) != 1 || !key_ok) {
+            problem = fmt::format("writing key {}: {}", key_path, openssl_errors());
+            break;
+        }
+        const int cert_fd = ::open(cert_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (cert_fd < 0) {
+            problem = fmt::format("certificate {}: {}", cert_path, std::strerror(errno));
+            break;
+        }
+        FILE* cert_file = fdopen(cert_fd, "w");
+        const bool cert_ok = PEM_write_X509(cert_file, cert) == 1;
+        if (std::fclose(cert_file) != 0 || !cert_ok) problem = fmt::format("writing certificate {}", cert_path);
+    } while (false);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    if (!problem.empty()) return unexpected(problem);
+    return {};
+}
+
+std::string_view version_label(std::uint16_t version) noexcept {
+    switch (version) {
+        case TLS1_VERSION: return "1.0";
+        case TLS1_1_VERSION: return "1.1";
+        case TLS1_2_VERSION: return "1.2";
+        case TLS1_3_VERSION: return "1.3";
+        default: return "unknown";
+    }
+}
+
+session::session(std::shared_ptr<context> ctx, bool want_ktls)
+    : _ctx(std::move(ctx)), _secrets(std::make_unique<secrets>()) {
+    _ssl = SSL_new(_ctx->native());
+    if (_ssl == nullptr) {
+        _status = status::failed;
+        _error = "SSL_new: " + openssl_errors();
+        return;
+    }
+    BIO* bio = BIO_new(window_method());
+    BIO_set_data(bio, &_secrets->window);
+    SSL_set_bio(_ssl, bio, bio);
+    _secrets->want_ktls = want_ktls;
+    SSL_set_ex_data(_ssl, session_index(), _secrets.get());
+    if (_ctx->is_server()) {
+        SSL_set_accept_state(_ssl);
+    } else {
+        SSL_set_connect_state(_ssl);
+        const std::string& host = _ctx->hostname();
+        if (!host.empty()) {
+            // Go sends no SNI for an IP literal; verification is against the name either way.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wold-style-cast"
+            if (!is_ip_literal(host)) SSL_set_tlsext_host_name(_ssl, host.c_str());
+#pragma GCC diagnostic pop
+            if (_ctx->settings().verify == context::verify_mode::system) {
+                if (is_ip_literal(host)) {
+                    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(_ssl), host.c_str());
+                } else {
+                    SSL_set1_host(_ssl, host.c_str());
+                }
+            }
+        }
+    }
+}
+
+session::~session() {
+    if (_ssl != nullptr) SSL_free(_ssl);
+}
+
+status session::fail(std::string message) noexcept {
+    _status = status::failed;
+    _error = std::move(message);
+    return _status;
+}
+
+status session::start(std::string& cipher_out) noexcept {
+    if (_status != status::handshaking) return _status;
+    io_window& w = _secrets->window;
+    w = io_window{};
+    w.spill = &cipher_out;
+    ERR_clear_error();
+    const int r = SSL_do_handshake(_ssl);
+    if (r != 1 && SSL_get_error(_ssl, r) != SSL_ERROR_WANT_READ) return fail("handshake: " + openssl_errors());
+    return _status;
+}
+
+void session::scan_records(std::span<const std::uint8_t> cipher) noexcept {
+    std::size_t i = 0;
+    while (i < cipher.size()) {
+        if (_scan_partial > 0) {
+            const std::size_t n = std::min<std::size_t>(_scan_partial, cipher.size() - i);
+            _scan_partial -= static_cast<std::uint32_t>(n);
+            i += n;
+            if (_scan_partial == 0) ++_records_after_handshake;
+            continue;
+        }
+        _scan_header[_scan_header_bytes++] = cipher[i++];
+        if (_scan_header_bytes == _scan_header.size()) {
+            _scan_header_bytes = 0;
+            _scan_partial = static_cast<std::uint32_t>(_scan_header[3]) << 8 | _scan_header[4];
+            if (_scan_partial == 0) ++_records_after_handshake;
+        }
+    }
+}
+
+status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept {
+    if (_status == status::failed || _status == status::closed) return _status;
+    io_window& w = _secrets->window;
+    w = io_window{};
+    w.in = cipher.data();
+    w.in_length = cipher.size();
+    w.spill = &cipher_out;
+    ERR_clear_error();
+    if (_status == status::open) scan_records(cipher);
+    if (_status == status::handshaking) {
+        const int r = SSL_do_handshake(_ssl);
+        if (r != 1) {
+            const int e = SSL_get_error(_ssl, r);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return _status;
+            if (!_secrets->refusal.empty()) {
+                ERR_clear_error();
+                return fail(_secrets->refusal);
+            }
+            return fail("handshake: " + openssl_errors());
+        }
+        if (!_ctx->is_server() && _ctx->settings().verify == context::verify_mode::pinned) {
+            STACK_OF(X509)* chain = SSL_get_peer_cert_chain(_ssl);
+            int others = 0;
+            bool pinned = false;
+            for (int k = 0; chain != nullptr && k < sk_X509_num(chain); ++k) {
+                X509* cert = sk_X509_value(chain, k);
+                if (is_meta_certificate(cert)) continue;
+                ++others;
+                pinned = sha256_of_der(cert) == _ctx->settings().pinned;
+            }
+            if (others != 1 || !pinned) return fail("server certificate does not match the pinned sha256-raw hash");
+        }
+        _status = status::open;
+        // What follows the peer's Finished in this read is application data under the new
+        // keys: from here on records are counted for the kTLS RX sequence number.
+        scan_records(cipher.subspan(w.in_position));
+    }
+    // Decrypt everything available. OpenSSL reads record by record, so what it leaves is at
+    // most one partial record, which it keeps.
+    thread_local std::array<char, 16384> chunk;
+    for (;;) {
+        const int n = SSL_read(_ssl, chunk.data(), static_cast<int>(chunk.size()));
+        if (n > 0) {
+            plain.append(chunk.data(), static_cast<std::size_t>(n));
+            continue;
+        }
+        const int e = SSL_get_error(_ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            _status = status::closed;
+            break;
+        }
+        return fail("record: " + openssl_errors());
+    }
+    return _status;
+}
+
+std::size_t session::write(std::span<const std::uint8_t> plain, std::span<std::uint8_t> out, std::string& spill) noexcept {
+    if (_status != status::open || plain.empty()) return 0;
+    io_window& w = _secrets->window;
+    w = io_window{};
+    w.out = out.data();
+    w.out_capacity = out.size();
+    w.spill = &spill;
+    _secrets->wrote_application_data = true;
+    ERR_clear_error();
+    std::size_t done = 0;
+    while (done < plain.size()) {
+        std::size_t written = 0;
+        if (SSL_write_ex(_ssl, plain.data() + done, plain.size() - done, &written) != 1) {
+            fail("write: " + openssl_errors());
+            break;
+        }
+        done += written;
+    }
+    return w.out_length;
+}
+
+void session::shutdown(std::string& cipher_out) noexcept {
+    if (_status != status::open) return;
+    io_window& w = _secrets->window;
+    w = io_window{};
+    w.spill = &cipher_out;
+    SSL_shutdown(_ssl);
+    ERR_clear_error();
+}
+
+std::uint16_t session::version() const noexcept {
+    return _ssl == nullptr || _status == status::handshaking ? 0 : static_cast<std::uint16_t>(SSL_version(_ssl));
+}
+
+std::string_view session::version_name() const noexcept { return version_label(version()); }
+
+std::string_view session::cipher_name() const noexcept {
+    const SSL_CIPHER* c = _ssl == nullptr ? nullptr : SSL_get_current_cipher(_ssl);
+    return c == nullptr ? std::string_view{} : std::string_view(SSL_CIPHER_get_name(c));
+}
+
+std::string_view session::sni() const noexcept {
+    const char* name = _ssl == nullptr ? nullptr : SSL_get_servername(_ssl, TLSEXT_NAMETYPE_host_name);
+    return name == nullptr ? std::string_view{} : std::string_view(name);
+}
+
+std::string_view session::alpn() const noexcept {
+    const unsigned char* data = nullptr;
+    unsigned int length = 0;
+    if (_ssl != nullptr) SSL_get0_alpn_selected(_ssl, &data, &length);
+    return data == nullptr ? std::string_view{} : std::string_view(reinterpret_cast<const char*>(data), length);
+}
+
+std::int64_t session::peer_leaf_not_after_unix() const noexcept {
+    if (_ssl == nullptr) return 0;
+    X509* peer = SSL_get0_peer_certificate(_ssl);
+    return peer == nullptr ? 0 : not_after_unix(peer);
+}
+
+std::optional<node_key> session::peer_meta_key() const noexcept {
+    if (_ssl == nullptr || version() != TLS1_3_VERSION) return std::nullopt;
+    STACK_OF(X509)* chain = SSL_get_peer_cert_chain(_ssl);
+    for (int k = 0; chain != nullptr && k < sk_X509_num(chain); ++k) {
+        X509* cert = sk_X509_value(chain, k);
+        std::string cn;
+        if (!is_meta_certificate(cert, &cn)) continue;
+        const long serial = ASN1_INTEGER_get(X509_get0_serialNumber(cert));
+        if (serial <= 0 || serial > 255) continue;
+        if (auto key = node_key::from_hex(std::string_view(cn).substr(7))) return *key;
+    }
+    return std::nullopt;
+}
+
+namespace {
+
+// HKDF-Expand-Label (RFC 8446 7.1) with an empty context.
+bool expand_label(const EVP_MD* md, std::span<const std::uint8_t> secret, std::string_view label,
+                  std::span<std::uint8_t> out) {
+    std::vector<std::uint8_t> info;
+    info.push_back(static_cast<std::uint8_t>(out.size() >> 8));
+    info.push_back(static_cast<std::uint8_t>(out.size()));
+    const std::string full = "tls13 " + std::string(label);
+    info.push_back(static_cast<std::uint8_t>(full.size()));
+    info.insert(info.end(), full.begin(), full.end());
+    info.push_back(0);
+    EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+    EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(kdf);
+    EVP_KDF_free(kdf);
+    int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)), 0),
+        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::uint8_t*>(secret.data()), secret.size()),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
+        OSSL_PARAM_construct_end(),
+    };
+    const bool ok = kctx != nullptr && EVP_KDF_derive(kctx, out.data(), out.size(), params) == 1;
+    EVP_KDF_CTX_free(kctx);
+    return ok;
+}
+
+// The TLS 1.2 key block (RFC 5246 6.3): PRF(master, "key expansion", server_random || client_random).
+bool key_block(const EVP_MD* md, std::span<const std::uint8_t> master, std::span<const std::uint8_t> seed,
+               std::span<std::uint8_t> out) {
+    EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "TLS1-PRF", nullptr);
+    EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(kdf);
+    EVP_KDF_free(kdf);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)), 0),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SECRET, const_cast<std::uint8_t*>(master.data()), master.size()),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED, const_cast<std::uint8_t*>(seed.data()), seed.size()),
+        OSSL_PARAM_construct_end(),
+    };
+    const bool ok = kctx != nullptr && EVP_KDF_derive(kctx, out.data(), out.size(), params) == 1;
+    EVP_KDF_CTX_free(kctx);
+    return ok;
+}
+
+void put_be64(unsigned char* out, std::uint64_t value) {
+    for (int i = 7; i >= 0; --i) {
+        out[i] = static_cast<unsigned char>(value);
+        value >>= 8;
+    }
+}
+
+// Fills the kernel's crypto_info for one direction.
+void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span<const std::uint8_t> key,
+                    std::span<const std::uint8_t> iv, std::uint64_t seq) {
+    auto put = [&d](const auto& info) {
+        static_assert(sizeof info <= sizeof d.crypto_info);
+        std::memcpy(d.crypto_info.data(), &info, sizeof info);
+        d.crypto_info_bytes = sizeof info;
+    };
+    if (nid == NID_chacha20_poly1305) {
+        tls12_crypto_info_chacha20_poly1305 info{};
+        info.info.version = version;
+        info.info.cipher_type = TLS_CIPHER_CHACHA20_POLY1305;
+        std::memcpy(info.iv, iv.data(), sizeof info.iv);
+        std::memcpy(info.key, key.data(), sizeof info.key);
+        put_be64(info.rec_seq, seq);
+        put(info);
+        return;
+    }
+    // AES-GCM: the kernel wants the 4-byte salt and an 8-byte IV. In TLS 1.3 that is the
+    // 12-byte static IV split in two; in TLS 1.2 the salt is the implicit IV and the 8 bytes
+    // are the first explicit nonce the kernel writes (then increments): we use the sequence
+    // number, as the explicit nonce only has to be unique.
+    auto fill_gcm = [&](auto& info, std::uint16_t cipher_type) {
+        info.info.version = version;
+        info.info.cipher_type = cipher_type;
+        std::memcpy(info.key, key.data(), sizeof info.key);
+        std::memcpy(info.salt, iv.data(), sizeof info.salt);
+        if (version == TLS_1_3_VERSION) {
+            std::memcpy(info.iv, iv.data() + sizeof info.salt, sizeof info.iv);
+        } else {
+            put_be64(info.iv, seq);
+        }
+        put_be64(info.rec_seq, seq);
+        put(info);
+    };
+    if (nid == NID_aes_128_gcm) {
+        tls12_crypto_info_aes_gcm_128 info{};
+        fill_gcm(info, TLS_CIPHER_AES_GCM_128);
+    } else {
+        tls12_crypto_info_aes_gcm_256 info{};
+        fill_gcm(info, TLS_CIPHER_AES_GCM_256);
+    }
+}
+
+}  // namespace
+
+std::optional<ktls_keys> session::ktls_export() const noexcept {
+    if (_ssl == nullptr || _status != status::open || !_ctx->is_server()) return std::nullopt;
+    const SSL_CIPHER* cipher = SSL_get_current_cipher(_ssl);
+    if (cipher == nullptr) return std::nullopt;
+    const int nid = SSL_CIPHER_get_cipher_nid(cipher);
+    std::size_t key_bytes = 0;
+    if (nid == NID_aes_128_gcm) key_bytes = 16;
+    else if (nid == NID_aes_256_gcm || nid == NID_chacha20_poly1305) key_bytes = 32;
+    else return std::nullopt;
+    const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
+    if (md == nullptr) return std::nullopt;
+    ktls_keys keys;
+    keys.version = static_cast<std::uint16_t>(SSL_version(_ssl));
+    keys.cipher_name = SSL_CIPHER_get_name(cipher);
+    std::vector<std::uint8_t> client_key(key_bytes), server_key(key_bytes), client_iv, server_iv;
+    if (keys.version == TLS1_3_VERSION) {
+        if (_secrets->client_traffic.empty() || _secrets->server_traffic.empty()) return std::nullopt;
+        client_iv.resize(12);
+        server_iv.resize(12);
+        if (!expand_label(md, _secrets->client_traffic, "key", client_key) ||
+            !expand_label(md, _secrets->client_traffic, "iv", client_iv) ||
+            !expand_label(md, _secrets->server_traffic, "key", server_key) ||
+            !expand_label(md, _secrets->server_traffic, "iv", server_iv))
+            return std::nullopt;
+        // What the client sent behind its Finished has been counted by the scanner.
+        keys.tx_seq = 0;
+        keys.rx_seq = _records_after_handshake;
+    } else if (keys.version == TLS1_2_VERSION) {
+        const std::size_t iv_bytes = nid == NID_chacha20_poly1305 ? 12 : 4;
+        std::array<std::uint8_t, 48> master{};
+        const std::size_t master_bytes = SSL_SESSION_get_master_key(SSL_get_session(_ssl), master.data(), master.size());
+        std::array<std::uint8_t, 13 + 64> seed{};
+        std::memcpy(seed.data(), "key expansion", 13);
+        SSL_get_server_random(_ssl, seed.data() + 13, 32);
+        SSL_get_client_random(_ssl, seed.data() + 45, 32);
+        std::vector<std::uint8_t> block(2 * key_bytes + 2 * iv_bytes);
+        if (!key_block(md, std::span(master.data(), master_bytes), seed, block)) return std::nullopt;
+        std::copy_n(block.begin(), key_bytes, client_key.begin());
+        std::copy_n(block.begin() + static_cast<std::ptrdiff_t>(key_bytes), key_bytes, server_key.begin());
+        client_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes),
+                         block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes + iv_bytes));
+        server_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes + iv_bytes), block.end());
+        // Each side's Finished was record 0 under the new keys.
+        keys.tx_seq = 1;
+        keys.rx_seq = 1 + _records_after_handshake;
+    } else {
+        return std::nullopt;
+    }
+    keys.tx_valid = !_secrets->wrote_application_data;
+    keys.tx_key = server_key;
+    keys.tx_iv = server_iv;
+    keys.rx_key = client_key;
+    keys.rx_iv = client_iv;
+    fill_direction(keys.tx, keys.version, nid, server_key, server_iv, keys.tx_seq);
+    fill_direction(keys.rx, keys.version, nid, client_key, client_iv, keys.rx_seq);
+    return keys;
+}
+
+}  // namespace derp::tls

@@ -1,0 +1,181 @@
+// The TLS engine: OpenSSL 3 driven over a byte interface (ciphertext in, plaintext and handshake
+// bytes out, then the traffic keys for kTLS), so that io_uring keeps the socket and a wolfSSL
+// backend can later sit behind the same calls. No I/O happens here; certificate files are read
+// only by the context builders.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/key.hh"
+#include "core/result.hh"
+
+// OpenSSL's types, kept out of every includer's namespace.
+struct ssl_ctx_st;
+struct ssl_st;
+
+namespace derp::tls {
+
+// The server's certificate material (spec 4.2, manual mode).
+struct server_identity {
+    std::string hostname;        // -hostname: a DNS name (SNI must equal it) or an IP (any SNI)
+    std::string cert_path;       // PEM chain, leaf first
+    std::string key_path;        // PEM private key
+    std::vector<std::uint8_t> meta_cert_der;  // the derpkey certificate appended to the chain
+};
+
+// A configured SSL_CTX, shared by every connection made from it; replaced, not mutated, on a
+// certificate reload (connections keep the context they started with).
+class context {
+public:
+    ~context();
+    context(const context&) = delete;
+    context& operator=(const context&) = delete;
+
+    // Loads and checks the chain and key: the key must match the leaf, and the leaf must be
+    // valid for the hostname (derper refuses to start otherwise). Errors name the file.
+    static result<std::shared_ptr<context>, std::string> make_server(const server_identity& identity);
+
+    enum class verify_mode : std::uint8_t {
+        system,     // the system trust store (or ca_file), for server_name
+        insecure,   // no verification (tests, --insecure)
+        pinned,     // sha256-raw: exactly one non-meta certificate with this SHA-256 (spec 4.2)
+    };
+    struct client_options {
+        std::string server_name;  // SNI (not sent for IP literals, as Go) and verification name
+        verify_mode verify = verify_mode::system;
+        std::string ca_file;      // with verify_mode::system: trust only this PEM bundle
+        std::array<std::uint8_t, 32> pinned_sha256{};
+        int max_version = 0;      // 0 = TLS 1.3; TLS1_2_VERSION to cap
+        std::string tls13_ciphersuites;  // OpenSSL syntax; empty = OpenSSL's default
+        std::string tls12_ciphers;
+    };
+    static result<std::shared_ptr<context>, std::string> make_client(const client_options& options);
+
+    ssl_ctx_st* native() const noexcept { return _ctx; }
+    bool is_server() const noexcept { return _server; }
+    const std::string& hostname() const noexcept { return _hostname; }
+    // SHA-256 of the leaf certificate's DER: derper's `sha256-raw:` CertName.
+    const std::array<std::uint8_t, 32>& leaf_sha256() const noexcept { return _leaf_sha256; }
+    // Seconds since the epoch when the leaf expires (0 when unknown).
+    std::int64_t leaf_not_after_unix() const noexcept { return _leaf_not_after; }
+
+    struct state;  // verification settings the callbacks read (tls.cc)
+    const state& settings() const noexcept { return *_state; }
+
+private:
+    context() = default;
+    ssl_ctx_st* _ctx = nullptr;
+    bool _server = false;
+    std::string _hostname;
+    std::array<std::uint8_t, 32> _leaf_sha256{};
+    std::int64_t _leaf_not_after = 0;
+    std::unique_ptr<state> _state;
+};
+
+// Derper's fast-start meta certificate (spec 2.15): Ed25519, serial 2, CN derpkey<hex key>,
+// valid from 30 days ago for 60 days. DER bytes.
+result<std::vector<std::uint8_t>, std::string> make_meta_certificate(const node_key& server_key);
+
+// Writes a self-signed certificate for an IP hostname into certdir as derper does (ECDSA P-256,
+// CN and IP SAN = the address, one year; key 0600, cert 0644, directory 0700). Errors name
+// the path.
+result<void, std::string> write_self_signed(const std::string& ip_text, const std::string& cert_path,
+                                            const std::string& key_path);
+
+// What kTLS needs for one direction: the kernel's crypto_info bytes (struct tls12_crypto_info_*
+// of linux/tls.h, sequence number included), ready for setsockopt(SOL_TLS, TLS_TX/TLS_RX).
+struct ktls_direction {
+    std::array<std::uint8_t, 64> crypto_info{};
+    std::uint32_t crypto_info_bytes = 0;
+};
+struct ktls_keys {
+    ktls_direction tx;
+    ktls_direction rx;
+    std::uint16_t version = 0;      // TLS1_2_VERSION / TLS1_3_VERSION
+    std::string cipher_name;        // OpenSSL's name, for the log
+    // The raw material, for tests that decrypt a record with it: key, 12-byte nonce base
+    // (salt || implicit iv for GCM 1.2 as the kernel builds it), next sequence numbers.
+    std::vector<std::uint8_t> tx_key, tx_iv, rx_key, rx_iv;
+    std::uint64_t tx_seq = 0, rx_seq = 0;
+    // TX is only right before the first write() (records OpenSSL sent are not counted).
+    bool tx_valid = false;
+};
+
+enum class status : std::uint8_t {
+    handshaking,  // more handshake bytes are needed
+    open,         // application data flows
+    closed,       // the peer sent close_notify
+    failed,       // a fatal error; error() says which
+};
+
+// One TLS connection. Feed it what the socket read; it returns plaintext and whatever must be
+// written back (handshake messages, alerts). Single-threaded, like the shard that owns it.
+class session {
+public:
+    // want_ktls: capture the traffic secrets (TLS 1.3) so that ktls_export() can succeed.
+    session(std::shared_ptr<context> ctx, bool want_ktls);
+    ~session();
+    session(const session&) = delete;
+    session& operator=(const session&) = delete;
+
+    // Consumes all of `cipher` (OpenSSL keeps a partial record), appends decrypted application
+    // data to `plain` and bytes to send to `cipher_out`.
+    status feed(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept;
+    // Client side: starts the handshake (the ClientHello goes to cipher_out).
+    status start(std::string& cipher_out) noexcept;
+    // Encrypts `plain` as records into `out`; what does not fit goes to `spill`. Returns the
+    // bytes written to `out`. Only when status() is open.
+    std::size_t write(std::span<const std::uint8_t> plain, std::span<std::uint8_t> out, std::string& spill) noexcept;
+    // A close_notify alert, for an orderly close.
+    void shutdown(std::string& cipher_out) noexcept;
+
+    status state() const noexcept { return _status; }
+    const std::string& error() const noexcept { return _error; }
+    std::uint16_t version() const noexcept;  // TLS1_2_VERSION, TLS1_3_VERSION (0 before)
+    std::string_view version_name() const noexcept;  // "1.2", "1.3", "unknown"
+    std::string_view cipher_name() const noexcept;
+    std::string_view sni() const noexcept;
+    std::string_view alpn() const noexcept;
+    // The peer's certificate chain (client side), for derpprobe: leaf's notAfter.
+    std::int64_t peer_leaf_not_after_unix() const noexcept;
+    // Fast start (spec 2.15): the server key in a derpkey certificate of the peer's chain,
+    // TLS 1.3 only, version != 0.
+    std::optional<node_key> peer_meta_key() const noexcept;
+
+    // Whether everything read so far ended on a record boundary: only then may the kernel take
+    // over receiving (it cannot be handed half a record).
+    bool at_record_boundary() const noexcept { return _scan_partial == 0 && _scan_header_bytes == 0; }
+    // The keys and sequence numbers for kTLS (server side): RX whenever at_record_boundary(),
+    // TX only before the first write(). Nothing when the kernel takes no such cipher.
+    std::optional<ktls_keys> ktls_export() const noexcept;
+
+    struct secrets;  // TLS 1.3 traffic secrets from the keylog callback (tls.cc)
+
+private:
+    void scan_records(std::span<const std::uint8_t> cipher) noexcept;
+    status fail(std::string message) noexcept;
+
+    std::shared_ptr<context> _ctx;
+    ssl_st* _ssl = nullptr;
+    status _status = status::handshaking;
+    std::string _error;
+    std::unique_ptr<secrets> _secrets;
+    // Record scanner over the ciphertext read after the handshake: kTLS RX needs a boundary and
+    // the count of records OpenSSL has decrypted (the RX sequence number).
+    std::uint64_t _records_after_handshake = 0;
+    std::uint32_t _scan_partial = 0;       // body bytes of the current record still to come
+    std::uint8_t _scan_header_bytes = 0;   // bytes of a record header seen so far
+    std::array<std::uint8_t, 5> _scan_header{};
+};
+
+// The TLS version name as derper's metrics spell it.
+std::string_view version_label(std::uint16_t version) noexcept;
+
+}  // namespace derp::tls

@@ -1,0 +1,396 @@
+// The TLS layer between a shard and its service (crypto/tls_layer.hh). The order of things
+// matters for kTLS: TX may only go to the kernel once every handshake byte OpenSSL wrote has
+// been sent (on_writable is only called with no send in flight, so the next call is that
+// moment), and RX only at a record boundary with no receive completion outstanding (the shard
+// pauses the multishot recv and tells us when its last completion has been delivered).
+#include "crypto/tls_layer.hh"
+
+#include <openssl/ssl.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace derp::tls {
+
+using ring::conn_id;
+using ring::log_level;
+
+namespace {
+// Room for a record's header, inner type, padding-free AEAD tag and explicit nonce: 5 + 8 + 16
+// in TLS 1.2 GCM, 5 + 1 + 16 in 1.3; rounded up.
+constexpr std::size_t record_overhead_bytes = 32;
+constexpr std::size_t record_plaintext_max = 16384;
+constexpr std::uint8_t rx_attempts_max = 8;
+
+std::string_view path_name(bool tx, bool rx) {
+    if (tx && rx) return "ktls";
+    if (tx) return "ktls-tx";
+    return "userspace";
+}
+}  // namespace
+
+tls_layer::tls_layer(ring::shard& sh, std::unique_ptr<ring::service> inner, tls_layer_config config,
+                     tls_counters& counters)
+    : _shard(sh), _inner(std::move(inner)), _config(config), _counters(counters),
+      _plain_out(sh.send_pool().buffer_bytes()) {}
+
+tls_layer::~tls_layer() = default;
+
+tls_layer::conn_tls* tls_layer::find(conn_id conn) noexcept {
+    if (conn.slot >= _conns.size()) return nullptr;
+    conn_tls& st = _conns[conn.slot];
+    return st.active && st.gen == conn.gen ? &st : nullptr;
+}
+
+const tls_layer::conn_tls* tls_layer::find(conn_id conn) const noexcept {
+    if (conn.slot >= _conns.size()) return nullptr;
+    const conn_tls& st = _conns[conn.slot];
+    return st.active && st.gen == conn.gen ? &st : nullptr;
+}
+
+bool tls_layer::is_tls(conn_id conn) const noexcept { return find(conn) != nullptr; }
+
+std::uint16_t tls_layer::tls_version(conn_id conn) const noexcept {
+    const conn_tls* st = find(conn);
+    return st == nullptr ? 0 : st->version;
+}
+
+std::string_view tls_layer::path(conn_id conn) const noexcept {
+    const conn_tls* st = find(conn);
+    if (st == nullptr) return "plain";
+    return path_name(st->ktls_tx, st->ktls_rx);
+}
+
+std::optional<node_key> tls_layer::peer_meta_key(conn_id conn) const noexcept {
+    const conn_tls* st = find(conn);
+    return st == nullptr || !st->tls ? std::nullopt : st->tls->peer_meta_key();
+}
+
+std::int64_t tls_layer::peer_leaf_not_after_unix(conn_id conn) const noexcept {
+    const conn_tls* st = find(conn);
+    return st == nullptr || !st->tls ? 0 : st->tls->peer_leaf_not_after_unix();
+}
+
+void tls_layer::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
+    if (!_config.client && _shard.listener_tag(conn) == _config.tls_listener_tag && _config.contexts != nullptr) {
+        if (_conns.size() <= conn.slot) _conns.resize(conn.slot + 1);
+        conn_tls& st = _conns[conn.slot];
+        st = conn_tls{};
+        st.gen = conn.gen;
+        st.active = true;
+        const bool want_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
+        st.tls = std::make_unique<session>(_config.contexts->current.load(), want_ktls);
+        _shard.arm_timer(conn, timer_handshake, _shard.now_ns() + static_cast<std::uint64_t>(_config.handshake_timeout_ns));
+    }
+    _inner->on_accept(conn, peer);
+}
+
+void tls_layer::on_connect(conn_id conn, int error) noexcept {
+    if (!_config.client || error != 0 || _config.contexts == nullptr) {
+        _inner->on_connect(conn, error);
+        return;
+    }
+    if (_conns.size() <= conn.slot) _conns.resize(conn.slot + 1);
+    conn_tls& st = _conns[conn.slot];
+    st = conn_tls{};
+    st.gen = conn.gen;
+    st.active = true;
+    st.tls = std::make_unique<session>(_config.contexts->current.load(), false);
+    _shard.arm_timer(conn, timer_handshake, _shard.now_ns() + static_cast<std::uint64_t>(_config.handshake_timeout_ns));
+    if (st.tls->start(st.cipher_out) == status::failed) {
+        fail(conn, st, st.tls->error());
+        return;
+    }
+    _shard.want_write(conn);
+    // The service above hears of the connection once the handshake is done.
+}
+
+void tls_layer::fail(conn_id conn, conn_tls& st, std::string_view what) noexcept {
+    if (st.version == 0) {
+        _counters.handshakes_failed.add();
+    } else {
+        _counters.records_failed.add();
+    }
+    if (const auto n = _fail_log.allow(_shard.now_ns()))
+        ring::log(log_level::info, "shard {}: TLS {} on slot {}: {}{}", _shard.index(),
+                  st.version == 0 ? "handshake failed" : "connection failed", conn.slot, what,
+                  n > 1 ? fmt::format(" ({} similar before)", n - 1) : std::string());
+    // Whatever alert OpenSSL wrote goes out before the close.
+    if (!st.cipher_out.empty()) {
+        _shard.want_write(conn);
+        _shard.close_after_flush(conn);
+    } else {
+        _shard.close(conn);
+    }
+}
+
+void tls_layer::settle_path(conn_id conn, conn_tls& st) noexcept {
+    // Counted once, when both directions are decided; RX may still move into the kernel
+    // later (at a later record boundary), which moves the connection from ktls-tx to ktls.
+    if (st.ktls_tx_pending || st.rx_pause_pending) return;
+    if (st.path_counted) {
+        if (st.ktls_rx && st.ktls_tx && !st.counted_full) {
+            _counters.path_ktls_tx.sub();
+            _counters.path_ktls.add();
+            st.counted_full = true;
+        }
+        return;
+    }
+    st.path_counted = true;
+    if (st.ktls_tx && st.ktls_rx) {
+        _counters.path_ktls.add();
+        st.counted_full = true;
+    } else if (st.ktls_tx) {
+        _counters.path_ktls_tx.add();
+    } else {
+        _counters.path_userspace.add();
+    }
+    ring::log(log_level::debug, "shard {}: slot {}: TLS path {}", _shard.index(), conn.slot,
+              path_name(st.ktls_tx, st.ktls_rx));
+}
+
+void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
+    _shard.cancel_timer(conn, timer_handshake);
+    _counters.handshakes_ok.add();
+    st.version = st.tls->version();
+    if (st.version == TLS1_3_VERSION) {
+        _counters.version_tls13.add();
+        _counters.open_tls13.add();
+    } else {
+        _counters.version_tls12.add();
+        _counters.open_tls12.add();
+    }
+    if (_config.client) {
+        ring::log(log_level::debug, "shard {}: TLS {} {} to slot {}", _shard.index(), st.tls->version_name(),
+                  st.tls->cipher_name(), conn.slot);
+        _inner->on_connect(conn, 0);
+        return;
+    }
+    const bool try_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
+    if (try_ktls) {
+        // TX first: with nothing left to send (TLS 1.3) at once, otherwise after the last
+        // handshake flight has been sent (TLS 1.2 ends with the server's Finished).
+        st.ktls_tx_pending = true;
+        if (st.cipher_out.empty()) install_tx(conn, st);
+        if (st.tls && st.tls->at_record_boundary()) {
+            st.rx_pause_pending = true;
+            _shard.pause_recv(conn);
+        }
+    }
+    settle_path(conn, st);
+    ring::log(log_level::debug, "shard {}: TLS {} {} sni \"{}\" on slot {}: {}", _shard.index(),
+              st.tls ? st.tls->version_name() : "", st.tls ? st.tls->cipher_name() : "",
+              st.tls ? st.tls->sni() : "", conn.slot, try_ktls ? "kTLS pending" : "userspace records");
+}
+
+bool tls_layer::install_tx(conn_id conn, conn_tls& st) noexcept {
+    st.ktls_tx_pending = false;
+    const auto keys = st.tls ? st.tls->ktls_export() : std::nullopt;
+    std::string problem;
+    if (!keys || !keys->tx_valid) {
+        problem = fmt::format("cipher {} cannot be offloaded", st.tls ? st.tls->cipher_name() : "?");
+    } else if (auto attached = ktls_attach(_shard.fd_of(conn)); !attached) {
+        problem = attached.error();
+    } else if (auto installed = ktls_install(_shard.fd_of(conn), true, keys->tx); !installed) {
+        problem = installed.error();
+    }
+    if (problem.empty()) {
+        st.ktls_tx = true;
+        settle_path(conn, st);
+        ring::log(log_level::debug, "shard {}: slot {}: kTLS TX installed ({} {})", _shard.index(), conn.slot,
+                  version_label(keys->version), keys->cipher_name);
+        return true;
+    }
+    _counters.ktls_install_failed.add();
+    settle_path(conn, st);
+    if (_config.ktls == ktls_mode::require) {
+        fail(conn, st, "kTLS required (--ktls=require) but not installed: " + problem);
+        return false;
+    }
+    ring::log(log_level::debug, "shard {}: slot {}: kTLS not used: {}", _shard.index(), conn.slot, problem);
+    return false;
+}
+
+void tls_layer::on_recv_paused(conn_id conn) noexcept {
+    conn_tls* st = find(conn);
+    if (st == nullptr || !st->rx_pause_pending) {
+        _inner->on_recv_paused(conn);
+        return;
+    }
+    st->rx_pause_pending = false;
+    // Receive completions delivered since the pause may have ended off a record boundary:
+    // then the kernel cannot take over now; try again at a later boundary.
+    if (st->tls && st->tls->at_record_boundary() && st->tls->state() == status::open) {
+        const auto keys = st->tls->ktls_export();
+        std::string problem;
+        if (!keys) {
+            problem = fmt::format("cipher {} cannot be offloaded", st->tls->cipher_name());
+        } else if (!st->ktls_tx) {
+            if (auto attached = ktls_attach(_shard.fd_of(conn)); !attached) problem = attached.error();
+        }
+        if (problem.empty() && keys) {
+            if (auto installed = ktls_install(_shard.fd_of(conn), false, keys->rx); !installed)
+                problem = installed.error();
+        }
+        if (problem.empty()) {
+            st->ktls_rx = true;
+            ring::log(log_level::debug, "shard {}: slot {}: kTLS RX installed at record {} ({} {})", _shard.index(),
+                      conn.slot, keys->rx_seq, version_label(keys->version), keys->cipher_name);
+        } else {
+            _counters.ktls_install_failed.add();
+            st->rx_attempts = rx_attempts_max;  // a refusal will not change
+            ring::log(log_level::debug, "shard {}: slot {}: kTLS RX not used: {}", _shard.index(), conn.slot, problem);
+        }
+    } else {
+        ++st->rx_attempts;
+    }
+    settle_path(conn, *st);
+    if (!st->ktls_rx && _config.ktls == ktls_mode::require && st->rx_attempts >= rx_attempts_max) {
+        fail(conn, *st, "kTLS required (--ktls=require) but RX could not be installed");
+        return;
+    }
+    maybe_release_session(*st);
+    _shard.resume_recv(conn);
+}
+
+void tls_layer::maybe_release_session(conn_tls& st) noexcept {
+    // Both directions in the kernel and nothing OpenSSL still owes the socket: the SSL object
+    // and its buffers go, and an idle connection costs no userspace TLS memory.
+    if (st.ktls_tx && st.ktls_rx && !st.ktls_tx_pending && st.cipher_out.empty() && !st.busy) {
+        st.tls.reset();
+        std::string().swap(st.cipher_out);
+    }
+}
+
+void tls_layer::offer_plaintext(conn_id conn, conn_tls& st) noexcept {
+    if (st.plain.empty()) return;
+    const std::size_t used = _inner->on_data(conn, {reinterpret_cast<const std::uint8_t*>(st.plain.data()), st.plain.size()});
+    if (st.dead || !_shard.is_open(conn)) return;
+    st.plain.erase(0, std::min(used, st.plain.size()));
+    if (st.plain.empty()) {
+        if (st.plain.capacity() > 4096) std::string().swap(st.plain);
+    } else if (st.plain.size() > _config.plaintext_buffered_max) {
+        fail(conn, st, fmt::format("the service left {} decrypted bytes unread", st.plain.size()));
+    }
+}
+
+std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes) noexcept {
+    conn_tls* found = find(conn);
+    if (found == nullptr) return _inner->on_data(conn, bytes);
+    conn_tls& st = *found;
+    if (!st.tls || st.ktls_rx) {
+        // The kernel decrypts: these bytes are plaintext.
+        if (st.plain.empty()) return _inner->on_data(conn, bytes);
+        st.plain.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+        offer_plaintext(conn, st);
+        return bytes.size();
+    }
+    if (st.tls->state() == status::failed) return bytes.size();  // closing already
+    const bool was_handshaking = st.tls->state() == status::handshaking;
+    st.busy = true;
+    const status s = st.tls->feed(bytes, st.plain, st.cipher_out);
+    st.busy = false;
+    if (s == status::failed) {
+        fail(conn, st, st.tls->error());
+        return bytes.size();
+    }
+    if (was_handshaking && s != status::handshaking) handshake_done(conn, st);
+    if (st.dead || !_shard.is_open(conn)) return bytes.size();
+    if (!st.cipher_out.empty()) _shard.want_write(conn);
+    offer_plaintext(conn, st);
+    if (st.dead || !_shard.is_open(conn)) return bytes.size();
+    if (s == status::closed) {
+        // close_notify: what the service still answers goes out, then the connection closes.
+        _shard.close_after_flush(conn);
+        return bytes.size();
+    }
+    // A later boundary may still let the kernel take RX over.
+    if (!was_handshaking && st.ktls_tx && !st.ktls_rx && !st.rx_pause_pending &&
+        st.rx_attempts < rx_attempts_max && st.tls->at_record_boundary()) {
+        st.rx_pause_pending = true;
+        _shard.pause_recv(conn);
+    }
+    return bytes.size();
+}
+
+std::size_t tls_layer::on_writable(conn_id conn, std::span<std::uint8_t> out) noexcept {
+    conn_tls* found = find(conn);
+    if (found == nullptr) return _inner->on_writable(conn, out);
+    conn_tls& st = *found;
+    std::size_t n = 0;
+    if (!st.cipher_out.empty()) {
+        n = std::min(out.size(), st.cipher_out.size());
+        std::memcpy(out.data(), st.cipher_out.data(), n);
+        st.cipher_out.erase(0, n);
+        // Records first, in order; what the service has waits for the next send.
+        _shard.want_write(conn);
+        if (st.cipher_out.empty() && st.cipher_out.capacity() > 4096) std::string().swap(st.cipher_out);
+        return n;
+    }
+    if (st.ktls_tx_pending) {
+        // The previous send (the last handshake flight) has completed: the kernel may encrypt.
+        if (!install_tx(conn, st) && !_shard.is_open(conn)) return 0;
+        maybe_release_session(st);
+    }
+    if (st.ktls_tx) return _inner->on_writable(conn, out);
+    if (!st.tls || st.tls->state() != status::open || st.version == 0) return 0;
+    const std::size_t records = out.size() / record_plaintext_max + 1;
+    if (out.size() <= records * record_overhead_bytes) {
+        _shard.want_write(conn);
+        return 0;
+    }
+    const std::size_t plain_max = std::min(_plain_out.size(), out.size() - records * record_overhead_bytes);
+    const std::size_t plain = _inner->on_writable(conn, {_plain_out.data(), plain_max});
+    if (plain == 0 || !find(conn)) return 0;
+    n = st.tls->write({_plain_out.data(), plain}, out, st.cipher_out);
+    if (st.tls->state() == status::failed) {
+        fail(conn, st, st.tls->error());
+        return n;
+    }
+    if (!st.cipher_out.empty()) _shard.want_write(conn);
+    return n;
+}
+
+void tls_layer::on_timer(conn_id conn, std::uint8_t timer_id) noexcept {
+    if (timer_id != timer_handshake) {
+        _inner->on_timer(conn, timer_id);
+        return;
+    }
+    conn_tls* st = find(conn);
+    if (st == nullptr || st->version != 0) return;
+    _counters.handshakes_timeout.add();
+    if (const auto n = _fail_log.allow(_shard.now_ns()))
+        ring::log(log_level::info, "shard {}: TLS handshake on slot {} not finished in {} ms; closing", _shard.index(),
+                  conn.slot, _config.handshake_timeout_ns / 1'000'000);
+    _shard.close(conn);
+}
+
+void tls_layer::on_recv_error(conn_id conn, int error) noexcept {
+    conn_tls* st = find(conn);
+    if (st == nullptr || !st->ktls_rx || error != EIO) {
+        _inner->on_recv_error(conn, error);
+        return;
+    }
+    // kTLS RX fails a plain recv with EIO when the next record is not application data.
+    _counters.ktls_control_records.add();
+    auto record = read_control_record(_shard.fd_of(conn));
+    ring::log(log_level::debug, "shard {}: slot {}: under kTLS RX: {}; closing", _shard.index(), conn.slot,
+              record ? describe(record.value()) : record.error());
+}
+
+void tls_layer::on_closed(conn_id conn, ring::close_cause cause) noexcept {
+    _inner->on_closed(conn, cause);
+    conn_tls* st = find(conn);
+    if (st == nullptr) return;
+    if (st->version == TLS1_3_VERSION) _counters.open_tls13.sub();
+    else if (st->version != 0) _counters.open_tls12.sub();
+    if (st->busy) {
+        st->dead = true;  // feed() is on the stack: the session goes when it returns
+        return;
+    }
+    *st = conn_tls{};
+}
+
+}  // namespace derp::tls

@@ -1,0 +1,128 @@
+// TLS as a layer between the shard and a service: it takes the ciphertext the shard received,
+// hands the service plaintext, and encrypts what the service writes straight into the
+// registered send buffer. The service above (the DERP server, the client library) is the same
+// code over plain TCP and over TLS. After the handshake a server connection moves to kTLS
+// where the kernel has it (TX at once, RX at the next record boundary with receiving paused),
+// and frees its OpenSSL state once both directions are in the kernel.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "crypto/ktls.hh"
+#include "crypto/tls.hh"
+#include "ring/counters.hh"
+#include "ring/log.hh"
+#include "ring/service.hh"
+#include "ring/shard.hh"
+
+namespace derp::tls {
+
+// Per-shard TLS counters (single writer: the shard), read by /debug/varz.
+struct alignas(ring::cache_line_bytes) tls_counters {
+    ring::counter handshakes_ok;
+    ring::counter handshakes_failed;    // bad ClientHello, SNI refused, alert, ...
+    ring::counter handshakes_timeout;   // not finished within the deadline
+    ring::counter path_ktls;            // both directions in the kernel
+    ring::counter path_ktls_tx;         // TX in the kernel, RX stayed in userspace
+    ring::counter path_userspace;       // OpenSSL records for the whole connection
+    ring::counter ktls_install_failed;  // setsockopt refused (connection stayed userspace)
+    ring::counter ktls_control_records; // alerts/KeyUpdates read under kTLS RX
+    ring::counter version_tls12;        // handshakes completed by version
+    ring::counter version_tls13;
+    ring::counter open_tls12;           // gauges: open TLS connections by version
+    ring::counter open_tls13;
+    ring::counter records_failed;       // a record that did not decrypt or parse after the handshake
+};
+
+// The context new connections get. The admin thread swaps it on a certificate reload;
+// connections keep the one they started with.
+struct context_slot {
+    std::atomic<std::shared_ptr<context>> current;
+};
+
+struct tls_layer_config {
+    bool client = false;                  // outgoing connections (derpbench, derpprobe)
+    std::uint8_t tls_listener_tag = 1;    // server: listeners with this tag speak TLS
+    const context_slot* contexts = nullptr;
+    ktls_mode ktls = ktls_mode::automatic;
+    bool kernel_has_ktls = false;
+    std::int64_t handshake_timeout_ns = 10'000'000'000;
+    std::uint32_t plaintext_buffered_max = 1u << 20;  // decrypted bytes the service left unread
+};
+
+class tls_layer final : public ring::service {
+public:
+    static constexpr std::uint8_t timer_handshake = 2;  // the service above uses 0 and 1
+
+    tls_layer(ring::shard& sh, std::unique_ptr<ring::service> inner, tls_layer_config config,
+              tls_counters& counters);
+    ~tls_layer() override;
+
+    ring::service& inner() noexcept { return *_inner; }
+    // What the service above may ask about its connection.
+    bool is_tls(ring::conn_id conn) const noexcept;
+    std::uint16_t tls_version(ring::conn_id conn) const noexcept;  // 0 before the handshake
+    std::string_view path(ring::conn_id conn) const noexcept;      // "ktls", "userspace", ...
+    // Client side: the server key from the meta certificate (fast start), if any.
+    std::optional<node_key> peer_meta_key(ring::conn_id conn) const noexcept;
+    std::int64_t peer_leaf_not_after_unix(ring::conn_id conn) const noexcept;
+
+    void on_accept(ring::conn_id conn, const sockaddr_storage& peer) noexcept override;
+    void on_connect(ring::conn_id conn, int error) noexcept override;
+    std::size_t on_data(ring::conn_id conn, std::span<const std::uint8_t> bytes) noexcept override;
+    std::size_t on_writable(ring::conn_id conn, std::span<std::uint8_t> out) noexcept override;
+    void on_datagram(std::uint32_t socket_index, const sockaddr_storage& from,
+                     std::span<const std::uint8_t> payload, bool truncated) noexcept override {
+        _inner->on_datagram(socket_index, from, payload, truncated);
+    }
+    void on_timer(ring::conn_id conn, std::uint8_t timer_id) noexcept override;
+    void on_closed(ring::conn_id conn, ring::close_cause cause) noexcept override;
+    void on_recv_error(ring::conn_id conn, int error) noexcept override;
+    void on_recv_paused(ring::conn_id conn) noexcept override;
+    void on_message(const ring::message& m) noexcept override { _inner->on_message(m); }
+    void discard_message(const ring::message& m) noexcept override { _inner->discard_message(m); }
+    bool on_turn_end() noexcept override { return _inner->on_turn_end(); }
+    void on_stop() noexcept override { _inner->on_stop(); }
+
+private:
+    struct conn_tls {
+        std::uint32_t gen = 0;
+        bool active = false;          // a TLS connection (else: plain, passed through)
+        bool busy = false;            // inside feed(): on_closed must not free the session
+        bool dead = false;            // closed while busy
+        bool ktls_tx = false;
+        bool ktls_rx = false;
+        bool ktls_tx_pending = false; // install TX once the handshake bytes have left
+        bool rx_pause_pending = false;
+        bool path_counted = false;
+        bool counted_full = false;
+        std::uint8_t rx_attempts = 0;
+        std::uint16_t version = 0;
+        std::unique_ptr<session> tls;  // null once both directions are in the kernel
+        std::string plain;             // decrypted, not yet taken by the service above
+        std::string cipher_out;        // records waiting for a send buffer
+    };
+
+    conn_tls* find(ring::conn_id conn) noexcept;
+    const conn_tls* find(ring::conn_id conn) const noexcept;
+    void handshake_done(ring::conn_id conn, conn_tls& st) noexcept;
+    void offer_plaintext(ring::conn_id conn, conn_tls& st) noexcept;
+    void fail(ring::conn_id conn, conn_tls& st, std::string_view what) noexcept;
+    bool install_tx(ring::conn_id conn, conn_tls& st) noexcept;
+    void maybe_release_session(conn_tls& st) noexcept;
+    void settle_path(ring::conn_id conn, conn_tls& st) noexcept;
+
+    ring::shard& _shard;
+    std::unique_ptr<ring::service> _inner;
+    tls_layer_config _config;
+    tls_counters& _counters;
+    std::vector<conn_tls> _conns;          // by slot
+    std::vector<std::uint8_t> _plain_out;  // what the service writes before encryption
+    ring::log_limiter _fail_log{1'000'000'000, 20};
+};
+
+}  // namespace derp::tls
