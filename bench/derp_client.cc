@@ -211,4 +211,15 @@ std::size_t client_pool::handle_frames(conn_id conn, conn_state& c, std::span<co
     return used;
 }
 
+result<std::shared_ptr<client_tls>, std::string> make_client_tls(const tls::context::client_options& options,
+                                                                 std::uint32_t shards) {
+    auto ctx = tls::context::make_client(options);
+    if (!ctx) return unexpected(ctx.error());
+    auto setup = std::make_shared<client_tls>();
+    setup->contexts = std::make_shared<tls::context_slot>();
+    setup->contexts->current.store(ctx.value());
+    setup->counters = std::make_unique<tls::tls_counters[]>(shards);
+    return setup;
+}
+
 }  // namespace derp::client

@@ -1,9 +1,9 @@
 // The project's DERP client library on the shard runtime: many client connections per shard,
-// each dialling a DERP server over plain HTTP, upgrading, doing the NaCl handshake and then
-// exchanging frames. The application sees events through a handler and writes its frames
-// straight into the connection's registered send buffer (no intermediate copy), which is what
-// lets derpbench drive a server harder than the server drives itself.
-// Not here yet: TLS (comes with the TLS front door) and WebSocket.
+// each dialling a DERP server over plain HTTP or TLS (crypto/tls_layer under the pool),
+// upgrading, doing the NaCl handshake and then exchanging frames. The application sees events
+// through a handler and writes its frames straight into the connection's send buffer (over
+// plain TCP with no intermediate copy), which is what lets derpbench drive a server harder
+// than the server drives itself. Not here yet: WebSocket.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +14,7 @@
 
 #include "core/frame.hh"
 #include "core/key.hh"
+#include "crypto/tls_layer.hh"
 #include "ring/listen.hh"
 #include "ring/runtime.hh"
 #include "ring/shard.hh"
@@ -110,16 +111,34 @@ private:
     std::vector<conn_state> _conns;  // by slot
 };
 
+// Per-runtime TLS counters for client runtimes (one shard each in practice).
+struct client_tls {
+    std::shared_ptr<tls::context_slot> contexts;
+    std::unique_ptr<tls::tls_counters[]> counters;
+    std::int64_t handshake_timeout_ns = 10'000'000'000;
+};
+// A TLS setup for clients dialling `server_name` (SNI and verification name).
+result<std::shared_ptr<client_tls>, std::string> make_client_tls(const tls::context::client_options& options,
+                                                                 std::uint32_t shards);
+
 // Starts a client runtime (usually one shard) whose shards each serve `handler` through a
-// client_pool; handler.attach(pool) runs on the shard thread before the loop starts.
+// client_pool; handler.attach(pool) runs on the shard thread before the loop starts. With
+// `tls`, every connection speaks TLS under the pool.
 template <typename Handler>
-result<std::unique_ptr<ring::runtime>, std::string> start_client_runtime(ring::runtime_config config, Handler& handler) {
+result<std::unique_ptr<ring::runtime>, std::string> start_client_runtime(ring::runtime_config config, Handler& handler,
+                                                                         std::shared_ptr<client_tls> tls = nullptr) {
     return ring::runtime::start(
         std::move(config),
-        [&handler](ring::shard& sh) {
+        [&handler, tls](ring::shard& sh) -> std::unique_ptr<ring::service> {
             auto pool = std::make_unique<client_pool>(sh, handler);
             handler.attach(*pool);
-            return pool;
+            if (!tls) return pool;
+            tls::tls_layer_config layer;
+            layer.client = true;
+            layer.contexts = tls->contexts;
+            layer.handshake_timeout_ns = tls->handshake_timeout_ns;
+            auto wrapped = std::make_unique<tls::tls_layer>(sh, std::move(pool), layer, tls->counters[sh.index()]);
+            return wrapped;
         },
         nullptr);
 }

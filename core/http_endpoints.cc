@@ -322,4 +322,29 @@ http_route_result route_http_request(const http_request& request, const http_rou
     return out;
 }
 
+std::optional<std::string> route_port80(const http_request& request, bool debug_allowed, std::int64_t unix_seconds) {
+    if (request.path == "/generate_204" || request.path.starts_with("/debug")) return std::nullopt;
+    const bool head = request.method == "HEAD";
+    if (request.method != "GET" && !head) return go_http_error(400, "Use HTTPS", unix_seconds);
+    const std::string_view host = request.header("Host").value_or("");
+    const std::string location = request.path == "/" && debug_allowed
+                                     ? fmt::format("https://{}/debug/", host)
+                                     : fmt::format("https://{}{}", host, request.target);
+    // Go's http.Redirect: an HTML body for GET and HEAD naming the escaped URL.
+    std::string escaped;
+    for (char ch : location) {
+        switch (ch) {
+        case '&': escaped += "&amp;"; break;
+        case '<': escaped += "&lt;"; break;
+        case '>': escaped += "&gt;"; break;
+        case '"': escaped += "&#34;"; break;
+        case '\'': escaped += "&#39;"; break;
+        default: escaped += ch;
+        }
+    }
+    const std::array<http_header_field, 2> headers = {{{"Content-Type", "text/html; charset=utf-8"},
+                                                       {"Location", location}}};
+    return go_http_response(302, headers, fmt::format("<a href=\"{}\">Found</a>.\n\n", escaped), unix_seconds, head);
+}
+
 }  // namespace derp

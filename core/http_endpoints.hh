@@ -92,4 +92,10 @@ bool debug_access_allowed(const ip16& peer, bool has_forwarded_for, const debug_
 // The home page body (spec 3.2) for the default -home.
 std::string home_page_html(std::string_view hostname, bool serve_derp, bool debug_allowed);
 
+// The port-80 listener of a TLS server (spec 3.7): nothing when the main mux serves the request
+// (/generate_204, /debug...), else the answer: 400 "Use HTTPS" for methods other than GET and
+// HEAD, and a 302 to https://<Host><URI> (to /debug/ for "/" when debug access is allowed),
+// with Go's http.Redirect body.
+std::optional<std::string> route_port80(const http_request& request, bool debug_allowed, std::int64_t unix_seconds);
+
 }  // namespace derp

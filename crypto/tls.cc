@@ -587,6 +587,7 @@ status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, s
             if (others != 1 || !pinned) return fail("server certificate does not match the pinned sha256-raw hash");
         }
         _status = status::open;
+        _handshake_complete = true;
         // What follows the peer's Finished in this read is application data under the new
         // keys: from here on records are counted for the kTLS RX sequence number.
         scan_records(cipher.subspan(w.in_position));
@@ -642,7 +643,7 @@ void session::shutdown(std::string& cipher_out) noexcept {
 }
 
 std::uint16_t session::version() const noexcept {
-    return _ssl == nullptr || _status == status::handshaking ? 0 : static_cast<std::uint16_t>(SSL_version(_ssl));
+    return _ssl == nullptr || !_handshake_complete ? 0 : static_cast<std::uint16_t>(SSL_version(_ssl));
 }
 
 std::string_view session::version_name() const noexcept { return version_label(version()); }

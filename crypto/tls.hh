@@ -137,6 +137,8 @@ public:
     void shutdown(std::string& cipher_out) noexcept;
 
     status state() const noexcept { return _status; }
+    // The handshake finished (even if a record after it then failed).
+    bool handshake_complete() const noexcept { return _handshake_complete; }
     const std::string& error() const noexcept { return _error; }
     std::uint16_t version() const noexcept;  // TLS1_2_VERSION, TLS1_3_VERSION (0 before)
     std::string_view version_name() const noexcept;  // "1.2", "1.3", "unknown"
@@ -165,6 +167,7 @@ private:
     std::shared_ptr<context> _ctx;
     ssl_st* _ssl = nullptr;
     status _status = status::handshaking;
+    bool _handshake_complete = false;
     std::string _error;
     std::unique_ptr<secrets> _secrets;
     // Record scanner over the ciphertext read after the handshake: kTLS RX needs a boundary and

@@ -162,22 +162,23 @@ void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
         _counters.version_tls12.add();
         _counters.open_tls12.add();
     }
+    // Whatever the service asked to send while the handshake ran waits for this moment.
+    _shard.want_write(conn);
     if (_config.client) {
         ring::log(log_level::debug, "shard {}: TLS {} {} to slot {}", _shard.index(), st.tls->version_name(),
                   st.tls->cipher_name(), conn.slot);
-        _inner->on_connect(conn, 0);
+        if (st.tls->state() == status::open) _inner->on_connect(conn, 0);
         return;
     }
-    const bool try_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
+    const bool try_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off && st.tls->state() == status::open;
     if (try_ktls) {
         // TX first: with nothing left to send (TLS 1.3) at once, otherwise after the last
         // handshake flight has been sent (TLS 1.2 ends with the server's Finished).
         st.ktls_tx_pending = true;
+        const bool boundary = st.tls->at_record_boundary();
+        st.rx_pause_pending = boundary;  // so that the path is counted once RX is decided too
         if (st.cipher_out.empty()) install_tx(conn, st);
-        if (st.tls && st.tls->at_record_boundary()) {
-            st.rx_pause_pending = true;
-            _shard.pause_recv(conn);
-        }
+        if (boundary && _shard.is_open(conn)) _shard.pause_recv(conn);
     }
     settle_path(conn, st);
     ring::log(log_level::debug, "shard {}: TLS {} {} sni \"{}\" on slot {}: {}", _shard.index(),
@@ -189,12 +190,13 @@ bool tls_layer::install_tx(conn_id conn, conn_tls& st) noexcept {
     st.ktls_tx_pending = false;
     const auto keys = st.tls ? st.tls->ktls_export() : std::nullopt;
     std::string problem;
-    if (!keys || !keys->tx_valid) {
-        problem = fmt::format("cipher {} cannot be offloaded", st.tls ? st.tls->cipher_name() : "?");
-    } else if (auto attached = ktls_attach(_shard.fd_of(conn)); !attached) {
-        problem = attached.error();
-    } else if (auto installed = ktls_install(_shard.fd_of(conn), true, keys->tx); !installed) {
-        problem = installed.error();
+    if (!keys || !keys->tx_valid) problem = fmt::format("cipher {} cannot be offloaded", st.tls ? st.tls->cipher_name() : "?");
+    if (problem.empty() && !st.ulp_attached) {
+        if (auto attached = ktls_attach(_shard.fd_of(conn)); !attached) problem = attached.error();
+        else st.ulp_attached = true;
+    }
+    if (problem.empty()) {
+        if (auto installed = ktls_install(_shard.fd_of(conn), true, keys->tx); !installed) problem = installed.error();
     }
     if (problem.empty()) {
         st.ktls_tx = true;
@@ -227,8 +229,9 @@ void tls_layer::on_recv_paused(conn_id conn) noexcept {
         std::string problem;
         if (!keys) {
             problem = fmt::format("cipher {} cannot be offloaded", st->tls->cipher_name());
-        } else if (!st->ktls_tx) {
+        } else if (!st->ulp_attached) {
             if (auto attached = ktls_attach(_shard.fd_of(conn)); !attached) problem = attached.error();
+            else st->ulp_attached = true;
         }
         if (problem.empty() && keys) {
             if (auto installed = ktls_install(_shard.fd_of(conn), false, keys->rx); !installed)
@@ -292,11 +295,12 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     st.busy = true;
     const status s = st.tls->feed(bytes, st.plain, st.cipher_out);
     st.busy = false;
+    // The handshake may have finished in this read even if a record behind it then failed.
+    if (was_handshaking && st.tls->handshake_complete()) handshake_done(conn, st);
     if (s == status::failed) {
-        fail(conn, st, st.tls->error());
+        if (find(conn) != nullptr) fail(conn, st, st.tls->error());
         return bytes.size();
     }
-    if (was_handshaking && s != status::handshaking) handshake_done(conn, st);
     if (st.dead || !_shard.is_open(conn)) return bytes.size();
     if (!st.cipher_out.empty()) _shard.want_write(conn);
     offer_plaintext(conn, st);
@@ -321,13 +325,17 @@ std::size_t tls_layer::on_writable(conn_id conn, std::span<std::uint8_t> out) no
     conn_tls& st = *found;
     std::size_t n = 0;
     if (!st.cipher_out.empty()) {
+        // Records OpenSSL already made go first, in order.
         n = std::min(out.size(), st.cipher_out.size());
         std::memcpy(out.data(), st.cipher_out.data(), n);
         st.cipher_out.erase(0, n);
-        // Records first, in order; what the service has waits for the next send.
-        _shard.want_write(conn);
-        if (st.cipher_out.empty() && st.cipher_out.capacity() > 4096) std::string().swap(st.cipher_out);
-        return n;
+        if (!st.cipher_out.empty() || st.ktls_tx_pending) {
+            _shard.want_write(conn);
+            return n;
+        }
+        if (st.cipher_out.capacity() > 4096) std::string().swap(st.cipher_out);
+        // Room left: the service's first records follow in the same send (a client's request
+        // right behind its Finished, as Go's client sends it).
     }
     if (st.ktls_tx_pending) {
         // The previous send (the last handshake flight) has completed: the kernel may encrypt.
@@ -335,16 +343,17 @@ std::size_t tls_layer::on_writable(conn_id conn, std::span<std::uint8_t> out) no
         maybe_release_session(st);
     }
     if (st.ktls_tx) return _inner->on_writable(conn, out);
-    if (!st.tls || st.tls->state() != status::open || st.version == 0) return 0;
-    const std::size_t records = out.size() / record_plaintext_max + 1;
-    if (out.size() <= records * record_overhead_bytes) {
+    if (!st.tls || st.tls->state() != status::open || st.version == 0) return n;
+    const auto room = out.subspan(n);
+    const std::size_t records = room.size() / record_plaintext_max + 1;
+    if (room.size() <= records * record_overhead_bytes) {
         _shard.want_write(conn);
-        return 0;
+        return n;
     }
-    const std::size_t plain_max = std::min(_plain_out.size(), out.size() - records * record_overhead_bytes);
+    const std::size_t plain_max = std::min(_plain_out.size(), room.size() - records * record_overhead_bytes);
     const std::size_t plain = _inner->on_writable(conn, {_plain_out.data(), plain_max});
-    if (plain == 0 || !find(conn)) return 0;
-    n = st.tls->write({_plain_out.data(), plain}, out, st.cipher_out);
+    if (plain == 0 || find(conn) == nullptr) return n;
+    n += st.tls->write({_plain_out.data(), plain}, room, st.cipher_out);
     if (st.tls->state() == status::failed) {
         fail(conn, st, st.tls->error());
         return n;

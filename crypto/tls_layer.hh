@@ -47,7 +47,7 @@ struct context_slot {
 struct tls_layer_config {
     bool client = false;                  // outgoing connections (derpbench, derpprobe)
     std::uint8_t tls_listener_tag = 1;    // server: listeners with this tag speak TLS
-    const context_slot* contexts = nullptr;
+    std::shared_ptr<const context_slot> contexts;  // kept alive by every shard's layer
     ktls_mode ktls = ktls_mode::automatic;
     bool kernel_has_ktls = false;
     std::int64_t handshake_timeout_ns = 10'000'000'000;
@@ -97,6 +97,7 @@ private:
         bool ktls_tx = false;
         bool ktls_rx = false;
         bool ktls_tx_pending = false; // install TX once the handshake bytes have left
+        bool ulp_attached = false;    // TCP_ULP "tls" is set (once per socket)
         bool rx_pause_pending = false;
         bool path_counted = false;
         bool counted_full = false;

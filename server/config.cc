@@ -51,6 +51,9 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_duration("handshake-timeout", &c.handshake_timeout_ns, "derpd: time a client has for ClientInfo after the upgrade (derper: 10s); the request head gets 3x this (Go: 30s)");
     flags.add_duration("keepalive-interval", &c.keepalive_interval_ns, "derpd: KeepAlive period; each connection adds a jitter of up to 1/12 of it (derper: 60s + [0,5s))");
 
+    flags.add_string("ktls", &c.ktls, "derpd: kernel TLS offload after the handshake: auto (where the kernel has it), off, or require (refuse to start without it, close connections that cannot use it)");
+    flags.add_duration("cert-poll-interval", &c.cert_poll_interval_ns, "derpd: how often -certmode manual checks the certificate files for changes and reloads them (SIGHUP reloads at once); 0 = only on SIGHUP");
+
     auto parsed = flags.parse(args);
     if (!parsed) return unexpected(parsed.error());
     if (parsed->help_requested) {
@@ -74,6 +77,10 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     if (c.certmode != "letsencrypt" && c.certmode != "manual" && c.certmode != "gcp")
         return unexpected(fmt::format("invalid value \"{}\" for flag -certmode: want manual or letsencrypt",
                                       c.certmode));
+    if (c.ktls != "auto" && c.ktls != "off" && c.ktls != "require")
+        return unexpected(fmt::format("invalid value \"{}\" for flag -ktls: want auto, off or require", c.ktls));
+    if (c.cert_poll_interval_ns < 0)
+        return unexpected(std::string("invalid negative duration for flag -cert-poll-interval"));
     if (c.stun_port < 0 || c.stun_port > 65535)
         return unexpected(fmt::format("invalid value {} for flag -stun-port", c.stun_port));
     if (c.http_port < -1 || c.http_port > 65535)

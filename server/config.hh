@@ -42,6 +42,8 @@ struct config {
     std::int64_t keepalive_interval_ns = 60'000'000'000; // --keepalive-interval (spec 2.10)
     std::string admin_addr;               // --admin-addr: operators' HTTP listener; "" = none
     bool stun_strict = false;             // --stun-strict: answer only Tailscale's requests, as derper
+    std::string ktls = "auto";            // --ktls: auto, off, require
+    std::int64_t cert_poll_interval_ns = 5'000'000'000;  // --cert-poll-interval: 0 = SIGHUP only
 
     // Derived by validate().
     bool tls = false;                     // the main listener would serve TLS (spec 3.1)

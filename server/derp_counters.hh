@@ -46,6 +46,7 @@ inline constexpr std::array<std::uint32_t, 16> buffered_write_frames_bounds = {0
 
 struct alignas(ring::cache_line_bytes) derp_counters {
     counter accepts;                       // connections handed to the DERP server
+    counter plain_accepts;                 // of which not over TLS
     counter current_connections;           // gauge: registered DERP connections
     counter current_home_connections;      // gauge
     counter current_notideal_connections;  // gauge
@@ -68,6 +69,12 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter sclient_write_timeouts;
     std::array<counter, close_reason_count> protocol_closes;  // by core close_reason
     counter http_requests;
+    // derper's derper_tls_request_version (per request) and derper_tls_active_version (in
+    // flight: a DERP connection's request lasts as long as the connection), by
+    // tls_version_index: 1.0, 1.1, 1.2, 1.3, unknown.
+    std::array<counter, 5> tls_request_version;
+    std::array<counter, 5> tls_active_version;
+    counter port80_requests;               // requests on the port-80 listener of a TLS server
     counter http_errors;                   // malformed requests answered 4xx/5xx and closed
     counter handshake_timeouts;            // no complete upgrade + ClientInfo in time
     counter cross_shard_packets;           // relayed through a ring to another shard

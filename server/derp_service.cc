@@ -169,6 +169,7 @@ void derp_service::on_accept(conn_id conn, const sockaddr_storage& peer) noexcep
         c.port = ntohs(sin6->sin6_port);
     }
     _counters.accepts.add();
+    if (_tls == nullptr || !_tls->is_tls(conn)) _counters.plain_accepts.add();
     _shard.arm_timer(conn, timer_deadline,
                      _shard.now_ns() + static_cast<std::uint64_t>(_settings.http_header_timeout_ns));
 }
@@ -221,6 +222,7 @@ void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
             if (c.not_ideal) _counters.current_notideal_connections.sub();
         }
     }
+    if (c.tls_active != 0) _counters.tls_active_version[c.tls_active - 1].sub();
     drop_queued(c, drop_reason::gone_disconnected);
     if (c.stage == phase::traffic) _traffic.erase((std::uint64_t{conn.slot} << 32) | conn.gen);
     if (c.is_dup) --_local_dups;
@@ -356,6 +358,22 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
     context.debug_allowed = debug_access_allowed(c.ip, request.header("X-Forwarded-For").has_value(),
                                                  _settings.debug_policy, request.method,
                                                  query_value(request.query, "debugkey"));
+    if (_settings.tls_mode && _shard.listener_tag(conn) == listener_port80) {
+        _counters.port80_requests.add();
+        if (auto answer = route_port80(request, context.debug_allowed, unix_seconds)) {
+            respond(conn, c, std::move(*answer), keep_alive);
+            return keep_alive ? head : in.size();
+        }
+    }
+    // derper counts every request it serves over TLS by the connection's version.
+    std::size_t tls_index = 0;
+    const bool over_tls = _tls != nullptr && _tls->is_tls(conn);
+    if (over_tls) {
+        const auto label = tls::version_label(_tls->tls_version(conn));
+        constexpr std::array<std::string_view, 5> labels = {"1.0", "1.1", "1.2", "1.3", "unknown"};
+        tls_index = static_cast<std::size_t>(std::find(labels.begin(), labels.end() - 1, label) - labels.begin());
+        _counters.tls_request_version[tls_index].add();
+    }
     http_route_result routed = route_http_request(request, context);
     switch (routed.route) {
     case http_route::derp: {
@@ -364,6 +382,10 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
             c.http_body_skip = 0;  // after the upgrade the stream is DERP frames
             c.not_ideal = upgrade.not_ideal;
             c.stage = phase::handshake;
+            if (over_tls) {
+                c.tls_active = static_cast<std::uint8_t>(tls_index + 1);
+                _counters.tls_active_version[tls_index].add();
+            }
             c.handshake = std::make_unique<server_handshake>(_settings.server_public, _settings.mesh_key, _box);
             std::array<std::uint8_t, handshake_start_bytes_max> start{};
             const std::size_t n = c.handshake->start(start, upgrade.fast_start);

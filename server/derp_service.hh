@@ -24,6 +24,7 @@
 #include "core/key.hh"
 #include "core/registry.hh"
 #include "crypto/box.hh"
+#include "crypto/tls_layer.hh"
 #include "ring/buffer_pool.hh"
 #include "ring/shard.hh"
 #include "server/bootstrap_dns.hh"
@@ -48,6 +49,7 @@ struct derp_settings {
     std::string hostname = "derp.tailscale.com";           // -hostname (home page)
     debug_access_policy debug_policy;                      // TS_DEBUG_KEY_PATH & co. (spec 3.8)
     std::uint32_t queue_depth_max = 32;                    // per queue, two queues per client
+    bool tls_mode = false;                                 // the main listener serves TLS (spec 3.1)
     std::uint32_t small_transfer_buffers = 8192;           // frames up to 2 KiB, per shard
     std::uint32_t large_transfer_buffers = 128;            // frames up to 64 KiB + 37, per shard
 };
@@ -66,6 +68,7 @@ struct derp_shared {
     std::int64_t start_unix_seconds;
     const stun::stun_counters* stun = nullptr;  // the admin thread's, when STUN runs
     const bootstrap_resolver* bootstrap = nullptr;  // when bootstrap DNS names are configured
+    const tls::tls_counters* tls = nullptr;         // per shard, in TLS mode
     std::vector<std::string> cmdline;               // argv, for /debug/vars
 };
 
@@ -90,6 +93,14 @@ public:
     void on_message(const ring::message& m) noexcept override;
     void discard_message(const ring::message& m) noexcept override;
     bool on_turn_end() noexcept override;
+
+    // Listener tags (ring::shard::listener_tag): the main listener, TLS or not, and the
+    // port-80 listener of a TLS server.
+    static constexpr std::uint8_t listener_main_plain = 0;
+    static constexpr std::uint8_t listener_main_tls = 1;
+    static constexpr std::uint8_t listener_port80 = 2;
+    // The TLS layer below this service, asked for a connection's TLS version.
+    void set_tls_layer(const tls::tls_layer* layer) noexcept { _tls = layer; }
 
     // The owner shard of a key: every shard computes the same one.
     static std::uint32_t owner_of(const node_key& key, std::uint32_t shard_count) noexcept;
@@ -134,6 +145,7 @@ private:
         bool is_dup = false;
         bool activity_reported = false;
         bool watcher = false;
+        std::uint8_t tls_active = 0;   // tls_version_index + 1 while counted in tls_active_version
         std::uint64_t skip_bytes = 0;  // payload of an ignored frame still to discard
         bool partial_input = false;    // the runtime holds the start of an unfinished frame
         std::uint64_t bytes_in = 0;    // all bytes received and sent on the connection, for
@@ -197,6 +209,7 @@ private:
     derp_shared& _shared;
     const derp_settings& _settings;
     derp_counters& _counters;
+    const tls::tls_layer* _tls = nullptr;
     sodium_handshake_box _box;
     std::vector<client> _clients;  // by slot
     // Transfer buffers for RecvPacket frames made on this shard: [0] up to 2 KiB, [1] larger.

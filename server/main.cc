@@ -1,5 +1,7 @@
 // derpd: the DERP relay daemon. Parses derper's flags, loads the server key, starts the shard
 // runtime with the DERP service on every shard, and runs until SIGINT or SIGTERM.
+#include <pthread.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -21,6 +23,9 @@
 #include "server/derp_service.hh"
 #include "server/admin_service.hh"
 #include "server/files.hh"
+#include "server/certificates.hh"
+#include "crypto/ktls.hh"
+#include "crypto/tls_layer.hh"
 #include "core/bootstrap_dns.hh"
 #include "core/http_endpoints.hh"
 
@@ -47,6 +52,15 @@ int fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // The admin thread reads SIGINT/SIGTERM/SIGHUP from a signalfd; every thread must have them
+    // blocked, including those started before the runtime (bootstrap DNS, certificate poller),
+    // or the kernel delivers the signal to one of those and its default action kills derpd.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
     std::vector<std::string_view> args(argv + 1, argv + argc);
     auto parsed = server::parse_command_line(args);
     if (!parsed) return fail(parsed.error() + " (see derpd -h)");
@@ -63,12 +77,12 @@ int main(int argc, char** argv) {
     ring::parse_log_level(cfg.log_level, &level);
     ring::set_log_level(level);
 
-    if (cfg.tls)
+    if (cfg.tls && cfg.certmode != "manual")
         return fail(fmt::format(
-            "-a {} with -certmode {} would serve HTTPS, and this derpd build has no TLS yet. "
-            "Serve plain HTTP with -dev or an -a port other than 443 (behind a TLS terminator), "
-            "or wait for the TLS front door",
-            cfg.listen_address, cfg.certmode));
+            "-certmode {} (ACME) is not available in derpd yet. Use -certmode manual with -certdir "
+            "holding <hostname>.crt and <hostname>.key (an IP -hostname gets a self-signed certificate), "
+            "or serve plain HTTP with -dev or an -a port other than 443",
+            cfg.certmode));
     if (!crypto_init()) return fail("libsodium failed to initialise (no randomness source?)");
 
     // The server key: -dev makes a fresh one each start, as derper -dev does.
@@ -109,6 +123,42 @@ int main(int argc, char** argv) {
     auto addresses = ring::parse_listen_address(cfg.listen_address);
     if (!addresses) return fail(addresses.error() + " (flag -a)");
 
+    // TLS (spec 3.1, 4.2): the certificate, kTLS, and the port-80 listener.
+    auto tls_contexts = std::make_shared<tls::context_slot>();
+    std::unique_ptr<server::certificate_reloader> reloader;
+    tls::ktls_mode ktls_mode = tls::ktls_mode::automatic;
+    tls::parse_ktls_mode(cfg.ktls, &ktls_mode);
+    tls::ktls_support ktls;
+    std::vector<ring::socket_address> port80_addresses;
+    if (cfg.tls) {
+        const std::string certdir = cfg.certdir.empty() ? server::default_certdir() : cfg.certdir;
+        if (certdir.empty()) return fail("-certdir is required with -certmode manual (no HOME or XDG_CACHE_HOME for the default)");
+        auto setup = server::load_manual_certificate(certdir, cfg.hostname, public_key_of(server_private));
+        if (!setup) return fail(setup.error());
+        if (setup->self_signed_written)
+            ring::log(log_level::info, "wrote a self-signed certificate for {} to {}", cfg.hostname,
+                      setup->identity.cert_path);
+        if (!setup->derpmap_node.empty())
+            ring::log(log_level::info, "Using self-signed certificate for IP address {}. Configure it in DERPMap using: {}",
+                      cfg.hostname, setup->derpmap_node);
+        tls_contexts->current.store(setup->context);
+        reloader = std::make_unique<server::certificate_reloader>(setup->identity, *tls_contexts);
+        if (cfg.cert_poll_interval_ns > 0) reloader->start_polling(cfg.cert_poll_interval_ns);
+        ktls = ktls_mode == tls::ktls_mode::off ? tls::ktls_support{false, "off (-ktls=off)"} : tls::probe_ktls();
+        if (ktls_mode == tls::ktls_mode::require && !ktls.available)
+            return fail("-ktls=require, but " + ktls.detail);
+        ring::log(log_level::info, "TLS: certificate {} for {}; kTLS {}", setup->identity.cert_path, cfg.hostname,
+                  ktls.available ? "available: connections move to the kernel after the handshake"
+                                 : "not used (" + ktls.detail + "): userspace records");
+        if (cfg.http_port >= 0) {
+            const auto colon = cfg.listen_address.rfind(':');
+            auto port80 = ring::parse_listen_address(
+                fmt::format("{}:{}", cfg.listen_address.substr(0, colon), cfg.http_port));
+            if (!port80) return fail(port80.error() + " (flag -http-port)");
+            port80_addresses = port80.value();
+        }
+    }
+
     const std::uint32_t shards =
         cfg.shards > 0 ? static_cast<std::uint32_t>(cfg.shards) : ring::default_shard_count();
     // Connection slots: the open-files limit shared among the shards, unless given.
@@ -131,6 +181,7 @@ int main(int argc, char** argv) {
     settings.mesh_key = cfg.mesh_key;
     settings.serve_derp = cfg.serve_derp;
     settings.hostname = cfg.hostname;
+    settings.tls_mode = cfg.tls;
     // tsweb's debug access knobs (spec 3.8), read once at start.
     if (const char* path = std::getenv("TS_DEBUG_KEY_PATH"); path != nullptr && *path) {
         std::ifstream in(path);
@@ -160,6 +211,8 @@ int main(int argc, char** argv) {
     settings.keepalive_ns = cfg.keepalive_interval_ns;
     settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
     server::derp_shared shared(settings, shards);
+    auto tls_counters = std::make_unique<tls::tls_counters[]>(shards);
+    if (cfg.tls) shared.tls = tls_counters.get();
     shared.cmdline.assign(argv, argv + argc);
     server::bootstrap_resolver bootstrap(parse_name_list(cfg.bootstrap_dns_names),
                                          parse_unpublished_names(cfg.unpublished_bootstrap_dns_names));
@@ -171,6 +224,14 @@ int main(int argc, char** argv) {
     ring::runtime_config rc;
     rc.shard_count = shards;
     rc.listen = addresses.value();
+    const std::size_t port80_first = rc.listen.size();
+    rc.listen_tags.assign(rc.listen.size(), cfg.tls ? server::derp_service::listener_main_tls
+                                                    : server::derp_service::listener_main_plain);
+    for (const auto& address : port80_addresses) {
+        rc.listen.push_back(address);
+        rc.listen_tags.push_back(server::derp_service::listener_port80);
+    }
+    if (reloader) rc.on_reload = [&reloader] { reloader->reload("SIGHUP"); };
     rc.listen_options.user_timeout_ns = cfg.tcp_user_timeout_ns;
     rc.listen_options.keepalive_idle_ns = cfg.tcp_keepalive_time_ns;
     rc.shard_defaults.conn_slots = static_cast<std::uint32_t>(per_shard);
@@ -201,7 +262,20 @@ int main(int argc, char** argv) {
     const bool stun_accept_standard = !cfg.stun_strict;
     auto rt = ring::runtime::start(
         std::move(rc),
-        [&shared](ring::shard& sh) { return std::make_unique<server::derp_service>(sh, shared); },
+        [&](ring::shard& sh) -> std::unique_ptr<ring::service> {
+            auto derp = std::make_unique<server::derp_service>(sh, shared);
+            if (!cfg.tls) return derp;
+            server::derp_service* derp_view = derp.get();
+            tls::tls_layer_config layer;
+            layer.tls_listener_tag = server::derp_service::listener_main_tls;
+            layer.contexts = tls_contexts;
+            layer.ktls = ktls_mode;
+            layer.kernel_has_ktls = ktls.available;
+            layer.handshake_timeout_ns = cfg.handshake_timeout_ns;
+            auto wrapped = std::make_unique<tls::tls_layer>(sh, std::move(derp), layer, tls_counters[sh.index()]);
+            derp_view->set_tls_layer(wrapped.get());
+            return wrapped;
+        },
         [&shared, &stun_counters, stun_accept_standard](ring::shard& sh) -> std::unique_ptr<ring::service> {
             return std::make_unique<server::admin_service>(sh, shared, stun_counters, stun_accept_standard);
         });
@@ -211,8 +285,13 @@ int main(int argc, char** argv) {
     for (const auto& address : rt.value()->bound_udp_addresses())
         ring::log(log_level::info, "STUN server listening on {}", address.to_string());
 
-    for (const auto& address : rt.value()->bound_addresses())
-        ring::log(log_level::info, "derper: serving on {}", address.to_string());
+    const auto& bound = rt.value()->bound_addresses();
+    for (std::size_t i = 0; i < bound.size(); ++i) {
+        if (i < port80_first)
+            ring::log(log_level::info, "derper: serving on {}{}", bound[i].to_string(), cfg.tls ? " with TLS" : "");
+        else
+            ring::log(log_level::info, "derper: port-80 listener (redirects to HTTPS) on {}", bound[i].to_string());
+    }
     ring::log(log_level::info, "derpd {}: {} shard(s), {} connections each, io_uring {}; server key {}",
               DERPD_VERSION, shards, per_shard, rt.value()->ring_setup_note(0),
               settings.server_public.to_string());

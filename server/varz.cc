@@ -179,6 +179,28 @@ std::string render_varz(const derp_shared& shared) {
                "STUN Binding requests answered that were not Tailscale-style (no SOFTWARE tailnode).",
                shared.stun->standard_requests.get());
     }
+    // derper's TLS-mode metrics (spec 7.3): the label map has no type and lists the versions
+    // seen so far, as Go's map does; the active gauge lists them too.
+    if (shared.tls != nullptr) {
+        constexpr std::array<std::string_view, 5> labels = {"1.0", "1.1", "1.2", "1.3", "unknown"};
+        std::string request_lines, active_lines;
+        for (std::size_t v = 0; v < labels.size(); ++v) {
+            const auto requests = sum_derp(shared, [&](const derp_counters& c) { return c.tls_request_version[v].get(); });
+            const auto active = sum_derp(shared, [&](const derp_counters& c) { return c.tls_active_version[v].get(); });
+            if (requests > 0) request_lines += fmt::format("derper_tls_request_version{{version=\"{}\"}} {}\n", labels[v], requests);
+            if (requests > 0) active_lines += fmt::format("derper_tls_active_version{{version=\"{}\"}} {}\n", labels[v], active);
+        }
+        out += request_lines;
+        if (!active_lines.empty()) out += "# TYPE derper_tls_active_version gauge\n" + active_lines;
+        std::uint64_t tls_accepts = 0;
+        for (std::uint32_t s = 0; s < shared.shards; ++s)
+            tls_accepts += shared.tls[s].handshakes_ok.get() + shared.tls[s].handshakes_failed.get() +
+                           shared.tls[s].handshakes_timeout.get();
+        metric(out, "tls_listener_accepted_connections", "counter", tls_accepts);
+        // derper's accept-rate limiter (-accept-connection-limit) is not in derpd yet: nothing
+        // is rejected by it.
+        metric(out, "tls_listener_rejected_connections", "counter", 0);
+    }
     const auto now = static_cast<std::uint64_t>(std::time(nullptr));
     metric(out, "process_start_unix_time", "gauge", static_cast<std::uint64_t>(shared.start_unix_seconds));
     metric(out, "uptime_sec", "counter", now - static_cast<std::uint64_t>(shared.start_unix_seconds));
@@ -194,8 +216,35 @@ std::string render_varz(const derp_shared& shared) {
     out += "# HELP derpd_connections_by_tls_path_total Accepted connections by how their bytes are carried.\n";
     out += "# TYPE derpd_connections_by_tls_path_total counter\n";
     out += fmt::format("derpd_connections_by_tls_path_total{{path=\"plain\"}} {}\n",
-                       derp_sum(&derp_counters::accepts));
-    out += "derpd_connections_by_tls_path_total{path=\"userspace\"} 0\nderpd_connections_by_tls_path_total{path=\"ktls\"} 0\n";
+                       derp_sum(&derp_counters::plain_accepts));
+    const auto tls_sum = [&](auto member) {
+        std::uint64_t total = 0;
+        for (std::uint32_t s = 0; shared.tls != nullptr && s < shared.shards; ++s) total += (shared.tls[s].*member).get();
+        return total;
+    };
+    out += fmt::format("derpd_connections_by_tls_path_total{{path=\"userspace\"}} {}\n",
+                       tls_sum(&tls::tls_counters::path_userspace));
+    out += fmt::format("derpd_connections_by_tls_path_total{{path=\"ktls\"}} {}\n", tls_sum(&tls::tls_counters::path_ktls));
+    out += fmt::format("derpd_connections_by_tls_path_total{{path=\"ktls_tx\"}} {}\n",
+                       tls_sum(&tls::tls_counters::path_ktls_tx));
+    if (shared.tls != nullptr) {
+        out += "# HELP derpd_tls_handshakes_total TLS handshakes by outcome.\n# TYPE derpd_tls_handshakes_total counter\n";
+        for (const auto& [label, member] : {std::pair{"ok", &tls::tls_counters::handshakes_ok},
+                                            std::pair{"failed", &tls::tls_counters::handshakes_failed},
+                                            std::pair{"timeout", &tls::tls_counters::handshakes_timeout}})
+            out += fmt::format("derpd_tls_handshakes_total{{result=\"{}\"}} {}\n", label, tls_sum(member));
+        metric(out, "derpd_tls_ktls_install_failures_total", "counter",
+               "kTLS installs the kernel refused (the connection stayed on userspace records).",
+               tls_sum(&tls::tls_counters::ktls_install_failed));
+        metric(out, "derpd_tls_ktls_control_records_total", "counter",
+               "Alerts and other non-data records read under kTLS RX.", tls_sum(&tls::tls_counters::ktls_control_records));
+        metric(out, "derpd_tls_record_failures_total", "counter",
+               "Established TLS connections closed for a record that did not decrypt or parse.",
+               tls_sum(&tls::tls_counters::records_failed));
+        out += "# HELP derpd_tls_open_connections Open TLS connections by version.\n# TYPE derpd_tls_open_connections gauge\n";
+        out += fmt::format("derpd_tls_open_connections{{version=\"1.2\"}} {}\n", tls_sum(&tls::tls_counters::open_tls12));
+        out += fmt::format("derpd_tls_open_connections{{version=\"1.3\"}} {}\n", tls_sum(&tls::tls_counters::open_tls13));
+    }
     out += "# HELP derpd_protocol_closes_total DERP connections closed for what the peer sent, by reason.\n";
     out += "# TYPE derpd_protocol_closes_total counter\n";
     for (std::size_t r = 0; r < close_reason_count; ++r)

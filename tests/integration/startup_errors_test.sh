@@ -30,7 +30,36 @@ expect_failure "bad boolean" 'invalid boolean value "maybe" for flag -stun' "$de
 expect_failure "missing value" "flag needs an argument: -a" "$derpd" -a
 expect_failure "stray argument" 'unexpected argument "extra"' "$derpd" -dev extra
 expect_failure "bad listen address" 'bad port' "$derpd" -dev -a 127.0.0.1:99999
-expect_failure "TLS not built" "would serve HTTPS" "$derpd" -a 127.0.0.1:443 -c "$tmp/k"
+expect_failure "ACME not yet" "-certmode letsencrypt \\(ACME\\) is not available.*-certmode manual" \
+  "$derpd" -a 127.0.0.1:443 -c "$tmp/k"
+expect_failure "bad -ktls" 'invalid value "maybe" for flag -ktls' "$derpd" -dev -ktls maybe
+# -certmode manual: a DNS hostname needs both files; a key that is not the certificate's, or a
+# certificate for another name, stops start-up naming the file.
+mkdir -p "$tmp/certs"
+expect_failure "manual cert missing" "derp.example.test.crt not found" \
+  "$derpd" -a 127.0.0.1:0 -c "$tmp/k" -certmode manual -hostname derp.example.test -certdir "$tmp/certs" -stun=false
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=derp.example.test \
+  -addext subjectAltName=DNS:derp.example.test -keyout "$tmp/certs/derp.example.test.key" \
+  -out "$tmp/certs/derp.example.test.crt" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp/other.key" 2>/dev/null
+cp "$tmp/certs/derp.example.test.crt" "$tmp/certs/other.example.test.crt"
+cp "$tmp/other.key" "$tmp/certs/other.example.test.key"
+expect_failure "manual key mismatch" "other.example.test.key does not match certificate" \
+  "$derpd" -a 127.0.0.1:0 -c "$tmp/k" -certmode manual -hostname other.example.test -certdir "$tmp/certs" -stun=false
+cp "$tmp/certs/derp.example.test.key" "$tmp/certs/other.example.test.key"
+expect_failure "manual cert for another name" "is not valid for hostname other.example.test" \
+  "$derpd" -a 127.0.0.1:0 -c "$tmp/k" -certmode manual -hostname other.example.test -certdir "$tmp/certs" -stun=false
+# -ktls=require where the kernel has no kTLS (this machine): refused with the reason.
+out=$(timeout 3 "$derpd" -a 127.0.0.1:0 -c "$tmp/k" -certmode manual -hostname 127.0.0.1 -certdir "$tmp/ipcerts" \
+  -stun=false -http-port -1 -ktls require 2>&1)
+rc=$?
+if ((rc == 124)); then
+  echo "ok: -ktls=require: this kernel has kTLS, derpd started"
+elif grep -q -- "-ktls=require, but the kernel has no tls module" <<<"$out"; then
+  echo "ok: -ktls=require refused: $(grep -- '-ktls=require' <<<"$out")"
+else
+  echo "FAIL: -ktls=require: rc $rc: $out"; failures=$((failures + 1))
+fi
 expect_failure "no config path (non-root)" "-c <config path> not specified" \
   setpriv --reuid=65534 --regid=65534 --clear-groups "$derpd" -a 127.0.0.1:0
 

@@ -87,6 +87,11 @@ derpd_process::derpd_process(derpd_options options) : _mesh_psk(options.mesh_psk
         args.push_back("-mesh-psk-file");
         args.push_back((_dir / "mesh.psk").string());
     }
+    if (options.tls)
+        for (const std::string& a : {std::string("-certmode"), std::string("manual"), std::string("-hostname"),
+                                     std::string("127.0.0.1"), std::string("-certdir"), (_dir / "certs").string(),
+                                     std::string("-http-port"), std::string("-1")})
+            args.push_back(a);
     args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
 
     // HOME points into the temp directory so that derpd finds no ~/keys/derp-mesh.key.

@@ -31,6 +31,9 @@ struct derpd_options {
     int shards = 2;
     std::string handshake_timeout = "1s";
     std::string keepalive_interval = "2s";
+    // TLS with -certmode manual for hostname 127.0.0.1: the self-signed certificate lands in
+    // dir()/certs (127.0.0.1.crt and .key); no port-80 listener.
+    bool tls = false;
     std::vector<std::string> extra_args;
 };
 
@@ -42,6 +45,8 @@ public:
     derpd_process& operator=(const derpd_process&) = delete;
 
     std::uint16_t port() const noexcept { return _port; }
+    // The process's temporary directory (key files; tests put certificates here too).
+    const std::filesystem::path& dir() const noexcept { return _dir; }
     pid_t pid() const noexcept { return _pid; }
     const node_key& server_public() const noexcept { return _server_public; }
     std::optional<key_mesh> mesh_key() const;

@@ -159,3 +159,29 @@ TEST_CASE("debug access knobs: debug key, allowed IP, trusted prefixes") {
     const debug_access_policy none;
     CHECK_FALSE(debug_access_allowed(outsider, false, none, "GET", std::string_view("")));
 }
+
+TEST_CASE("port 80 of a TLS server: generate_204 and /debug served, the rest to HTTPS (spec 3.7)") {
+    auto route = [](std::string_view text, bool debug_allowed) {
+        http_request request;
+        REQUIRE(parse_http_request({reinterpret_cast<const std::uint8_t*>(text.data()), text.size()}, request).status ==
+                http_parse_status::complete);
+        return route_port80(request, debug_allowed, 0);
+    };
+    CHECK(!route("GET /generate_204 HTTP/1.1\r\nHost: d.example\r\n\r\n", false));
+    CHECK(!route("GET /debug/varz HTTP/1.1\r\nHost: d.example\r\n\r\n", false));
+    const auto post = route("POST /derp HTTP/1.1\r\nHost: d.example\r\nContent-Length: 0\r\n\r\n", false);
+    REQUIRE(post);
+    CHECK(post->starts_with("HTTP/1.1 400 Bad Request\r\n"));
+    CHECK(post->ends_with("\r\n\r\nUse HTTPS\n"));
+    const auto derp = route("GET /derp?x=1&y=2 HTTP/1.1\r\nHost: d.example\r\n\r\n", false);
+    REQUIRE(derp);
+    CHECK(derp->starts_with("HTTP/1.1 302 Found\r\nContent-Type: text/html; charset=utf-8\r\nLocation: https://d.example/derp?x=1&y=2\r\n"));
+    CHECK(derp->ends_with("\r\n\r\n<a href=\"https://d.example/derp?x=1&amp;y=2\">Found</a>.\n\n"));
+    const auto root = route("GET / HTTP/1.1\r\nHost: d.example\r\n\r\n", true);
+    REQUIRE(root);
+    CHECK(root->find("Location: https://d.example/debug/\r\n") != std::string::npos);
+    const auto root_public = route("GET / HTTP/1.1\r\nHost: d.example\r\n\r\n", false);
+    CHECK(root_public->find("Location: https://d.example/\r\n") != std::string::npos);
+    const auto head = route("HEAD /x HTTP/1.1\r\nHost: d.example\r\n\r\n", false);
+    CHECK(head->ends_with("\r\n\r\n"));
+}

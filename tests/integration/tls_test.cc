@@ -1,0 +1,265 @@
+// derpd over TLS end to end: a real derpd process with -certmode manual (self-signed for
+// 127.0.0.1), the project's client library relaying DERP traffic over TLS 1.3 and 1.2,
+// certificate reload seen by new connections while an old one keeps relaying, and bad input
+// at the TLS layer (garbage, a stalled or truncated handshake, an oversized record), each
+// ending in a counted close and a log line while other clients carry on. This kernel has no
+// kTLS, so every connection here must report the userspace path (the VM suite covers kTLS).
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <thread>
+
+#include <openssl/ssl.h>
+
+#include "crypto/box.hh"
+#include "crypto/ktls.hh"
+#include "crypto/tls.hh"
+#include "tests/support/derpd_process.hh"
+#include "tests/support/relay_pair.hh"
+#include "tests/support/skip.hh"
+#include "tests/support/tls_socket.hh"
+
+using namespace derp;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::shared_ptr<client::client_tls> client_tls(int max_version = 0, std::string suites = {}, std::string ciphers = {}) {
+    tls::context::client_options o;
+    o.server_name = "127.0.0.1";
+    o.verify = tls::context::verify_mode::insecure;
+    o.max_version = max_version;
+    o.tls13_ciphersuites = std::move(suites);
+    o.tls12_ciphers = std::move(ciphers);
+    auto setup = client::make_client_tls(o, 1);
+    REQUIRE_MESSAGE(setup, (setup ? "" : setup.error()));
+    return setup.value();
+}
+
+std::shared_ptr<client::client_tls> pinned_client_tls(const std::array<std::uint8_t, 32>& sha) {
+    tls::context::client_options o;
+    o.server_name = "127.0.0.1";
+    o.verify = tls::context::verify_mode::pinned;
+    o.pinned_sha256 = sha;
+    auto setup = client::make_client_tls(o, 1);
+    REQUIRE(setup);
+    return setup.value();
+}
+
+// The value of one sample line of /debug/varz, fetched over TLS.
+std::uint64_t varz_value(std::uint16_t port, const std::string& sample) {
+    auto s = test::tls_socket::open(port, test::insecure_client_context());
+    REQUIRE_MESSAGE(s, (s ? "" : s.error()));
+    const std::string page = s.value()->http_get("/debug/varz");
+    const auto at = page.find("\n" + sample + " ");
+    if (at == std::string::npos) return 0;
+    return std::stoull(page.substr(at + sample.size() + 2));
+}
+
+std::array<std::uint8_t, 32> cert_sha256(const std::filesystem::path& cert, const std::filesystem::path& key) {
+    auto ctx = tls::context::make_server({"127.0.0.1", cert.string(), key.string(), {}});
+    REQUIRE_MESSAGE(ctx, (ctx ? "" : ctx.error()));
+    return ctx.value()->leaf_sha256();
+}
+
+// A raw TCP connection to the TLS port.
+int raw_connect(std::uint16_t port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+    return fd;
+}
+
+// Reads until the server closes (true) or the timeout passes (false); what it sent goes to `got`.
+bool wait_closed(int fd, std::chrono::milliseconds timeout, std::string* got = nullptr) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    char buffer[4096];
+    while (std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 50) <= 0) continue;
+        const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+        if (n <= 0) return true;
+        if (got != nullptr) got->append(buffer, static_cast<std::size_t>(n));
+    }
+    return false;
+}
+
+test::derpd_options tls_options() {
+    test::derpd_options o;
+    o.tls = true;
+    o.shards = 2;
+    return o;
+}
+
+void skip_if_no_io_uring(const test::relay_pair_result& r) {
+    if (!r.ok && test::is_missing_io_uring(r.problem)) test::skip(r.problem);
+}
+
+}  // namespace
+
+TEST_CASE("DERP over TLS 1.3 and 1.2: packets of 1, 1200 and 65536 bytes both ways, userspace records") {
+    REQUIRE(crypto_init());
+    test::derpd_process derpd(tls_options());
+    CHECK(derpd.wait_for_log("Configure it in DERPMap using: {\"Name\":\"custom\",\"RegionID\":900,\"HostName\":\"127.0.0.1\",\"CertName\":\"sha256-raw:", 2s));
+    if (!tls::probe_ktls().available) CHECK(derpd.wait_for_log("kTLS not used", 2s));
+    struct variant {
+        int max;
+        const char* suites;
+        const char* ciphers;
+    };
+    for (const variant v : {variant{0, "", ""}, variant{0, "TLS_CHACHA20_POLY1305_SHA256", ""},
+                            variant{TLS1_2_VERSION, "", "ECDHE-ECDSA-AES128-GCM-SHA256"},
+                            variant{TLS1_2_VERSION, "", "ECDHE-ECDSA-CHACHA20-POLY1305"}}) {
+        CAPTURE(v.max);
+        CAPTURE(v.suites);
+        CAPTURE(v.ciphers);
+        const auto r = test::run_relay_pair(derpd.port(), client_tls(v.max, v.suites, v.ciphers), {1, 1200, 65536}, 20);
+        skip_if_no_io_uring(r);
+        CHECK_MESSAGE(r.ok, r.problem << "\n" << derpd.log_tail());
+    }
+    CHECK(varz_value(derpd.port(), "derper_tls_request_version{version=\"1.3\"}") >= 4);  // 2 pairs + varz fetches
+    CHECK(varz_value(derpd.port(), "derper_tls_request_version{version=\"1.2\"}") == 4);
+    CHECK(varz_value(derpd.port(), "derpd_tls_handshakes_total{result=\"ok\"}") >= 8);
+    if (!tls::probe_ktls().available) {
+        CHECK(varz_value(derpd.port(), "derpd_connections_by_tls_path_total{path=\"ktls\"}") == 0);
+        CHECK(varz_value(derpd.port(), "derpd_connections_by_tls_path_total{path=\"userspace\"}") >= 8);
+        CHECK(derpd.wait_for_log("TLS path userspace", 1s));
+    }
+    // The same server refuses plain HTTP on its TLS port: it is not a ClientHello.
+    const int fd = raw_connect(derpd.port());
+    const std::string request = "GET /derp HTTP/1.1\r\nHost: x\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n";
+    REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) > 0);
+    std::string got;
+    CHECK(wait_closed(fd, 2s, &got));
+    CHECK(got.find("HTTP/1.1") == std::string::npos);  // never answered as HTTP
+    ::close(fd);
+    CHECK(derpd.wait_for_log("TLS handshake failed", 2s));
+}
+
+TEST_CASE("certificate reload: new connections get the new certificate, an old one keeps relaying") {
+    REQUIRE(crypto_init());
+    auto options = tls_options();
+    options.extra_args = {"-cert-poll-interval", "200ms"};
+    test::derpd_process derpd(options);
+    const auto certs = derpd.dir() / "certs";
+    const auto old_sha = cert_sha256(certs / "127.0.0.1.crt", certs / "127.0.0.1.key");
+    {
+        const auto r = test::run_relay_pair(derpd.port(), pinned_client_tls(old_sha), {100}, 5);
+        skip_if_no_io_uring(r);
+        REQUIRE_MESSAGE(r.ok, r.problem);
+    }
+    // An old connection: handshake now, used after the reload.
+    auto old_conn = test::tls_socket::open(derpd.port(), test::insecure_client_context());
+    REQUIRE(old_conn);
+
+    // A new certificate, written beside and renamed into place (key first, as an operator's
+    // tooling would; each rename is atomic).
+    const auto fresh = derpd.dir() / "fresh";
+    std::filesystem::create_directories(fresh);
+    REQUIRE(tls::write_self_signed("127.0.0.1", (fresh / "c.crt").string(), (fresh / "c.key").string()));
+    const auto new_sha = cert_sha256(fresh / "c.crt", fresh / "c.key");
+    REQUIRE(new_sha != old_sha);
+    std::filesystem::rename(fresh / "c.key", certs / "127.0.0.1.key");
+    std::filesystem::rename(fresh / "c.crt", certs / "127.0.0.1.crt");
+    REQUIRE(derpd.wait_for_log("certificate reloaded (the files changed)", 5s));
+
+    const auto r_new = test::run_relay_pair(derpd.port(), pinned_client_tls(new_sha), {100}, 5);
+    CHECK_MESSAGE(r_new.ok, r_new.problem);
+    const auto r_old = test::run_relay_pair(derpd.port(), pinned_client_tls(old_sha), {100}, 5, 3000);
+    CHECK(!r_old.ok);  // the old pin no longer matches
+    // The connection from before the reload still works: a full HTTP exchange on it.
+    const std::string page = old_conn.value()->http_get("/derp/probe");
+    CHECK(page.starts_with("HTTP/1.1 200 OK\r\n"));
+
+    // A broken certificate file: the reload fails, the log says why, the current one stays.
+    { std::ofstream(certs / "127.0.0.1.crt") << "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"; }
+    REQUIRE(derpd.wait_for_log("failed, keeping the current certificate", 5s));
+    const auto r_kept = test::run_relay_pair(derpd.port(), pinned_client_tls(new_sha), {100}, 5);
+    CHECK_MESSAGE(r_kept.ok, r_kept.problem);
+
+    // SIGHUP reloads at once (here: still broken, so it fails again and keeps the current one).
+    const auto failures_before = derpd.count_log("failed, keeping the current certificate");
+    ::kill(derpd.pid(), SIGHUP);
+    const auto deadline = std::chrono::steady_clock::now() + 3s;
+    while (derpd.count_log("certificate reload (SIGHUP) failed") == 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(20ms);
+    CHECK(derpd.count_log("certificate reload (SIGHUP) failed") >= 1);
+    CHECK(derpd.count_log("failed, keeping the current certificate") > failures_before);
+}
+
+TEST_CASE("bad TLS input: each a counted close with a log line; a good client is unaffected") {
+    REQUIRE(crypto_init());
+    test::derpd_process derpd(tls_options());  // handshake deadline 1 s (derpd_options)
+    std::vector<int> bad;
+
+    // Garbage instead of a ClientHello.
+    const int garbage = raw_connect(derpd.port());
+    const std::string junk(300, '\x42');
+    REQUIRE(::send(garbage, junk.data(), junk.size(), MSG_NOSIGNAL) > 0);
+    CHECK(wait_closed(garbage, 2s));
+    ::close(garbage);
+
+    // A handshake that never completes: connected, silent; closed at the deadline.
+    const int silent = raw_connect(derpd.port());
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(wait_closed(silent, 5s));
+    const auto waited = std::chrono::steady_clock::now() - start;
+    CHECK(waited >= 900ms);
+    ::close(silent);
+    CHECK(derpd.wait_for_log("TLS handshake on slot", 1s));
+
+    // A truncated handshake: the first half of a real ClientHello, then the client goes.
+    {
+        tls::session hello(test::insecure_client_context(), false);
+        std::string first;
+        hello.start(first);
+        const int fd = raw_connect(derpd.port());
+        REQUIRE(::send(fd, first.data(), first.size() / 2, MSG_NOSIGNAL) > 0);
+        std::this_thread::sleep_for(50ms);
+        ::close(fd);
+    }
+
+    // An oversized record after a good handshake: a header announcing 0xffff bytes.
+    auto s = test::tls_socket::open(derpd.port(), test::insecure_client_context());
+    REQUIRE_MESSAGE(s, (s ? "" : s.error()));
+    std::string header = "\x17\x03\x03\xff\xff";
+    header += std::string(0xffff, '\0');
+    s.value()->send_raw(header);
+    CHECK(wait_closed(s.value()->fd(), 3s));
+    CHECK(derpd.wait_for_log("TLS connection failed", 2s));
+
+    // Everyone else is fine.
+    const auto r = test::run_relay_pair(derpd.port(), client_tls(), {1200}, 20);
+    skip_if_no_io_uring(r);
+    CHECK_MESSAGE(r.ok, r.problem);
+    CHECK(varz_value(derpd.port(), "derpd_tls_handshakes_total{result=\"failed\"}") >= 1);
+    CHECK(varz_value(derpd.port(), "derpd_tls_handshakes_total{result=\"timeout\"}") >= 1);
+    CHECK(varz_value(derpd.port(), "derpd_tls_record_failures_total") >= 1);
+    CHECK(derpd.running());
+}
+
+TEST_CASE("fast start over TLS 1.3: the meta certificate carries the server key") {
+    REQUIRE(crypto_init());
+    test::derpd_process derpd(tls_options());
+    auto s = test::tls_socket::open(derpd.port(), test::insecure_client_context());
+    REQUIRE(s);
+    const auto meta = s.value()->session().peer_meta_key();
+    REQUIRE(meta);
+    CHECK(*meta == derpd.server_public());
+    auto s12 = test::tls_socket::open(derpd.port(), test::insecure_client_context(TLS1_2_VERSION));
+    REQUIRE(s12);
+    CHECK(!s12.value()->session().peer_meta_key());
+}
