@@ -188,7 +188,7 @@ pair_measurement measure_pairs(const ring::socket_address& server, const pair_op
     cfg.shard_defaults.conn_slots = 2 * pairs + 16;
     cfg.shard_defaults.send_buffer_count = 256;
     cfg.shard_defaults.send_buffer_bytes = 65536;
-    auto rt = client::start_client_runtime(cfg, load);
+    auto rt = client::start_client_runtime(cfg, load, options.tls);
     if (!rt) {
         r.error = fmt::format("client runtime: {}", rt.error());
         r.failures = 1;

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "bench/derp_client.hh"
@@ -23,6 +24,7 @@ struct pair_options {
     double duration_s = 2;
     pid_t server_pid = -1;                // sample its CPU and RSS from /proc; -1 = don't
     std::uint32_t client_cpu_offset = 1;  // the client runtime's shard runs on this core
+    std::shared_ptr<client::client_tls> tls;  // dial over TLS when set
 };
 
 struct pair_measurement {

@@ -39,7 +39,7 @@ struct server_process {
     ring::socket_address address;
     std::string dir;
 
-    bool start(const std::string& binary, std::int64_t shards, int cpu) {
+    bool start(const std::string& binary, std::int64_t shards, int cpu, bool tls) {
         char tmpl[] = "/tmp/relay-bench-XXXXXX";
         dir = mkdtemp(tmpl);
         const std::string log = dir + "/derpd.log";
@@ -55,8 +55,14 @@ struct server_process {
             (void)out;
             const std::string shards_text = std::to_string(shards);
             const std::string key = dir + "/derper.key";
-            execl(binary.c_str(), binary.c_str(), "-a", "127.0.0.1:0", "-c", key.c_str(), "-stun=false",
-                  "-shards", shards_text.c_str(), static_cast<char*>(nullptr));
+            const std::string certdir = dir + "/certs";
+            if (tls)
+                execl(binary.c_str(), binary.c_str(), "-a", "127.0.0.1:0", "-c", key.c_str(), "-stun=false",
+                      "-shards", shards_text.c_str(), "-certmode", "manual", "-hostname", "127.0.0.1", "-certdir",
+                      certdir.c_str(), "-http-port", "-1", static_cast<char*>(nullptr));
+            else
+                execl(binary.c_str(), binary.c_str(), "-a", "127.0.0.1:0", "-c", key.c_str(), "-stun=false",
+                      "-shards", shards_text.c_str(), static_cast<char*>(nullptr));
             _exit(127);
         }
         // Wait until it listens; the port comes from the kernel's listener table.
@@ -121,12 +127,13 @@ struct round_result {
 };
 
 round_result run_round(const std::string& derpd, std::int64_t shards, std::uint32_t pairs,
-                       std::size_t packet_bytes, double rate_pps, double duration_s, std::uint64_t pace_ns) {
+                       std::size_t packet_bytes, double rate_pps, double duration_s, std::uint64_t pace_ns,
+                       const std::shared_ptr<client::client_tls>& tls) {
     round_result r;
     server_process server;
     // One shard: the server alone on cpu 0, the load on cpu 1. Two shards: the server needs
     // both cores, and shares them with the load.
-    if (!server.start(derpd, shards, shards == 1 ? 0 : -1)) {
+    if (!server.start(derpd, shards, shards == 1 ? 0 : -1, tls != nullptr)) {
         fmt::print(stderr, "derpd did not start; see its log in {}\n", server.dir);
         r.failures = 1;
         return r;
@@ -138,6 +145,7 @@ round_result run_round(const std::string& derpd, std::int64_t shards, std::uint3
     options.pacing_interval_ns = pace_ns;
     options.duration_s = duration_s;
     options.server_pid = server.pid;
+    options.tls = tls;
     const bench::pair_measurement m = bench::measure_pairs(server.address, options);
     if (!m.error.empty()) fmt::print(stderr, "{}\n", m.error);
     r.delivered_pps = m.delivered_pps;
@@ -167,6 +175,8 @@ int main(int argc, char** argv) {
     flags.add_duration("duration", &duration_ns, "measured time per round");
     flags.add_int("rate", &rate, "offered packets/s over all senders (0 = as fast as possible)");
     std::int64_t pace_ns = 250'000;
+    std::string transports = "plain";
+    flags.add_string("transport", &transports, "comma-separated: plain (HTTP) and/or tls (userspace records, or kTLS where the kernel has it)");
     flags.add_duration("pace", &pace_ns, "pacing interval: each sender sends its accumulated packets this often");
     if (auto exit_status = derp::bench::parse_flags(flags, argc, argv)) return *exit_status;
     derp::bench::default_derpd_path(flags, derpd);
@@ -185,10 +195,32 @@ int main(int argc, char** argv) {
         }
         return out;
     };
-    fmt::print("{:>6} {:>6} {:>6} {:>12} {:>9} {:>8} {:>14} {:>10} {:>10}\n", "shards", "bytes", "pairs",
+    std::vector<std::string> transport_list;
+    for (std::string_view rest = transports; !rest.empty();) {
+        const auto comma = rest.find(',');
+        transport_list.emplace_back(rest.substr(0, comma));
+        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    }
+    fmt::print("{:>9} {:>6} {:>6} {:>6} {:>12} {:>9} {:>8} {:>14} {:>10} {:>10}\n", "transport", "shards", "bytes", "pairs",
                "pkts/s", "Gbit/s", "loss", "srv us/pkt", "srv cpu", "load cpu");
     bool failed = false;
     std::string json = "[";
+    for (const auto& transport : transport_list) {
+    std::shared_ptr<client::client_tls> tls;
+    if (transport == "tls") {
+        tls::context::client_options o;
+        o.server_name = "127.0.0.1";
+        o.verify = tls::context::verify_mode::insecure;
+        auto setup = client::make_client_tls(o, 1);
+        if (!setup) {
+            fmt::print(stderr, "TLS client: {}\n", setup.error());
+            return 1;
+        }
+        tls = setup.value();
+    } else if (transport != "plain") {
+        fmt::print(stderr, "-transport: want plain or tls, not {}\n", transport);
+        return 2;
+    }
     for (const auto shards : split(shard_list)) {
         for (const auto size : split(sizes)) {
             std::vector<double> pps, gbps, loss, cpu, srv_share, cli_share;
@@ -197,7 +229,7 @@ int main(int argc, char** argv) {
                 const auto r = run_round(derpd, shards, static_cast<std::uint32_t>(pairs),
                                          static_cast<std::size_t>(size), static_cast<double>(rate),
                                          static_cast<double>(duration_ns) / 1e9,
-                                         static_cast<std::uint64_t>(pace_ns));
+                                         static_cast<std::uint64_t>(pace_ns), tls);
                 pps.push_back(r.delivered_pps);
                 gbps.push_back(r.delivered_gbps);
                 loss.push_back(r.loss);
@@ -207,16 +239,17 @@ int main(int argc, char** argv) {
                 failures += r.failures;
             }
             failed = failed || failures > 0;
-            fmt::print("{:>6} {:>6} {:>6} {:>12.0f} {:>9.3f} {:>7.2f}% {:>14.3f} {:>9.0f}% {:>9.0f}%{}\n", shards,
+            fmt::print("{:>9} {:>6} {:>6} {:>6} {:>12.0f} {:>9.3f} {:>7.2f}% {:>14.3f} {:>9.0f}% {:>9.0f}%{}\n", transport, shards,
                        size, pairs, bench::median(pps), bench::median(gbps), bench::median(loss) * 100, bench::median(cpu),
                        bench::median(srv_share) * 100, bench::median(cli_share) * 100,
                        failures > 0 ? fmt::format("  ({} client failures)", failures) : "");
-            json += fmt::format("{}{{\"shards\":{},\"bytes\":{},\"pairs\":{},\"delivered_pps\":{:.0f},"
+            json += fmt::format("{}{{\"transport\":\"{}\",\"shards\":{},\"bytes\":{},\"pairs\":{},\"delivered_pps\":{:.0f},"
                                 "\"delivered_gbps\":{:.4f},\"loss_ratio\":{:.5f},\"server_cpu_us_per_packet\":{:.4f},"
                                 "\"server_cpu_share\":{:.3f},\"load_cpu_share\":{:.3f}}}",
-                                json.size() > 1 ? "," : "", shards, size, pairs, bench::median(pps), bench::median(gbps),
+                                json.size() > 1 ? "," : "", transport, shards, size, pairs, bench::median(pps), bench::median(gbps),
                                 bench::median(loss), bench::median(cpu), bench::median(srv_share), bench::median(cli_share));
         }
+    }
     }
     fmt::print("{}]\n", json);
     return failed ? 1 : 0;

@@ -593,9 +593,12 @@ status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, s
         scan_records(cipher.subspan(w.in_position));
     }
     // Decrypt everything available. OpenSSL reads record by record, so what it leaves is at
-    // most one partial record, which it keeps.
+    // most one partial record, which it keeps. No read is attempted once the input is used up
+    // and OpenSSL holds nothing: a read that finds no data allocates the 16 KiB record buffer
+    // again (SSL_MODE_RELEASE_BUFFERS frees it only after a record is consumed), and an idle
+    // connection would keep it.
     thread_local std::array<char, 16384> chunk;
-    for (;;) {
+    while (w.in_position < w.in_length || SSL_has_pending(_ssl) == 1) {
         const int n = SSL_read(_ssl, chunk.data(), static_cast<int>(chunk.size()));
         if (n > 0) {
             plain.append(chunk.data(), static_cast<std::size_t>(n));

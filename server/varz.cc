@@ -1,6 +1,7 @@
 // Prometheus text rendering of derpd's counters (see varz.hh).
 #include "server/varz.hh"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <ctime>
@@ -213,6 +214,13 @@ std::string render_varz(const derp_shared& shared) {
                        proc.cpu_seconds);
     out += "# HELP derpd_process_resident_memory_bytes Resident set size of the derpd process.\n";
     metric(out, "derpd_process_resident_memory_bytes", "gauge", proc.rss_bytes);
+    {
+        // Live heap (all malloc arenas): what connections hold now, unlike RSS, which keeps
+        // what a burst of handshakes freed until the next trim (-memory-trim-interval).
+        const struct mallinfo2 heap = mallinfo2();
+        metric(out, "derpd_heap_in_use_bytes", "gauge", "Bytes allocated from the heap (all malloc arenas) and not freed.",
+               heap.uordblks + heap.hblkhd);
+    }
     out += "# HELP derpd_connections_by_tls_path_total Accepted connections by how their bytes are carried.\n";
     out += "# TYPE derpd_connections_by_tls_path_total counter\n";
     out += fmt::format("derpd_connections_by_tls_path_total{{path=\"plain\"}} {}\n",
