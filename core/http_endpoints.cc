@@ -344,7 +344,9 @@ std::optional<std::string> route_port80(const http_request& request, bool debug_
     }
     const std::array<http_header_field, 2> headers = {{{"Content-Type", "text/html; charset=utf-8"},
                                                        {"Location", location}}};
-    return go_http_response(302, headers, fmt::format("<a href=\"{}\">Found</a>.\n\n", escaped), unix_seconds, head);
+    // Go writes the body only for GET: a HEAD answer has neither body nor Content-Length.
+    return go_http_response(302, headers, head ? std::string() : fmt::format("<a href=\"{}\">Found</a>.\n\n", escaped),
+                            unix_seconds, head);
 }
 
 }  // namespace derp

@@ -95,6 +95,25 @@ result<control_record, std::string> read_control_record(int fd) noexcept {
     return record;
 }
 
+result<void, std::string> ktls_send_close_notify(int fd) noexcept {
+    std::uint8_t alert[2] = {1, 0};  // warning, close_notify
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(std::uint8_t))] = {};
+    iovec iov{alert, sizeof alert};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_TLS;
+    c->cmsg_type = TLS_SET_RECORD_TYPE;
+    c->cmsg_len = CMSG_LEN(sizeof(std::uint8_t));
+    *CMSG_DATA(c) = 21;
+    if (::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+        return unexpected(fmt::format("sendmsg(close_notify): {}", std::strerror(errno)));
+    return {};
+}
+
 std::string describe(const control_record& record) {
     if (record.type == 21 && record.body.size() >= 2) {
         if (record.body[1] == 0) return "close_notify alert";

@@ -35,6 +35,8 @@ struct control_record {
     std::vector<std::uint8_t> body;
 };
 result<control_record, std::string> read_control_record(int fd) noexcept;
+// Sends a close_notify alert through kTLS TX (a record of type 21 via TLS_SET_RECORD_TYPE).
+result<void, std::string> ktls_send_close_notify(int fd) noexcept;
 // What a control record means, for the log: "close_notify alert", "KeyUpdate", ...
 std::string describe(const control_record& record);
 

@@ -637,7 +637,8 @@ std::size_t session::write(std::span<const std::uint8_t> plain, std::span<std::u
 }
 
 void session::shutdown(std::string& cipher_out) noexcept {
-    if (_status != status::open) return;
+    // After the peer's close_notify (closed) ours answers it.
+    if (_status != status::open && _status != status::closed) return;
     io_window& w = _secrets->window;
     w = io_window{};
     w.spill = &cipher_out;

@@ -6,6 +6,7 @@
 #include "crypto/tls_layer.hh"
 
 #include <openssl/ssl.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstring>
@@ -387,6 +388,22 @@ void tls_layer::on_recv_error(conn_id conn, int error) noexcept {
     auto record = read_control_record(_shard.fd_of(conn));
     ring::log(log_level::debug, "shard {}: slot {}: under kTLS RX: {}; closing", _shard.index(), conn.slot,
               record ? describe(record.value()) : record.error());
+}
+
+void tls_layer::on_flushed_close(conn_id conn) noexcept {
+    _inner->on_flushed_close(conn);
+    conn_tls* st = find(conn);
+    if (st == nullptr || st->version == 0) return;
+    // An orderly end says so, as Go's tls.Conn.Close does (RFC 8446 6.1): everything else has
+    // been sent, so the alert goes out now with a plain non-blocking send of a few bytes.
+    if (st->ktls_tx) {
+        (void)ktls_send_close_notify(_shard.fd_of(conn));
+        return;
+    }
+    if (!st->tls || st->tls->state() == status::failed) return;
+    std::string alert;
+    st->tls->shutdown(alert);
+    if (!alert.empty()) (void)::send(_shard.fd_of(conn), alert.data(), alert.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 void tls_layer::on_closed(conn_id conn, ring::close_cause cause) noexcept {

@@ -82,6 +82,7 @@ public:
     void on_timer(ring::conn_id conn, std::uint8_t timer_id) noexcept override;
     void on_closed(ring::conn_id conn, ring::close_cause cause) noexcept override;
     void on_recv_error(ring::conn_id conn, int error) noexcept override;
+    void on_flushed_close(ring::conn_id conn) noexcept override;
     void on_recv_paused(ring::conn_id conn) noexcept override;
     void on_message(const ring::message& m) noexcept override { _inner->on_message(m); }
     void discard_message(const ring::message& m) noexcept override { _inner->discard_message(m); }

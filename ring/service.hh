@@ -80,6 +80,9 @@ public:
         (void)conn;
         (void)error;
     }
+    // A close_after_flush() connection has sent everything and is about to close: the last
+    // moment to write a few bytes synchronously (TLS sends its close_notify alert here).
+    virtual void on_flushed_close(conn_id conn) noexcept { (void)conn; }
     // After shard::pause_recv(): no receive completion can arrive any more until resume_recv()
     // (every byte read so far has gone to on_data). kTLS RX is installed here.
     virtual void on_recv_paused(conn_id conn) noexcept { (void)conn; }

@@ -259,7 +259,14 @@ void shard::close_after_flush(conn_id conn) noexcept {
     conn_slot* s = lookup(conn);
     if (s == nullptr) return;
     s->close_when_flushed = true;
-    if (!s->send_in_flight && !s->want_write) begin_close(conn.slot, close_cause::closed_by_app);
+    if (!s->send_in_flight && !s->want_write) close_flushed(conn.slot);
+}
+
+void shard::close_flushed(std::uint32_t slot) noexcept {
+    conn_slot& s = _slots[slot];
+    if (s.state != conn_state::open) return;
+    if (_service) _service->on_flushed_close(conn_id{slot, s.gen});
+    begin_close(slot, close_cause::closed_by_app);
 }
 
 void shard::set_write_timeout(conn_id conn, std::int64_t timeout_ns) noexcept {
@@ -351,7 +358,7 @@ void shard::submit_send(std::uint32_t slot) noexcept {
         _send_pool->release(s.send_buffer);
         s.send_buffer = no_buffer;
         _send_starved = false;
-        if (s.close_when_flushed && !s.want_write) begin_close(slot, close_cause::closed_by_app);
+        if (s.close_when_flushed && !s.want_write) close_flushed(slot);
         return;
     }
     s.send_offset = 0;
@@ -760,7 +767,7 @@ void shard::handle_send(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
     _send_pool->release(s.send_buffer);
     s.send_buffer = no_buffer;
     _send_starved = false;  // a buffer is free again: starved writers get their turn
-    if (s.close_when_flushed) begin_close(slot, close_cause::closed_by_app);
+    if (s.close_when_flushed) close_flushed(slot);
 }
 
 void shard::flush_writes() noexcept {

@@ -181,6 +181,7 @@ private:
     void prep_signal_read() noexcept;
     void submit_send(std::uint32_t slot) noexcept;
     void begin_close(std::uint32_t slot, close_cause cause) noexcept;
+    void close_flushed(std::uint32_t slot) noexcept;  // close_after_flush's end
     void maybe_finish_close(std::uint32_t slot) noexcept;
     void op_done(std::uint32_t slot) noexcept;
 

@@ -184,4 +184,5 @@ TEST_CASE("port 80 of a TLS server: generate_204 and /debug served, the rest to 
     CHECK(root_public->find("Location: https://d.example/\r\n") != std::string::npos);
     const auto head = route("HEAD /x HTTP/1.1\r\nHost: d.example\r\n\r\n", false);
     CHECK(head->ends_with("\r\n\r\n"));
+    CHECK(head->find("Content-Length") == std::string::npos);
 }
