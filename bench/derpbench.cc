@@ -1,18 +1,23 @@
 // derpbench: capacity planning against any DERP server (derpd or Tailscale's derper), built on
 // the project's client library and the ring runtime. Workloads so far:
-//   throughput   N sender/receiver pairs, fixed packet size, paced (--rate) or unlimited
+//   throughput   N sender/receiver pairs, fixed packet size or a realistic mix (--size mix),
+//                paced (--rate) or unlimited
 //   latency      round trips through the relay (p50..max), beside an optional paced load
 //   connections  ramps idle clients to --count; time per connect, server RSS per connection
 //   sweep        per packet size, the highest rate delivered with loss under 1 % (--plot SVG)
 // Reports sent, delivered and lost packets always, the server's CPU and RSS when --server-pid
 // is given, and says when the load generator, not the server, was the bottleneck. Exits 1 when
-// clients failed or the server closed them unexpectedly.
-// Not yet: https:// targets (TLS front door), several --url, a live progress line.
+// clients failed or the server closed them unexpectedly. Targets: http:// or https:// (with
+// --insecure, --ca FILE or --cert-name sha256-raw:HEX), --url repeated for a region (pairs are
+// spread over its nodes; --cross-node puts each receiver on the next node), --mesh-key. On a
+// terminal a progress line shows the window as it runs.
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <optional>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -27,7 +32,9 @@
 #include "bench/bench_util.hh"
 #include "bench/derp_client.hh"
 #include "bench/pair_load.hh"
+#include "core/key.hh"
 #include "crypto/box.hh"
+#include "crypto/tls.hh"
 #include "ring/runtime.hh"
 
 namespace {
@@ -37,21 +44,38 @@ using clock_type = std::chrono::steady_clock;
 
 struct target {
     std::string url;
+    std::string host;  // the Host header and TLS name
+    bool tls = false;
     ring::socket_address address;
 };
 
-// http://host[:port]/derp -> the address to dial. https is refused until derpd has TLS.
+// The servers of one run: every --url, and the TLS setup they share.
+struct targets {
+    std::vector<target> list;
+    std::shared_ptr<client::client_tls> tls;
+    std::string urls() const {
+        std::string text;
+        for (const auto& t : list) text += (text.empty() ? "" : ",") + t.url;
+        return text;
+    }
+    std::vector<ring::socket_address> addresses() const {
+        std::vector<ring::socket_address> out;
+        for (const auto& t : list) out.push_back(t.address);
+        return out;
+    }
+};
+
+// http(s)://host[:port]/derp -> the address to dial.
 result<target, std::string> parse_url(const std::string& url) {
-    constexpr std::string_view scheme = "http://";
-    if (url.rfind("https://", 0) == 0)
-        return unexpected(std::string("https:// targets need TLS, which this derpbench does not speak yet; use http://"));
-    if (url.rfind(scheme, 0) != 0) return unexpected(fmt::format("--url {}: want http://host:port/derp", url));
+    const bool tls = url.rfind("https://", 0) == 0;
+    const std::string_view scheme = tls ? "https://" : "http://";
+    if (url.rfind(scheme, 0) != 0) return unexpected(fmt::format("--url {}: want http(s)://host:port/derp", url));
     std::string rest = url.substr(scheme.size());
     const auto slash = rest.find('/');
     const std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
     if (path != "/derp") return unexpected(fmt::format("--url {}: the path must be /derp", url));
     const std::string hostport = rest.substr(0, slash);
-    std::string host = hostport, port = "80";
+    std::string host = hostport, port = tls ? "443" : "80";
     if (!hostport.empty() && hostport.front() == '[') {  // [v6]:port
         const auto close = hostport.find(']');
         if (close == std::string::npos) return unexpected(fmt::format("--url {}: unclosed [", url));
@@ -68,6 +92,8 @@ result<target, std::string> parse_url(const std::string& url) {
         return unexpected(fmt::format("--url {}: {}", url, gai_strerror(err)));
     target t;
     t.url = url;
+    t.host = host;
+    t.tls = tls;
     std::memcpy(&t.address.storage, list->ai_addr, list->ai_addrlen);
     t.address.length = list->ai_addrlen;
     freeaddrinfo(list);
@@ -83,8 +109,9 @@ struct idle_stats {
 
 class idle_clients final : public client::handler {
 public:
-    idle_clients(idle_stats& st, ring::socket_address server, std::uint64_t count)
-        : _st(st), _server(server), _count(count) {}
+    idle_clients(idle_stats& st, std::vector<ring::socket_address> servers, std::uint64_t count,
+                 client::client_options base)
+        : _st(st), _servers(std::move(servers)), _count(count), _base(std::move(base)) {}
     void attach(client::client_pool& pool) { _pool = &pool; }
     void on_ready(ring::conn_id, const node_key&) noexcept override { _st.ready++; }
     void on_packet(ring::conn_id, const node_key&, std::span<const std::uint8_t>) noexcept override {}
@@ -94,9 +121,9 @@ public:
         if (_dialled) return false;
         _dialled = true;
         for (std::uint64_t i = 0; i < _count; ++i) {
-            client::client_options options;
+            client::client_options options = _base;
             options.key = generate_private_key();
-            if (!_pool->dial(_server, options)) _st.failed++;
+            if (!_pool->dial(_servers[i % _servers.size()], options)) _st.failed++;
         }
         _st.dialled = true;
         return false;
@@ -104,8 +131,9 @@ public:
 
 private:
     idle_stats& _st;
-    ring::socket_address _server;
+    std::vector<ring::socket_address> _servers;
     std::uint64_t _count;
+    client::client_options _base;
     client::client_pool* _pool = nullptr;
     bool _dialled = false;
 };
@@ -123,8 +151,10 @@ struct latency_stats {
 
 class latency_probe final : public client::handler {
 public:
-    latency_probe(latency_stats& st, ring::socket_address server, std::size_t size, std::uint64_t interval_ns)
-        : _st(st), _server(server), _size(std::max<std::size_t>(size, 16)), _interval_ns(interval_ns) {}
+    latency_probe(latency_stats& st, ring::socket_address server_a, ring::socket_address server_b, std::size_t size,
+                  std::uint64_t interval_ns, client::client_options base)
+        : _st(st), _server_a(server_a), _server_b(server_b), _size(std::max<std::size_t>(size, 16)),
+          _interval_ns(interval_ns), _base(std::move(base)) {}
     void attach(client::client_pool& pool) { _pool = &pool; }
     std::vector<double>& rtts_us() { return _rtts_us; }
 
@@ -170,13 +200,13 @@ public:
     bool on_turn() noexcept override {
         if (!_dialled) {
             _dialled = true;
-            client::client_options a, b;
+            client::client_options a = _base, b = _base;
             a.key = generate_private_key();
             b.key = generate_private_key();
             _a_key = public_key_of(a.key);
             _b_key = public_key_of(b.key);
-            auto ca = _pool->dial(_server, a);
-            auto cb = _pool->dial(_server, b);
+            auto ca = _pool->dial(_server_a, a);
+            auto cb = _pool->dial(_server_b, b);
             if (!ca || !cb) {
                 _st.failures++;
                 return false;
@@ -199,9 +229,10 @@ public:
 
 private:
     latency_stats& _st;
-    ring::socket_address _server;
+    ring::socket_address _server_a, _server_b;
     std::size_t _size;
     std::uint64_t _interval_ns;
+    client::client_options _base;
     client::client_pool* _pool = nullptr;
     ring::conn_id _a{}, _b{};
     node_key _a_key, _b_key;
@@ -269,7 +300,11 @@ std::string sweep_svg(const std::vector<sweep_point>& points) {
 
 struct options {
     std::string workload;
-    std::string url = "http://127.0.0.1:3340/derp";
+    std::vector<std::string> urls = {"http://127.0.0.1:3340/derp"};
+    bool insecure = false, cross_node = false;
+    std::string ca, cert_name, mesh_key_hex;
+    std::string size_text = "1400";        // bytes, or "mix"
+    std::optional<key_mesh> mesh_key;
     std::int64_t pairs = 4, size = 1400, rate = 0, count = 1000, server_pid = -1;
     std::int64_t duration_ns = 5'000'000'000, warmup_ns = 500'000'000, pace_ns = 250'000;
     std::int64_t probe_interval_ns = 1'000'000;
@@ -278,31 +313,70 @@ struct options {
     std::int64_t start_rate = 50000;       // sweep: first offered rate
     std::int64_t max_rate = 2'000'000;     // sweep: stop doubling here
     std::string plot;                      // sweep: SVG file
+    bool live = false;                     // a progress line on stderr (a terminal)
+
+    client::client_options client_base(const targets& ts) const {
+        client::client_options c;
+        c.host = ts.list.front().host;
+        c.mesh_key = mesh_key;
+        return c;
+    }
+    // The common pair options of throughput, sweep and latency's background load.
+    bench::pair_options pair_base(const targets& ts) const {
+        bench::pair_options p;
+        p.pairs = static_cast<std::uint32_t>(pairs);
+        p.packet_bytes = static_cast<std::size_t>(size);
+        if (size_text == "mix") p.sizes = bench::realistic_size_mix();
+        p.pacing_interval_ns = static_cast<std::uint64_t>(pace_ns);
+        p.warmup_s = static_cast<double>(warmup_ns) / 1e9;
+        p.duration_s = static_cast<double>(duration_ns) / 1e9;
+        p.server_pid = static_cast<pid_t>(server_pid);
+        p.client_cpu_offset = 0;  // next to a server of its own cores, the load takes the first
+        p.tls = ts.tls;
+        p.host = ts.list.front().host;
+        p.mesh_key = mesh_key;
+        p.cross_node = cross_node;
+        if (live)
+            p.progress = [](const bench::pair_progress& g) {
+                const double loss = g.sent_packets > 0 ? 1.0 - static_cast<double>(g.delivered_packets) /
+                                                                   static_cast<double>(g.sent_packets)
+                                                       : 0;
+                std::fprintf(stderr, "\r  %5.1f s  sent %-10llu delivered %-10llu in flight/lost %5.2f %%  %.3f Gbit/s   ",
+                             g.elapsed_s, static_cast<unsigned long long>(g.sent_packets),
+                             static_cast<unsigned long long>(g.delivered_packets), loss * 100, g.delivered_gbps);
+                std::fflush(stderr);
+            };
+        return p;
+    }
 };
 
-int run_sweep(const options& o, const target& t) {
+void end_progress_line(const options& o) {
+    if (o.live) std::fprintf(stderr, "\r%100s\r", "");
+}
+
+int run_sweep(const options& o, const targets& ts) {
     std::vector<sweep_point> points;
     std::string json = "[";
     bool failed = false;
     std::string rest = o.sizes;
     while (!rest.empty()) {
         const auto comma = rest.find(',');
-        const std::int64_t size = std::stoll(rest.substr(0, comma));
+        const std::string size_text = rest.substr(0, comma);
         rest = comma == std::string::npos ? std::string() : rest.substr(comma + 1);
-        bench::pair_options p;
-        p.pairs = static_cast<std::uint32_t>(o.pairs);
+        bench::pair_options p = o.pair_base(ts);
+        // "mix" sweeps the realistic mix; its row is labelled with the mean size.
+        const bool mix = size_text == "mix";
+        p.sizes = mix ? bench::realistic_size_mix() : bench::size_mix{};
+        const std::int64_t size = mix ? static_cast<std::int64_t>(bench::mean_size(p.sizes)) : std::stoll(size_text);
         p.packet_bytes = static_cast<std::size_t>(size);
-        p.pacing_interval_ns = static_cast<std::uint64_t>(o.pace_ns);
-        p.warmup_s = static_cast<double>(o.warmup_ns) / 1e9;
-        p.duration_s = static_cast<double>(o.duration_ns) / 1e9;
-        p.server_pid = static_cast<pid_t>(o.server_pid);
-        p.client_cpu_offset = 0;
+        double good_cpu_per_gbit = 0;
         // Double the offered rate until loss reaches 1 %, then bisect three times between the
         // last good and the first bad rate.
         double good = 0, bad = 0, good_delivered = 0;
         auto measure = [&](double rate) {
             p.rate_pps = rate;
-            const auto m = bench::measure_pairs(t.address, p);
+            const auto m = bench::measure_pairs(ts.addresses(), p);
+            end_progress_line(o);
             if (m.failures > 0 || !m.error.empty()) failed = true;
             points.push_back({size, rate, m.delivered_pps, m.loss});
             if (!o.json) fmt::print(stderr, "  {} B at {:.0f} pkt/s: delivered {:.0f} pkt/s, loss {:.3f} %\n", size, rate,
@@ -318,21 +392,27 @@ int run_sweep(const options& o, const target& t) {
             }
             good = rate;
             good_delivered = m.delivered_pps;
+            good_cpu_per_gbit = m.server_cpu_s > 0 && m.delivered_gbps > 0 ? m.server_cpu_share / m.delivered_gbps : 0;
             return true;
         };
         for (double rate = static_cast<double>(o.start_rate); rate <= static_cast<double>(o.max_rate); rate *= 2)
             if (!probe(rate)) break;
         for (int step = 0; step < 3 && bad > 0 && good > 0; ++step) probe((good + bad) / 2);
-        const double gbps = good_delivered * static_cast<double>(size) * 8 / 1e9;
+        const double gbps = good_delivered * (mix ? bench::mean_size(p.sizes) : static_cast<double>(size)) * 8 / 1e9;
         if (o.json)
-            json += fmt::format("{}{{\"size\":{},\"max_rate_under_1pct_loss_pps\":{:.0f},\"delivered_pps\":{:.0f},"
-                                "\"delivered_bps\":{:.0f},\"limit_reached\":{}}}",
-                                json.size() > 1 ? "," : "", size, good, good_delivered, gbps * 1e9, bad > 0 ? "true" : "false");
+            json += fmt::format("{}{{\"size\":{},\"size_label\":\"{}\",\"max_rate_under_1pct_loss_pps\":{:.0f},"
+                                "\"delivered_pps\":{:.0f},\"delivered_bps\":{:.0f},\"limit_reached\":{}{}}}",
+                                json.size() > 1 ? "," : "", size, size_text, good, good_delivered, gbps * 1e9,
+                                bad > 0 ? "true" : "false",
+                                good_cpu_per_gbit > 0 ? fmt::format(",\"server_cpu_s_per_gbit\":{:.4f}", good_cpu_per_gbit)
+                                                      : std::string());
         else
-            fmt::print("{:>6} B: {:.0f} pkt/s ({:.3f} Gbit/s) delivered with loss under 1 %{}\n", size, good_delivered, gbps,
+            fmt::print("{:>6} B{}: {:.0f} pkt/s ({:.3f} Gbit/s) delivered with loss under 1 %{}{}\n", size,
+                       mix ? " (mix)" : "", good_delivered, gbps,
+                       good_cpu_per_gbit > 0 ? fmt::format(", server {:.3f} CPU s per Gbit", good_cpu_per_gbit) : "",
                        bad > 0 ? "" : fmt::format(" (no loss up to {} pkt/s: raise --max-rate)", o.max_rate));
     }
-    if (o.json) fmt::print("{{\"workload\":\"sweep\",\"url\":\"{}\",\"pairs\":{},\"results\":{}]}}\n", t.url, o.pairs, json);
+    if (o.json) fmt::print("{{\"workload\":\"sweep\",\"url\":\"{}\",\"pairs\":{},\"results\":{}]}}\n", ts.urls(), o.pairs, json);
     if (!o.plot.empty()) {
         std::FILE* f = std::fopen(o.plot.c_str(), "w");
         if (f == nullptr) {
@@ -347,14 +427,16 @@ int run_sweep(const options& o, const target& t) {
     return failed ? 1 : 0;
 }
 
-int run_latency(const options& o, const target& t) {
+int run_latency(const options& o, const targets& ts) {
     latency_stats st;
-    latency_probe probe(st, t.address, static_cast<std::size_t>(o.size), static_cast<std::uint64_t>(o.probe_interval_ns));
+    const auto servers = ts.addresses();
+    latency_probe probe(st, servers.front(), servers[o.cross_node ? 1 % servers.size() : 0], static_cast<std::size_t>(o.size),
+                        static_cast<std::uint64_t>(o.probe_interval_ns), o.client_base(ts));
     ring::runtime_config cfg;
     cfg.shard_count = 1;
     cfg.pin_threads = false;
     cfg.shard_defaults.conn_slots = 16;
-    auto rt = client::start_client_runtime(cfg, probe);
+    auto rt = client::start_client_runtime(cfg, probe, ts.tls);
     if (!rt) {
         std::fprintf(stderr, "derpbench: client runtime: %s\n", rt.error().c_str());
         return 1;
@@ -369,14 +451,12 @@ int run_latency(const options& o, const target& t) {
     bench::pair_measurement background;
     std::thread load_thread;
     if (o.rate > 0) {
-        bench::pair_options p;
-        p.pairs = static_cast<std::uint32_t>(o.pairs);
-        p.packet_bytes = static_cast<std::size_t>(o.size);
+        bench::pair_options p = o.pair_base(ts);
         p.rate_pps = static_cast<double>(o.rate);
         p.warmup_s = 0;
-        p.duration_s = static_cast<double>(o.duration_ns) / 1e9;
-        p.server_pid = static_cast<pid_t>(o.server_pid);
-        load_thread = std::thread([&] { background = bench::measure_pairs(t.address, p); });
+        p.progress = nullptr;
+        p.client_cpu_offset = 1;
+        load_thread = std::thread([&] { background = bench::measure_pairs(servers, p); });
     }
     st.running = true;
     rt.value()->wake_all();
@@ -397,13 +477,13 @@ int run_latency(const options& o, const target& t) {
                    "\"duration_s\":{:.3f},\"sent_packets\":{},\"delivered_packets\":{},\"loss_ratio\":{:.6f},"
                    "\"rtt_p50_us\":{:.1f},\"rtt_p90_us\":{:.1f},\"rtt_p99_us\":{:.1f},\"rtt_p999_us\":{:.1f},\"rtt_max_us\":{:.1f}"
                    "{}}}\n",
-                   t.url, o.rate > 0 ? o.pairs : 0, o.size, o.rate, static_cast<double>(o.duration_ns) / 1e9, sent,
+                   ts.urls(), o.rate > 0 ? o.pairs : 0, o.size, o.rate, static_cast<double>(o.duration_ns) / 1e9, sent,
                    rtts.size(), loss, p50, p90, p99, p999, max,
                    o.rate > 0 ? fmt::format(",\"background_delivered_pps\":{:.0f},\"background_loss_ratio\":{:.6f}",
                                             background.delivered_pps, background.loss)
                               : std::string());
     } else {
-        fmt::print("latency through {}: {} probes of {} B, {} answered ({:.3f} % lost)\n", t.url, sent, o.size,
+        fmt::print("latency through {}: {} probes of {} B, {} answered ({:.3f} % lost)\n", ts.urls(), sent, o.size,
                    rtts.size(), loss * 100);
         fmt::print("  round trip: p50 {:.1f} us  p90 {:.1f} us  p99 {:.1f} us  p99.9 {:.1f} us  max {:.1f} us\n", p50,
                    p90, p99, p999, max);
@@ -419,42 +499,44 @@ int run_latency(const options& o, const target& t) {
     return rtts.empty() ? 1 : 0;
 }
 
-int run_throughput(const options& o, const target& t) {
-    bench::pair_options p;
-    p.pairs = static_cast<std::uint32_t>(o.pairs);
-    p.packet_bytes = static_cast<std::size_t>(o.size);
+int run_throughput(const options& o, const targets& ts) {
+    bench::pair_options p = o.pair_base(ts);
     p.rate_pps = static_cast<double>(o.rate);
-    p.pacing_interval_ns = static_cast<std::uint64_t>(o.pace_ns);
-    p.warmup_s = static_cast<double>(o.warmup_ns) / 1e9;
-    p.duration_s = static_cast<double>(o.duration_ns) / 1e9;
-    p.server_pid = static_cast<pid_t>(o.server_pid);
-    p.client_cpu_offset = 0;  // next to a server of its own cores, the load takes the first
-    const bench::pair_measurement m = bench::measure_pairs(t.address, p);
+    const bench::pair_measurement m = bench::measure_pairs(ts.addresses(), p);
+    end_progress_line(o);
     if (!m.error.empty()) std::fprintf(stderr, "derpbench: %s\n", m.error.c_str());
     const bool sampled = o.server_pid > 0;
-    const double delivered_bps = m.delivered_pps * static_cast<double>(o.size) * 8;
+    const double delivered_bps = m.delivered_gbps * 1e9;
+    const std::string size_label = o.size_text == "mix" ? fmt::format("\"mix\",\"size_mean\":{:.0f}", bench::mean_size(p.sizes))
+                                                        : std::to_string(o.size);
     if (o.json) {
         std::string extra;
         if (sampled)
             extra = fmt::format(",\"server_cpu_s\":{:.3f},\"server_cpu_us_per_packet\":{:.3f},\"server_rss_bytes\":{}",
                                 m.server_cpu_s, m.server_cpu_us_per_packet, m.server_rss_bytes);
         fmt::print("{{\"workload\":\"throughput\",\"url\":\"{}\",\"pairs\":{},\"size\":{},\"rate_offered_pps\":{},"
-                   "\"duration_s\":{:.3f},\"sent_packets\":{},\"delivered_packets\":{},\"loss_ratio\":{:.6f},"
+                   "\"duration_s\":{:.3f},\"sent_packets\":{},\"delivered_packets\":{},\"dropped_packets\":{},"
+                   "\"late_packets\":{},\"loss_ratio\":{:.6f},"
                    "\"delivered_bps\":{:.0f},\"delivered_pps\":{:.0f},\"client_cpu_share\":{:.3f},\"failures\":{}{}}}\n",
-                   t.url, o.pairs, o.size, o.rate, p.duration_s, m.sent_packets, m.delivered_packets, m.loss,
-                   delivered_bps, m.delivered_pps, m.client_cpu_share, m.failures, extra);
+                   ts.urls(), o.pairs, size_label, o.rate, p.duration_s, m.sent_packets, m.delivered_packets,
+                   m.sent_packets - m.delivered_packets, m.late_packets, m.loss, delivered_bps, m.delivered_pps,
+                   m.client_cpu_share, m.failures, extra);
     } else if (o.csv) {
-        fmt::print("workload,url,pairs,size,rate_offered_pps,duration_s,sent_packets,delivered_packets,loss_ratio,"
-                   "delivered_bps,delivered_pps,server_cpu_s,server_rss_bytes,failures\n");
-        fmt::print("throughput,{},{},{},{},{:.3f},{},{},{:.6f},{:.0f},{:.0f},{},{},{}\n", t.url, o.pairs, o.size, o.rate,
-                   p.duration_s, m.sent_packets, m.delivered_packets, m.loss, delivered_bps, m.delivered_pps,
+        fmt::print("workload,url,pairs,size,rate_offered_pps,duration_s,sent_packets,delivered_packets,dropped_packets,"
+                   "late_packets,loss_ratio,delivered_bps,delivered_pps,server_cpu_s,server_rss_bytes,failures\n");
+        fmt::print("throughput,{},{},{},{},{:.3f},{},{},{},{},{:.6f},{:.0f},{:.0f},{},{},{}\n", ts.urls(), o.pairs,
+                   o.size_text == "mix" ? std::string("mix") : std::to_string(o.size), o.rate, p.duration_s,
+                   m.sent_packets, m.delivered_packets, m.sent_packets - m.delivered_packets, m.late_packets, m.loss,
+                   delivered_bps, m.delivered_pps,
                    sampled ? fmt::format("{:.3f}", m.server_cpu_s) : "", sampled ? std::to_string(m.server_rss_bytes) : "",
                    m.failures);
     } else {
-        fmt::print("throughput to {}: {} pairs, {} B packets, offered {}\n", t.url, o.pairs, o.size,
+        fmt::print("throughput to {}: {} pairs, {} packets, offered {}\n", ts.urls(), o.pairs,
+                   o.size_text == "mix" ? fmt::format("a realistic mix (mean {:.0f} B) of", bench::mean_size(p.sizes))
+                                        : fmt::format("{} B", o.size),
                    o.rate > 0 ? fmt::format("{} pkt/s", o.rate) : std::string("as fast as possible"));
-        fmt::print("  sent {}  delivered {}  lost {} ({:.3f} %)\n", m.sent_packets, m.delivered_packets,
-                   m.sent_packets - m.delivered_packets, m.loss * 100);
+        fmt::print("  sent {}  delivered {}  dropped {} ({:.3f} %)  late {}\n", m.sent_packets, m.delivered_packets,
+                   m.sent_packets - m.delivered_packets, m.loss * 100, m.late_packets);
         fmt::print("  delivered {:.0f} pkt/s = {:.3f} Gbit/s\n", m.delivered_pps, delivered_bps / 1e9);
         if (sampled)
             fmt::print("  server: {:.3f} CPU s ({:.0f} % of a core), {:.3f} us/packet, {:.2f} CPU s per Gbit, RSS {} MiB\n",
@@ -476,23 +558,32 @@ int run_throughput(const options& o, const target& t) {
     return m.error.empty() ? 0 : 1;
 }
 
-int run_connections(const options& o, const target& t) {
+int run_connections(const options& o, const targets& ts) {
     idle_stats st;
-    idle_clients load(st, t.address, static_cast<std::uint64_t>(o.count));
+    idle_clients load(st, ts.addresses(), static_cast<std::uint64_t>(o.count), o.client_base(ts));
     ring::runtime_config cfg;
     cfg.shard_count = 1;
     cfg.pin_threads = false;
     cfg.shard_defaults.conn_slots = static_cast<std::uint32_t>(o.count) + 16;
     const std::uint64_t rss_before = o.server_pid > 0 ? bench::process_rss_bytes(static_cast<pid_t>(o.server_pid)) : 0;
     const auto start = clock_type::now();
-    auto rt = client::start_client_runtime(cfg, load);
+    auto rt = client::start_client_runtime(cfg, load, ts.tls);
     if (!rt) {
         std::fprintf(stderr, "derpbench: client runtime: %s\n", rt.error().c_str());
         return 1;
     }
     const auto deadline = start + std::chrono::duration<double>(static_cast<double>(o.duration_ns) / 1e9);
-    while (clock_type::now() < deadline && (!st.dialled.load() || st.ready.load() + st.failed.load() < static_cast<std::uint64_t>(o.count)))
+    auto last_line = clock_type::now();
+    while (clock_type::now() < deadline && (!st.dialled.load() || st.ready.load() + st.failed.load() < static_cast<std::uint64_t>(o.count))) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (o.live && clock_type::now() - last_line > std::chrono::milliseconds(250)) {
+            last_line = clock_type::now();
+            std::fprintf(stderr, "\r  %llu of %lld connected, %llu failed   ", static_cast<unsigned long long>(st.ready.load()),
+                         static_cast<long long>(o.count), static_cast<unsigned long long>(st.failed.load()));
+            std::fflush(stderr);
+        }
+    }
+    end_progress_line(o);
     const double elapsed = std::chrono::duration<double>(clock_type::now() - start).count();
     const std::uint64_t ready = st.ready.load(), failed = st.failed.load();
     std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the server's RSS settle
@@ -503,12 +594,12 @@ int run_connections(const options& o, const target& t) {
     if (o.json) {
         fmt::print("{{\"workload\":\"connections\",\"url\":\"{}\",\"target\":{},\"connected\":{},\"failed\":{},"
                    "\"duration_s\":{:.3f},\"connect_us_mean\":{:.1f}{}}}\n",
-                   t.url, o.count, ready, failed, elapsed, ready > 0 ? elapsed * 1e6 / static_cast<double>(ready) : 0.0,
+                   ts.urls(), o.count, ready, failed, elapsed, ready > 0 ? elapsed * 1e6 / static_cast<double>(ready) : 0.0,
                    o.server_pid > 0 ? fmt::format(",\"server_rss_bytes\":{},\"server_rss_bytes_per_connection\":{:.0f}",
                                                   rss_after, per_conn)
                                     : std::string());
     } else {
-        fmt::print("connections to {}: {} of {} connected, {} failed, in {:.2f} s ({:.1f} us per connect)\n", t.url,
+        fmt::print("connections to {}: {} of {} connected, {} failed, in {:.2f} s ({:.1f} us per connect)\n", ts.urls(),
                    ready, o.count, failed, elapsed, ready > 0 ? elapsed * 1e6 / static_cast<double>(ready) : 0.0);
         if (o.server_pid > 0)
             fmt::print("  server RSS {} KiB -> {} KiB: {:.0f} bytes per connection\n", rss_before >> 10, rss_after >> 10,
@@ -524,9 +615,14 @@ int run_connections(const options& o, const target& t) {
 int main(int argc, char** argv) {
     options o;
     derp::flag_set flags("derpbench");
-    flags.add_string("url", &o.url, "DERP server, http://host:port/derp");
+    flags.add_string_list("url", &o.urls, "DERP server, http(s)://host:port/derp; repeat for the nodes of a region");
+    flags.add_bool("insecure", &o.insecure, "https: do not verify the server's certificate");
+    flags.add_string("ca", &o.ca, "https: trust only this PEM CA bundle");
+    flags.add_string("cert-name", &o.cert_name, "https: a DERPMap CertName, sha256-raw:<64 hex> pins the server certificate");
+    flags.add_string("mesh-key", &o.mesh_key_hex, "the region's mesh key (64 hex digits), for servers that want it");
+    flags.add_bool("cross-node", &o.cross_node, "with several --url: each receiver on the next node (traffic crosses the mesh)");
     flags.add_int("pairs", &o.pairs, "throughput: sender/receiver client pairs");
-    flags.add_int("size", &o.size, "throughput: packet bytes (1..65536)");
+    flags.add_string("size", &o.size_text, "throughput, latency: packet bytes (1..65536), or \"mix\" (throughput): a realistic mix, mean 567 B");
     flags.add_int("rate", &o.rate, "throughput: offered packets/s over all senders (0 = as fast as possible)");
     flags.add_duration("pace", &o.pace_ns, "throughput: each sender sends its accumulated packets this often");
     flags.add_duration("duration", &o.duration_ns, "measured time (connections: the time allowed)");
@@ -539,6 +635,8 @@ int main(int argc, char** argv) {
     flags.add_duration("probe-interval", &o.probe_interval_ns, "latency: time between probes");
     flags.add_int("server-pid", &o.server_pid, "sample this process's CPU and RSS from /proc");
     flags.add_bool("json", &o.json, "one JSON object on stdout");
+    std::string log_level = "warn";
+    flags.add_string("log-level", &log_level, "client runtime log: debug, info, warn or error (debug shows why a TLS handshake failed)");
     flags.add_bool("csv", &o.csv, "a CSV header and row on stdout");
     if (argc < 2 || argv[1][0] == '-') {
         std::fprintf(stderr, "usage: derpbench throughput|latency|connections|sweep [flags]\n%s", flags.usage().c_str());
@@ -546,17 +644,60 @@ int main(int argc, char** argv) {
     }
     o.workload = argv[1];
     if (auto exit_status = derp::bench::parse_flags(flags, argc - 1, argv + 1)) return *exit_status;
-    if (o.size < 1 || o.size > 65536) return std::fprintf(stderr, "derpbench: -size must be 1..65536\n"), 2;
+    if (o.size_text == "mix") {
+        o.size = static_cast<std::int64_t>(bench::mean_size(bench::realistic_size_mix()));
+    } else {
+        char* end = nullptr;
+        o.size = std::strtoll(o.size_text.c_str(), &end, 10);
+        if (end == o.size_text.c_str() || *end != '\0') o.size = 0;
+    }
+    if (o.size < 1 || o.size > 65536) return std::fprintf(stderr, "derpbench: -size must be 1..65536 or mix\n"), 2;
+    if (!o.mesh_key_hex.empty()) {
+        o.mesh_key = key_mesh::from_psk_file(o.mesh_key_hex);
+        if (!o.mesh_key) return std::fprintf(stderr, "derpbench: -mesh-key: want 64 hex digits\n"), 2;
+    }
+    // The progress line only where someone watches it.
+    o.live = isatty(STDERR_FILENO) == 1 && !o.json && !o.csv;
     if (o.pairs < 1 || o.pairs > 4096) return std::fprintf(stderr, "derpbench: -pairs must be 1..4096\n"), 2;
     if (o.count < 1 || o.count > 100000) return std::fprintf(stderr, "derpbench: -count must be 1..100000\n"), 2;
     if (!crypto_init()) return 1;
-    ring::set_log_level(ring::log_level::warn);
-    auto t = parse_url(o.url);
-    if (!t) return std::fprintf(stderr, "derpbench: %s\n", t.error().c_str()), 2;
-    if (o.workload == "throughput") return run_throughput(o, *t);
-    if (o.workload == "connections") return run_connections(o, *t);
-    if (o.workload == "latency") return run_latency(o, *t);
-    if (o.workload == "sweep") return run_sweep(o, *t);
+    ring::log_level level = ring::log_level::warn;
+    if (!ring::parse_log_level(log_level, &level)) return std::fprintf(stderr, "derpbench: -log-level: want debug, info, warn or error\n"), 2;
+    ring::set_log_level(level);
+    targets ts;
+    for (const auto& url : o.urls) {
+        auto t = parse_url(url);
+        if (!t) return std::fprintf(stderr, "derpbench: %s\n", t.error().c_str()), 2;
+        ts.list.push_back(t.value());
+    }
+    if (ts.list.empty()) return std::fprintf(stderr, "derpbench: no --url\n"), 2;
+    const bool tls = ts.list.front().tls;
+    for (const auto& t : ts.list) {
+        if (t.tls != tls) return std::fprintf(stderr, "derpbench: every --url must use the same scheme\n"), 2;
+        if (t.host != ts.list.front().host && tls && o.cert_name.empty() && !o.insecure)
+            std::fprintf(stderr, "derpbench: note: the TLS name is %s for every node (from the first --url)\n",
+                         ts.list.front().host.c_str());
+    }
+    if (tls) {
+        tls::context::client_options c;
+        c.server_name = ts.list.front().host;
+        c.ca_file = o.ca;
+        if (o.insecure) {
+            c.verify = tls::context::verify_mode::insecure;
+        } else if (!o.cert_name.empty()) {
+            const std::string prefix = "sha256-raw:";
+            if (o.cert_name.rfind(prefix, 0) != 0 || !parse_hex(std::string_view(o.cert_name).substr(prefix.size()), c.pinned_sha256))
+                return std::fprintf(stderr, "derpbench: -cert-name: want sha256-raw:<64 hex digits>\n"), 2;
+            c.verify = tls::context::verify_mode::pinned;
+        }
+        auto setup = client::make_client_tls(c, 1);
+        if (!setup) return std::fprintf(stderr, "derpbench: TLS: %s\n", setup.error().c_str()), 2;
+        ts.tls = setup.value();
+    }
+    if (o.workload == "throughput") return run_throughput(o, ts);
+    if (o.workload == "connections") return run_connections(o, ts);
+    if (o.workload == "latency") return run_latency(o, ts);
+    if (o.workload == "sweep") return run_sweep(o, ts);
     std::fprintf(stderr, "derpbench: unknown workload \"%s\" (want throughput, latency, connections or sweep)\n", o.workload.c_str());
     return 2;
 }

@@ -25,6 +25,7 @@ struct run_stats {
     std::atomic<std::uint64_t> ready{0};
     std::atomic<std::uint64_t> sent{0};
     std::atomic<std::uint64_t> received{0};
+    std::atomic<std::uint64_t> received_bytes{0};
     std::atomic<std::uint64_t> failures{0};
     std::atomic<bool> sending{false};
 };
@@ -33,16 +34,33 @@ class pair_load final : public client::handler {
 public:
     std::uint64_t pacing_interval_ns = 250'000;
 
-    pair_load(run_stats& stats, std::size_t packet_bytes, double rate_pps, const ring::socket_address& server,
-              std::uint32_t pairs)
-        : _stats(stats), _packet_bytes(packet_bytes), _rate_pps(rate_pps), _server(server), _pairs(pairs) {}
+    pair_load(run_stats& stats, const pair_options& options, const std::vector<ring::socket_address>& servers)
+        : _stats(stats), _rate_pps(options.rate_pps), _servers(servers), _pairs(options.pairs), _options(options) {
+        // The sizes packets take, in a fixed shuffled cycle of 100 drawn by the mix's shares,
+        // so that every run offers the same sequence.
+        if (options.sizes.empty()) {
+            _size_cycle.push_back(options.packet_bytes);
+        } else {
+            for (const auto& [bytes, share] : options.sizes)
+                for (int i = 0; i < static_cast<int>(share * 100 + 0.5); ++i) _size_cycle.push_back(bytes);
+            std::uint64_t state = 0x9e3779b97f4a7c15ull;
+            for (std::size_t i = _size_cycle.size(); i > 1; --i) {
+                state = state * 6364136223846793005ull + 1442695040888963407ull;
+                std::swap(_size_cycle[i - 1], _size_cycle[(state >> 33) % i]);
+            }
+        }
+    }
 
     void attach(client::client_pool& pool) { _pool = &pool; }
 
     void on_ready(ring::conn_id, const node_key&) noexcept override { _stats.ready++; }
-    void on_packet(ring::conn_id, const node_key&, std::span<const std::uint8_t>) noexcept override {
+    void on_packet(ring::conn_id, const node_key&, std::span<const std::uint8_t> packet) noexcept override {
         _received_local++;
-        if ((_received_local & 63) == 0) _stats.received.store(_received_local, std::memory_order_relaxed);
+        _received_bytes_local += packet.size();
+        if ((_received_local & 63) == 0) {
+            _stats.received.store(_received_local, std::memory_order_relaxed);
+            _stats.received_bytes.store(_received_bytes_local, std::memory_order_relaxed);
+        }
     }
     void on_closed(ring::conn_id, client::client_failure f) noexcept override {
         if (_started && f != client::client_failure::closed) _stats.failures++;
@@ -51,15 +69,17 @@ public:
     std::size_t fill(ring::conn_id conn, std::span<std::uint8_t> out) noexcept override {
         auto it = std::find_if(_senders.begin(), _senders.end(), [&](const sender& s) { return s.conn == conn; });
         if (it == _senders.end() || !_stats.sending.load(std::memory_order_relaxed)) return 0;
-        const std::size_t frame = send_packet_frame_bytes(_packet_bytes);
         std::size_t n = 0;
         std::uint64_t budget = _rate_pps > 0 ? static_cast<std::uint64_t>(it->tokens) : ~0ull;
-        while (n + frame <= out.size() && budget > 0) {
-            encode_frame_header(out.subspan(n), frame_type::send_packet, key_bytes + _packet_bytes);
+        while (budget > 0) {
+            const std::size_t packet_bytes = _size_cycle[_sent_local % _size_cycle.size()];
+            const std::size_t frame = send_packet_frame_bytes(packet_bytes);
+            if (n + frame > out.size()) break;
+            encode_frame_header(out.subspan(n), frame_type::send_packet, key_bytes + packet_bytes);
             std::memcpy(out.data() + n + frame_header_bytes, it->dst.bytes().data(), key_bytes);
             std::uint8_t* payload = out.data() + n + frame_header_bytes + key_bytes;
-            std::memset(payload, 0, _packet_bytes);
-            std::memcpy(payload, &_sent_local, std::min<std::size_t>(8, _packet_bytes));
+            std::memset(payload, 0, packet_bytes);
+            std::memcpy(payload, &_sent_local, std::min<std::size_t>(8, packet_bytes));
             ++_sent_local;
             n += frame;
             --budget;
@@ -81,6 +101,7 @@ public:
         }
         _was_sending = sending;
         _stats.received.store(_received_local, std::memory_order_relaxed);
+        _stats.received_bytes.store(_received_bytes_local, std::memory_order_relaxed);
         if (sending && _rate_pps > 0 && !_senders.empty()) {
             if (now >= _next_tick_ns) {
                 pace(now);
@@ -120,8 +141,12 @@ private:
             client::client_options tx, rx;
             tx.key = generate_private_key();
             rx.key = generate_private_key();
-            auto rx_conn = _pool->dial(_server, rx);
-            auto tx_conn = _pool->dial(_server, tx);
+            tx.host = rx.host = _options.host;
+            tx.mesh_key = rx.mesh_key = _options.mesh_key;
+            const std::size_t home = i % _servers.size();
+            const std::size_t away = _options.cross_node ? (home + 1) % _servers.size() : home;
+            auto rx_conn = _pool->dial(_servers[away], rx);
+            auto tx_conn = _pool->dial(_servers[home], tx);
             if (!rx_conn || !tx_conn) {
                 _stats.failures++;
                 continue;
@@ -131,10 +156,11 @@ private:
     }
 
     run_stats& _stats;
-    std::size_t _packet_bytes;
     double _rate_pps;
-    ring::socket_address _server;
+    std::vector<ring::socket_address> _servers;
     std::uint32_t _pairs;
+    const pair_options& _options;
+    std::vector<std::size_t> _size_cycle;
     client::client_pool* _pool = nullptr;
     std::vector<sender> _senders;
     bool _started = false;
@@ -143,6 +169,7 @@ private:
     std::uint64_t _next_tick_ns = 0;
     std::uint64_t _sent_local = 0;
     std::uint64_t _received_local = 0;
+    std::uint64_t _received_bytes_local = 0;
 };
 
 double own_cpu_seconds() {
@@ -176,11 +203,24 @@ std::uint64_t process_rss_bytes(pid_t pid) {
     return 0;
 }
 
-pair_measurement measure_pairs(const ring::socket_address& server, const pair_options& options) {
+size_mix realistic_size_mix() { return {{64, 0.30}, {96, 0.22}, {400, 0.10}, {1280, 0.38}}; }
+
+double mean_size(const size_mix& mix) {
+    double mean = 0;
+    for (const auto& [bytes, share] : mix) mean += static_cast<double>(bytes) * share;
+    return mean;
+}
+
+pair_measurement measure_pairs(const std::vector<ring::socket_address>& servers, const pair_options& options) {
     pair_measurement r;
     const std::uint32_t pairs = options.pairs;
     run_stats stats;
-    pair_load load(stats, options.packet_bytes, options.rate_pps, server, pairs);
+    if (servers.empty()) {
+        r.error = "no server to measure";
+        r.failures = 1;
+        return r;
+    }
+    pair_load load(stats, options, servers);
     load.pacing_interval_ns = options.pacing_interval_ns;
     ring::runtime_config cfg;
     cfg.shard_count = 1;
@@ -207,11 +247,25 @@ pair_measurement measure_pairs(const ring::socket_address& server, const pair_op
     std::this_thread::sleep_for(std::chrono::duration<double>(options.warmup_s));
     const bool sample = options.server_pid > 0;
     const std::uint64_t sent0 = stats.sent.load(), received0 = stats.received.load();
+    const std::uint64_t bytes0 = stats.received_bytes.load();
     const double server_cpu0 = sample ? process_cpu_seconds(options.server_pid) : 0, own_cpu0 = own_cpu_seconds();
     const auto t0 = clock_type::now();
-    std::this_thread::sleep_for(std::chrono::duration<double>(options.duration_s));
+    const auto window_end = t0 + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(options.duration_s));
+    while (clock_type::now() < window_end) {
+        const auto next = std::min(window_end, clock_type::now() + std::chrono::milliseconds(250));
+        std::this_thread::sleep_until(next);
+        if (options.progress) {
+            pair_progress p;
+            p.elapsed_s = std::chrono::duration<double>(clock_type::now() - t0).count();
+            p.sent_packets = stats.sent.load() - sent0;
+            p.delivered_packets = stats.received.load() - received0;
+            p.delivered_gbps = p.elapsed_s > 0 ? static_cast<double>(stats.received_bytes.load() - bytes0) * 8 / 1e9 / p.elapsed_s : 0;
+            options.progress(p);
+        }
+    }
     const double elapsed = std::chrono::duration<double>(clock_type::now() - t0).count();
     const std::uint64_t sent1 = stats.sent.load(), received1 = stats.received.load();
+    const std::uint64_t bytes1 = stats.received_bytes.load();
     const double server_cpu = sample ? process_cpu_seconds(options.server_pid) - server_cpu0 : -1;
     const double own_cpu = own_cpu_seconds() - own_cpu0;
     if (sample) r.server_rss_bytes = process_rss_bytes(options.server_pid);
@@ -222,9 +276,10 @@ pair_measurement measure_pairs(const ring::socket_address& server, const pair_op
     const std::uint64_t received_drained = stats.received.load();
     r.sent_packets = sent1 - sent0;
     r.delivered_packets = std::min(r.sent_packets, received_drained - received0);
+    r.late_packets = r.delivered_packets > received1 - received0 ? r.delivered_packets - (received1 - received0) : 0;
     const double received_window = static_cast<double>(received1 - received0);
     r.delivered_pps = received_window / elapsed;
-    r.delivered_gbps = r.delivered_pps * static_cast<double>(options.packet_bytes) * 8 / 1e9;
+    r.delivered_gbps = static_cast<double>(bytes1 - bytes0) * 8 / 1e9 / elapsed;
     r.loss = r.sent_packets > 0 ? 1.0 - static_cast<double>(r.delivered_packets) / static_cast<double>(r.sent_packets) : 0;
     r.server_cpu_s = server_cpu;
     r.server_cpu_us_per_packet = sample && received_window > 0 ? server_cpu * 1e6 / received_window : 0;

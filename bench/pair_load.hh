@@ -7,6 +7,10 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <optional>
+#include <utility>
+#include <vector>
 #include <memory>
 #include <string>
 
@@ -15,9 +19,25 @@
 
 namespace derp::bench {
 
+// A mix of packet sizes, (bytes, share); shares sum to 1.
+using size_mix = std::vector<std::pair<std::size_t, double>>;
+// What a VPN relay carries, roughly: TCP ACKs and keepalives (about half the packets), some
+// mid-size, the rest full WireGuard MTU. Mean 567 bytes, close to the 570 the issue names.
+size_mix realistic_size_mix();
+double mean_size(const size_mix& mix);
+
+// A snapshot during the measured window, for a live progress line.
+struct pair_progress {
+    double elapsed_s = 0;
+    std::uint64_t sent_packets = 0;
+    std::uint64_t delivered_packets = 0;
+    double delivered_gbps = 0;
+};
+
 struct pair_options {
     std::uint32_t pairs = 4;
     std::size_t packet_bytes = 1400;
+    size_mix sizes;                       // when not empty, packet sizes follow it (packet_bytes unused)
     double rate_pps = 0;                  // over all senders; 0 = as fast as the sockets take
     std::uint64_t pacing_interval_ns = 250'000;
     double warmup_s = 0.3;
@@ -25,6 +45,12 @@ struct pair_options {
     pid_t server_pid = -1;                // sample its CPU and RSS from /proc; -1 = don't
     std::uint32_t client_cpu_offset = 1;  // the client runtime's shard runs on this core
     std::shared_ptr<client::client_tls> tls;  // dial over TLS when set
+    std::string host = "127.0.0.1";       // Host header (and the TLS name, from the context)
+    std::optional<key_mesh> mesh_key;
+    // Several servers (a region): pair i uses servers[i % n]; with cross_node its receiver is
+    // on the next server, so every packet crosses the region's mesh.
+    bool cross_node = false;
+    std::function<void(const pair_progress&)> progress;  // called about every 250 ms
 };
 
 struct pair_measurement {
@@ -32,6 +58,7 @@ struct pair_measurement {
     double delivered_gbps = 0;
     std::uint64_t sent_packets = 0;       // in the measured window
     std::uint64_t delivered_packets = 0;  // of those, delivered by the end of the drain
+    std::uint64_t late_packets = 0;       // of those, delivered only after the window ended
     double loss = 0;
     double server_cpu_s = 0;              // user + system over the window (-1 when not sampled)
     double server_cpu_us_per_packet = 0;
@@ -42,7 +69,7 @@ struct pair_measurement {
     std::string error;                    // set when the run could not be made at all
 };
 
-pair_measurement measure_pairs(const ring::socket_address& server, const pair_options& options);
+pair_measurement measure_pairs(const std::vector<ring::socket_address>& servers, const pair_options& options);
 
 // /proc readings of another process (0 when it cannot be read).
 double process_cpu_seconds(pid_t pid);

@@ -146,7 +146,7 @@ round_result run_round(const std::string& derpd, std::int64_t shards, std::uint3
     options.duration_s = duration_s;
     options.server_pid = server.pid;
     options.tls = tls;
-    const bench::pair_measurement m = bench::measure_pairs(server.address, options);
+    const bench::pair_measurement m = bench::measure_pairs({server.address}, options);
     if (!m.error.empty()) fmt::print(stderr, "{}\n", m.error);
     r.delivered_pps = m.delivered_pps;
     r.delivered_gbps = m.delivered_gbps;

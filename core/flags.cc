@@ -168,6 +168,12 @@ void flag_set::add_duration(std::string name, std::int64_t* value_ns, std::strin
         format_go_duration(*value_ns));
 }
 
+void flag_set::add_string_list(std::string name, std::vector<std::string>* values, std::string usage) {
+    std::string defaults;
+    for (const auto& v : *values) defaults += (defaults.empty() ? "" : ",") + v;
+    add(std::move(name), flag_kind::string_list, values, std::move(usage), defaults);
+}
+
 flag_set::flag* flag_set::find(std::string_view name) noexcept {
     for (auto& f : _flags)
         if (f.name == name) return &f;
@@ -196,6 +202,12 @@ result<void, std::string> flag_set::assign(flag& f, std::string_view value) {
     case flag_kind::string:
         *static_cast<std::string*>(f.storage) = std::string(value);
         break;
+    case flag_kind::string_list: {
+        auto* list = static_cast<std::vector<std::string>*>(f.storage);
+        if (!f.set) list->clear();  // the first occurrence replaces the defaults
+        list->emplace_back(value);
+        break;
+    }
     case flag_kind::integer: {
         std::int64_t n = 0;
         if (!parse_int64(value, &n))
@@ -273,6 +285,7 @@ std::string flag_set::usage() const {
         switch (f->kind) {
         case flag_kind::boolean: type = ""; break;
         case flag_kind::string: type = " string"; break;
+        case flag_kind::string_list: type = " value (repeatable)"; break;
         case flag_kind::integer: type = " int"; break;
         case flag_kind::duration: type = " duration"; break;
         }
@@ -281,7 +294,7 @@ std::string flag_set::usage() const {
                                   (f->kind == flag_kind::integer && f->default_text == "0") ||
                                   (f->kind == flag_kind::duration && f->default_text == "0s");
         if (!zero_default) {
-            if (f->kind == flag_kind::string)
+            if (f->kind == flag_kind::string || f->kind == flag_kind::string_list)
                 text += fmt::format(" (default \"{}\")", f->default_text);
             else
                 text += fmt::format(" (default {})", f->default_text);

@@ -34,6 +34,9 @@ public:
     void add_string(std::string name, std::string* value, std::string usage);
     void add_int(std::string name, std::int64_t* value, std::string usage);
     void add_duration(std::string name, std::int64_t* value_ns, std::string usage);
+    // Repeatable (Go's flag.Var over a slice): each occurrence appends; the first one given
+    // replaces the defaults.
+    void add_string_list(std::string name, std::vector<std::string>* values, std::string usage);
 
     struct parsed {
         std::vector<std::string> positional;  // arguments after the flags (or after `--`)
@@ -49,7 +52,7 @@ public:
     std::string usage() const;
 
 private:
-    enum class flag_kind : std::uint8_t { boolean, string, integer, duration };
+    enum class flag_kind : std::uint8_t { boolean, string, integer, duration, string_list };
     struct flag {
         std::string name;
         flag_kind kind;

@@ -7,8 +7,17 @@ set -uo pipefail
 derpd="${DERP_BUILD_ROOT:?}/server/derpd"
 command -v turnutils_stunclient >/dev/null || { echo "SKIP: turnutils_stunclient (coturn) not installed"; exit 77; }
 tmp=$(mktemp -d)
-pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
+# start() runs in a command substitution (a subshell), so the pids go through a file: an array
+# assigned there would never reach this trap and the derpds would outlive the test.
+stop_all() {
+  local p
+  for p in $(cat "$tmp/pids" 2>/dev/null); do kill "$p" 2>/dev/null; done
+  for p in $(cat "$tmp/pids" 2>/dev/null); do
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+  done
+  rm -rf "$tmp"
+}
+trap stop_all EXIT
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
@@ -23,7 +32,7 @@ start() {  # name, extra flags...
   local name=$1
   shift
   "$derpd" -a localhost:0 -dev "$@" >"$tmp/$name.log" 2>&1 &
-  pids+=($!)
+  echo $! >>"$tmp/pids"
   for _ in $(seq 100); do grep -q "serving on 127" "$tmp/$name.log" && break; sleep 0.05; done
   sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/$name.log" | head -n 1
 }

@@ -140,3 +140,22 @@ TEST_CASE("go durations format as Duration.String does") {
     CHECK(derp::format_go_duration(1'500) == "1.5\xc2\xb5s");
     CHECK(derp::format_go_duration(-15'000'000'000) == "-15s");
 }
+
+TEST_CASE("a repeatable flag appends; the first occurrence replaces the default") {
+    std::vector<std::string> urls = {"http://127.0.0.1:3340/derp"};
+    derp::flag_set flags("t");
+    flags.add_string_list("url", &urls, "servers");
+    {
+        std::vector<std::string> untouched = urls;
+        derp::flag_set none("t");
+        none.add_string_list("url", &untouched, "servers");
+        const std::vector<std::string_view> args = {};
+        REQUIRE(none.parse(args));
+        CHECK(untouched == std::vector<std::string>{"http://127.0.0.1:3340/derp"});
+    }
+    const std::vector<std::string_view> args = {"--url", "https://a:443/derp", "-url=https://b:443/derp"};
+    REQUIRE(flags.parse(args));
+    CHECK(urls == std::vector<std::string>{"https://a:443/derp", "https://b:443/derp"});
+    CHECK(flags.was_set("url"));
+    CHECK(flags.usage().find("-url value (repeatable)") != std::string::npos);
+}
