@@ -73,6 +73,9 @@ public:
     std::optional<conn_id> dial(const ring::socket_address& server, const client_options& options) noexcept;
     void want_send(conn_id conn) noexcept { _shard.want_write(conn); }
     void close(conn_id conn) noexcept { _shard.close(conn); }
+    // Stops reading from the server (fault injection: a stuck client whose socket fills up).
+    void stop_reading(conn_id conn) noexcept { _shard.pause_recv(conn); }
+    void resume_reading(conn_id conn) noexcept { _shard.resume_recv(conn); }
     // Calls handler::on_tick(conn) at deadline_ns (monotonic), once; re-arm from there for a
     // periodic tick. Ticks live on a connection and end with it.
     void arm_tick(conn_id conn, std::uint64_t deadline_ns) noexcept { _shard.arm_timer(conn, 0, deadline_ns); }

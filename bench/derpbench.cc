@@ -314,6 +314,7 @@ struct options {
     std::int64_t max_rate = 2'000'000;     // sweep: stop doubling here
     std::string plot;                      // sweep: SVG file
     bool live = false;                     // a progress line on stderr (a terminal)
+    std::int64_t stop_reading_after_ns = -1;  // fault injection
 
     client::client_options client_base(const targets& ts) const {
         client::client_options c;
@@ -336,6 +337,7 @@ struct options {
         p.host = ts.list.front().host;
         p.mesh_key = mesh_key;
         p.cross_node = cross_node;
+        p.stop_reading_after_s = stop_reading_after_ns < 0 ? -1 : static_cast<double>(stop_reading_after_ns) / 1e9;
         if (live)
             p.progress = [](const bench::pair_progress& g) {
                 const double loss = g.sent_packets > 0 ? 1.0 - static_cast<double>(g.delivered_packets) /
@@ -621,6 +623,7 @@ int main(int argc, char** argv) {
     flags.add_string("cert-name", &o.cert_name, "https: a DERPMap CertName, sha256-raw:<64 hex> pins the server certificate");
     flags.add_string("mesh-key", &o.mesh_key_hex, "the region's mesh key (64 hex digits), for servers that want it");
     flags.add_bool("cross-node", &o.cross_node, "with several --url: each receiver on the next node (traffic crosses the mesh)");
+    flags.add_duration("stop-reading-after", &o.stop_reading_after_ns, "throughput, fault injection: receivers stop reading this long into the run (a stuck client); the server's drops and disconnects then show");
     flags.add_int("pairs", &o.pairs, "throughput: sender/receiver client pairs");
     flags.add_string("size", &o.size_text, "throughput, latency: packet bytes (1..65536), or \"mix\" (throughput): a realistic mix, mean 567 B");
     flags.add_int("rate", &o.rate, "throughput: offered packets/s over all senders (0 = as fast as possible)");

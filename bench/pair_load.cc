@@ -28,6 +28,7 @@ struct run_stats {
     std::atomic<std::uint64_t> received_bytes{0};
     std::atomic<std::uint64_t> failures{0};
     std::atomic<bool> sending{false};
+    std::atomic<bool> stopping{false};  // the runtime is being stopped: closes are ours
 };
 
 class pair_load final : public client::handler {
@@ -63,8 +64,9 @@ public:
         }
     }
     void on_closed(ring::conn_id, client::client_failure f) noexcept override {
-        if (_started && f != client::client_failure::closed) _stats.failures++;
-        else if (_started && _stats.sending.load()) _stats.failures++;  // server hung up on us
+        // Any close before we stop is a failure: the server refused or hung up on a client.
+        (void)f;
+        if (_started && !_stats.stopping.load()) _stats.failures++;
     }
     std::size_t fill(ring::conn_id conn, std::span<std::uint8_t> out) noexcept override {
         auto it = std::find_if(_senders.begin(), _senders.end(), [&](const sender& s) { return s.conn == conn; });
@@ -94,12 +96,24 @@ public:
         const bool sending = _stats.sending.load(std::memory_order_relaxed);
         const std::uint64_t now = ring::monotonic_ns();
         if (sending && !_was_sending && !_senders.empty()) {
+            _sending_since_ns = now;
             _last_refill_ns = now;
             _next_tick_ns = now;
             if (_rate_pps <= 0)
                 for (auto& s : _senders) _pool->want_send(s.conn);
         }
         _was_sending = sending;
+        if (sending && _options.stop_reading_after_s >= 0 && !_stopped_reading &&
+            static_cast<double>(now - _sending_since_ns) / 1e9 >= _options.stop_reading_after_s) {
+            _stopped_reading = true;
+            for (auto c : _receivers) _pool->stop_reading(c);
+        }
+        // After the window the stuck receivers read again, so that a connection the server
+        // closed meanwhile is seen (and counted) in the drain.
+        if (!sending && _stopped_reading && !_resumed_reading) {
+            _resumed_reading = true;
+            for (auto c : _receivers) _pool->resume_reading(c);
+        }
         _stats.received.store(_received_local, std::memory_order_relaxed);
         _stats.received_bytes.store(_received_bytes_local, std::memory_order_relaxed);
         if (sending && _rate_pps > 0 && !_senders.empty()) {
@@ -152,6 +166,7 @@ private:
                 continue;
             }
             _senders.push_back({*tx_conn, public_key_of(rx.key), 0});
+            _receivers.push_back(*rx_conn);
         }
     }
 
@@ -163,6 +178,10 @@ private:
     std::vector<std::size_t> _size_cycle;
     client::client_pool* _pool = nullptr;
     std::vector<sender> _senders;
+    std::vector<ring::conn_id> _receivers;
+    bool _stopped_reading = false;
+    bool _resumed_reading = false;
+    std::uint64_t _sending_since_ns = 0;
     bool _started = false;
     bool _was_sending = false;
     std::uint64_t _last_refill_ns = 0;
@@ -286,6 +305,7 @@ pair_measurement measure_pairs(const std::vector<ring::socket_address>& servers,
     r.server_cpu_share = sample ? server_cpu / elapsed : 0;
     r.client_cpu_share = own_cpu / elapsed;
     r.failures += stats.failures.load();
+    stats.stopping = true;
     rt.value()->request_stop();
     rt.value()->wait();
     return r;

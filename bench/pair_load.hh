@@ -51,6 +51,7 @@ struct pair_options {
     // on the next server, so every packet crosses the region's mesh.
     bool cross_node = false;
     std::function<void(const pair_progress&)> progress;  // called about every 250 ms
+    double stop_reading_after_s = -1;     // fault injection: receivers stop reading this long after sending starts
 };
 
 struct pair_measurement {

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# derpbench against a derpd started here (plain HTTP): a paced throughput run delivers what it
-# sends and reports the server's CPU and RSS; an unpaced flood shows its loss instead of hiding
-# it; the connections workload opens idle clients and reports memory per connection; a server
-# that is down, a wrong path and an https:// target are clear failures.
+# derpbench against derpds started here, over plain HTTP and TLS: a paced throughput run
+# delivers what it sends and reports the server's CPU and RSS; an unpaced flood shows its loss
+# instead of hiding it; a receiver that stops reading makes the server drop and disconnect, which
+# fails the run; the connections workload opens idle clients and reports memory per
+# connection; https with a pinned certificate, the realistic size mix and a two-node "region"
+# work; a server that is down, a wrong pin and a wrong path are clear failures.
 set -uo pipefail
 derpd="${DERP_BUILD_ROOT:?}/server/derpd"
 bench="${DERP_BUILD_ROOT:?}/bench/derpbench"
 tmp=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'kill "$pid" "${tls_pid:-}" 2>/dev/null; wait "$pid" "${tls_pid:-}" 2>/dev/null; rm -rf "$tmp"' EXIT
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 "$derpd" -a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 1 >"$tmp/derpd.log" 2>&1 &
@@ -46,7 +48,7 @@ p50=$(field rtt_p50_us "$out"); answered=$(field delivered_packets "$out")
 out=$("$bench" sweep --url "$url" --sizes 200 --pairs 2 --duration 300ms --warmup 100ms --start-rate 20000 \
   --max-rate 40000 --plot "$tmp/sweep.svg" --json 2>/dev/null)
 rc=$?
-((rc == 0)) && grep -q '"workload":"sweep"' <<<"$out" && grep -q '"size":200,"max_rate_under_1pct_loss_pps":' <<<"$out" &&
+((rc == 0)) && grep -q '"workload":"sweep"' <<<"$out" && grep -q '"size":200,"size_label":"200","max_rate_under_1pct_loss_pps":' <<<"$out" &&
   grep -q '<polyline' "$tmp/sweep.svg" && grep -q '</svg>' "$tmp/sweep.svg" && echo "ok: sweep with --plot" ||
   fail "sweep (exit $rc): $out"
 
@@ -57,8 +59,48 @@ csv=$("$bench" throughput --url "$url" --pairs 1 --size 100 --rate 1000 --durati
 # Failures are clear and non-zero.
 out=$("$bench" throughput --url "http://127.0.0.1:1/derp" --pairs 1 --duration 300ms 2>&1)
 (($? != 0)) && grep -q "finished the handshake\|failure" <<<"$out" && echo "ok: server down is a failure" || fail "server down: $out"
-out=$("$bench" throughput --url "https://127.0.0.1:$port/derp" 2>&1)
-(($? == 2)) && grep -q "need TLS" <<<"$out" && echo "ok: https refused clearly" || fail "https: $out"
+# A receiver that stops reading: its queue overflows (loss reported), the server's write
+# timeout (2 s) disconnects it, and derpbench fails the run saying so.
+out=$("$bench" throughput --url "$url" --pairs 1 --size 1200 --rate 10000 --duration 3s --warmup 100ms \
+  --stop-reading-after 300ms --json 2>"$tmp/err")
+rc=$?
+loss=$(field loss_ratio "$out")
+((rc == 1)) && [[ -n "$loss" ]] && awk "BEGIN{exit !($loss > 0.3)}" && grep -q "server refused or closed clients" "$tmp/err" &&
+  echo "ok: a client that stops reading: loss $loss, disconnect reported, exit 1" ||
+  fail "stuck receiver (exit $rc): $out $(cat "$tmp/err")"
+
+# The same over TLS: derpd with a self-signed certificate for 127.0.0.1, pinned the way a
+# DERPMap pins it (CertName sha256-raw:...).
+"$derpd" -a 127.0.0.1:0 -c "$tmp/tls.key" -stun=false -shards 1 -certmode manual -hostname 127.0.0.1 \
+  -certdir "$tmp/certs" -http-port -1 >"$tmp/tls.log" 2>&1 &
+tls_pid=$!
+for _ in $(seq 100); do grep -q "serving on" "$tmp/tls.log" && break; sleep 0.05; done
+tls_port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\) with TLS.*/\1/p' "$tmp/tls.log" | head -n 1)
+pin=$(grep -o 'sha256-raw:[0-9a-f]*' "$tmp/tls.log" | head -n 1)
+tls_url="https://127.0.0.1:$tls_port/derp"
+out=$("$bench" throughput --url "$tls_url" --cert-name "$pin" --pairs 2 --size mix --rate 20000 --duration 1s \
+  --warmup 200ms --json --server-pid "$tls_pid")
+rc=$?
+sent=$(field sent_packets "$out"); delivered=$(field delivered_packets "$out")
+((rc == 0)) && [[ -n "$sent" ]] && ((sent > 10000 && delivered * 100 >= sent * 99)) && grep -q '"size":"mix","size_mean":567' <<<"$out" &&
+  echo "ok: https, pinned, realistic mix: $sent sent, $delivered delivered" || fail "https throughput (exit $rc): $out"
+out=$("$bench" latency --url "$tls_url" --insecure --size 100 --duration 500ms --probe-interval 2ms --json)
+(($? == 0)) && grep -q '"rtt_p99_us":' <<<"$out" && echo "ok: https latency (--insecure)" || fail "https latency: $out"
+out=$("$bench" connections --url "$tls_url" --cert-name "$pin" --count 100 --duration 20s --json)
+(($? == 0)) && grep -q '"connected":100,"failed":0' <<<"$out" && echo "ok: 100 TLS connections" || fail "TLS connections: $out"
+wrong=sha256-raw:$(printf '0%.0s' $(seq 64))
+out=$("$bench" throughput --url "$tls_url" --cert-name "$wrong" --pairs 1 --duration 300ms --log-level info 2>&1)
+(($? != 0)) && grep -q "does not match the pinned sha256-raw hash" <<<"$out" && echo "ok: a wrong pin fails, saying why" ||
+  fail "wrong pin: $out"
+out=$("$bench" throughput --url "$tls_url" --pairs 1 --duration 300ms --log-level info 2>&1)
+(($? != 0)) && grep -qi "certificate verify failed\|self.signed" <<<"$out" && echo "ok: an unverifiable self-signed certificate fails" ||
+  fail "unverified TLS: $out"
+# A "region" of two nodes (the plain and the TLS derpd cannot mix schemes; two plain URLs to
+# the same node count as two nodes for the spreading).
+out=$("$bench" throughput --url "$url" --url "$url" --pairs 2 --size 300 --rate 5000 --duration 500ms --warmup 100ms --json)
+(($? == 0)) && grep -q "\"url\":\"$url,$url\"" <<<"$out" && echo "ok: several --url" || fail "several --url: $out"
+out=$("$bench" throughput --url "$url" --url "$tls_url" 2>&1)
+(($? == 2)) && grep -q "same scheme" <<<"$out" && echo "ok: mixed schemes refused" || fail "mixed schemes: $out"
 out=$("$bench" throughput --url "http://127.0.0.1:$port/nope" 2>&1)
 (($? == 2)) && grep -q "path must be /derp" <<<"$out" && echo "ok: wrong path refused" || fail "path: $out"
 out=$("$bench" nosuchworkload --url "$url" 2>&1)

@@ -1,0 +1,276 @@
+// The tls probe (see probe_tls.hh): a blocking OpenSSL handshake over a non-blocking socket on
+// the probe's worker thread, from the same client context (crypto/tls) the DERP clients use, so
+// that the chain it inspects is the one the mesh probe's clients accepted. The handshake runs on
+// our own SSL object rather than a tls::session because the probe needs the whole peer chain
+// (every certificate's dates, the pin), which a session does not expose.
+#include "bench/probe_tls.hh"
+
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include <charconv>
+#include <cstring>
+#include <ctime>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "bench/probe_net.hh"
+#include "core/flags.hh"
+
+namespace derp::probe {
+namespace {
+
+std::string openssl_error_text() {
+    std::string text;
+    unsigned long code = 0;
+    while ((code = ERR_get_error()) != 0) {
+        char line[256];
+        ERR_error_string_n(code, line, sizeof line);
+        if (!text.empty()) text += "; ";
+        text += line;
+    }
+    return text;
+}
+
+std::int64_t asn1_time_unix(const ASN1_TIME* t) {
+    std::tm when{};
+    if (t == nullptr || ASN1_TIME_to_tm(t, &when) != 1) return 0;
+    return static_cast<std::int64_t>(timegm(&when));
+}
+
+std::string format_utc(std::int64_t unix_secs) {
+    const auto t = static_cast<std::time_t>(unix_secs);
+    std::tm when{};
+    gmtime_r(&t, &when);
+    char text[64];
+    std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S UTC", &when);
+    return text;
+}
+
+std::string subject_of(X509* cert) {
+    char cn[256] = {};
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0)
+        return fmt::format("CN={}", cn);
+    char line[512] = {};
+    X509_NAME_oneline(X509_get_subject_name(cert), line, sizeof line);
+    return line;
+}
+
+// derper's fast-start certificate (spec 2.15): CN "derpkey" + the server key.
+bool is_meta_certificate(X509* cert) {
+    char cn[256] = {};
+    return X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0 &&
+           std::strncmp(cn, "derpkey", 7) == 0;
+}
+
+// derpprobe's test for "self-signed" (SubjectKeyId == AuthorityKeyId, both absent counting as
+// equal); it skips such certificates so that the meta certificate never raises an alert.
+bool key_ids_equal(X509* cert) {
+    const ASN1_OCTET_STRING* ski = X509_get0_subject_key_id(cert);
+    const ASN1_OCTET_STRING* aki = X509_get0_authority_key_id(cert);
+    if (ski == nullptr || aki == nullptr) return ski == nullptr && aki == nullptr;
+    return ASN1_STRING_length(ski) == ASN1_STRING_length(aki) &&
+           std::memcmp(ASN1_STRING_get0_data(ski), ASN1_STRING_get0_data(aki),
+                       static_cast<std::size_t>(ASN1_STRING_length(ski))) == 0;
+}
+
+std::string hex_of(const unsigned char* bytes, std::size_t length) {
+    std::string text;
+    for (std::size_t i = 0; i < length; ++i) text += fmt::format("{:02x}", bytes[i]);
+    return text;
+}
+
+std::string sha256_hex(X509* cert) {
+    unsigned char* der = nullptr;
+    const int length = i2d_X509(cert, &der);
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int digest_length = 0;
+    if (length > 0) EVP_Digest(der, static_cast<std::size_t>(length), digest, &digest_length, EVP_sha256(), nullptr);
+    OPENSSL_free(der);
+    return hex_of(digest, digest_length);
+}
+
+bool valid_for_name(X509* cert, const std::string& name) {
+    if (is_ip_literal(name)) return X509_check_ip_asc(cert, name.c_str(), 0) == 1;
+    return X509_check_host(cert, name.data(), name.size(), 0, nullptr) == 1;
+}
+
+// "2 days", or hours and minutes under a day: what an operator reads in an alert.
+std::string format_time_left(std::int64_t secs) {
+    if (secs >= 86400) return fmt::format("{} day{}", secs / 86400, secs / 86400 == 1 ? "" : "s");
+    return format_go_duration(secs * 1'000'000'000);
+}
+
+struct ssl_closer {
+    SSL* ssl = nullptr;
+    int fd = -1;
+    ~ssl_closer() {
+        if (ssl != nullptr) {
+            // One close_notify, no wait for the answer (derper does not need one).
+            SSL_shutdown(ssl);
+            SSL_free(ssl);
+        }
+        if (fd >= 0) ::close(fd);
+        ERR_clear_error();
+    }
+};
+
+}  // namespace
+
+result<tls_policy, std::string> tls_policy_for(const derp_node& node, const std::string& ca_file) {
+    tls_policy p;
+    p.sni = node.host_name;
+    p.verify_name = node.host_name;
+    p.options.server_name = node.host_name;
+    if (node.insecure_for_tests) {
+        p.verify = tls_verify::insecure;
+        p.options.verify = tls::context::verify_mode::insecure;
+        return p;
+    }
+    if (node.cert_name.starts_with("sha256-raw:")) {
+        p.verify = tls_verify::pinned;
+        p.options.verify = tls::context::verify_mode::pinned;
+        const std::string_view hex = std::string_view(node.cert_name).substr(11);
+        for (std::size_t i = 0; i < p.options.pinned_sha256.size(); ++i) {
+            unsigned value = 0;
+            const auto [end, ec] = std::from_chars(hex.data() + 2 * i, hex.data() + 2 * i + 2, value, 16);
+            if (ec != std::errc() || end != hex.data() + 2 * i + 2)
+                return unexpected(fmt::format("CertName {}: not 64 hex digits", node.cert_name));
+            p.options.pinned_sha256[i] = static_cast<std::uint8_t>(value);
+        }
+        return p;
+    }
+    // Go's tlsdial.SetConfigExpectedCert: SNI stays HostName, the chain is verified for CertName.
+    // (The DERP client library sends its verification name as SNI, so its clients send CertName.)
+    if (!node.cert_name.empty()) {
+        p.verify_name = node.cert_name;
+        p.options.server_name = node.cert_name;
+    }
+    p.verify = tls_verify::chain;
+    p.options.verify = tls::context::verify_mode::system;
+    p.options.ca_file = ca_file;
+    return p;
+}
+
+outcome probe_tls(const derp_node& node, const std::string& ca_file, const run_context& ctx) {
+    auto policy = tls_policy_for(node, ca_file);
+    if (!policy) return failed(policy.error());
+    auto context = tls::context::make_client(policy->options);
+    if (!context) return failed("TLS client setup: " + context.error());
+    const auto port = static_cast<std::uint16_t>(node.derp_port != 0 ? node.derp_port : 443);
+    auto addresses = node_addresses(node, port);
+    if (!addresses) return failed(addresses.error());
+    auto fd = connect_tcp(*addresses, ctx);
+    if (!fd) return failed(fd.error());
+
+    ssl_closer conn;
+    conn.fd = *fd;
+    ERR_clear_error();
+    conn.ssl = SSL_new(context.value()->native());
+    if (conn.ssl == nullptr) return failed("SSL_new: " + openssl_error_text());
+    SSL_set_fd(conn.ssl, conn.fd);
+    if (!is_ip_literal(policy->sni)) {
+        // OpenSSL's macro casts in C style.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wold-style-cast"
+        SSL_set_tlsext_host_name(conn.ssl, policy->sni.c_str());
+#pragma GCC diagnostic pop
+    }
+    if (policy->verify == tls_verify::chain) {
+        if (is_ip_literal(policy->verify_name))
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(conn.ssl), policy->verify_name.c_str());
+        else
+            SSL_set1_host(conn.ssl, policy->verify_name.c_str());
+    }
+    const std::string peer = fmt::format("{}:{}", node.host_name, port);
+    for (;;) {
+        const int r = SSL_connect(conn.ssl);
+        if (r == 1) break;
+        const int e = SSL_get_error(conn.ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            if (!wait_fd(conn.fd, e == SSL_ERROR_WANT_WRITE, ctx))
+                return failed(ctx.stopping() ? "stopped" : fmt::format("TLS handshake with {}: timed out", peer));
+            continue;
+        }
+        const long verify = SSL_get_verify_result(conn.ssl);
+        if (policy->verify == tls_verify::chain && verify != X509_V_OK)
+            return failed(fmt::format("TLS handshake with {}: certificate verification failed for {}: {}{}", peer,
+                                      policy->verify_name, X509_verify_cert_error_string(verify),
+                                      ca_file.empty() ? "" : fmt::format(" (trusting {})", ca_file)));
+        std::string detail = openssl_error_text();
+        if (detail.empty()) detail = e == SSL_ERROR_SYSCALL ? "the server closed the connection" : "no detail from OpenSSL";
+        return failed(fmt::format("TLS handshake with {}: {}", peer, detail));
+    }
+
+    X509* leaf = SSL_get0_peer_certificate(conn.ssl);
+    STACK_OF(X509)* chain = SSL_get_peer_cert_chain(conn.ssl);  // client side: the leaf included
+    if (leaf == nullptr || chain == nullptr || sk_X509_num(chain) == 0)
+        return failed(fmt::format("TLS handshake with {}: the server presented no certificate", peer));
+    std::string pin_note;
+    if (policy->verify == tls_verify::pinned) {
+        // Spec 4.2, client side of sha256-raw: exactly one certificate besides the meta one.
+        std::vector<X509*> others;
+        for (int k = 0; k < sk_X509_num(chain); ++k)
+            if (X509* cert = sk_X509_value(chain, k); !is_meta_certificate(cert)) others.push_back(cert);
+        std::string want = node.cert_name.substr(11);
+        for (char& c : want) c = static_cast<char>(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c);
+        if (others.size() != 1)
+            return failed(fmt::format("{} presented {} certificates besides the meta certificate; CertName {} pins "
+                                      "exactly one",
+                                      peer, others.size(), node.cert_name));
+        const std::string got = sha256_hex(others.front());
+        if (got != want)
+            return failed(fmt::format("certificate pin mismatch: {} presented {} with sha256-raw:{}, the DERP map's "
+                                      "CertName wants sha256-raw:{}",
+                                      peer, subject_of(others.front()), got, want));
+        if (!valid_for_name(others.front(), node.host_name))
+            return failed(fmt::format("pinned certificate {} is not valid for HostName {}", subject_of(others.front()),
+                                      node.host_name));
+        pin_note = ", sha256-raw pin matched";
+    }
+
+    const std::int64_t now = static_cast<std::int64_t>(wall_now_secs());
+    outcome result;
+    const std::int64_t leaf_not_after = asn1_time_unix(X509_get0_notAfter(leaf));
+    result.cert_expiry_days = static_cast<double>(leaf_not_after - now) / 86400.0;
+    std::vector<std::string> problems;
+    for (int k = 0; k < sk_X509_num(chain); ++k) {
+        X509* cert = sk_X509_value(chain, k);
+        // derpprobe skips self-signed certificates (by key ids) so that derper's meta
+        // certificate, which is renewed with every start, never alerts. We skip the meta
+        // certificate by name and other self-signed ones except the leaf: a pinned self-signed
+        // leaf running out is exactly what an operator must hear about.
+        if (is_meta_certificate(cert)) continue;
+        if (cert != leaf && X509_cmp(cert, leaf) != 0 && key_ids_equal(cert)) continue;
+        const std::int64_t not_before = asn1_time_unix(X509_get0_notBefore(cert));
+        const std::int64_t not_after = asn1_time_unix(X509_get0_notAfter(cert));
+        if (now < not_before)
+            problems.push_back(fmt::format("certificate {} is not valid before {}", subject_of(cert), format_utc(not_before)));
+        if (not_after < now)
+            problems.push_back(fmt::format("certificate {} expired {} ago ({})", subject_of(cert),
+                                           format_time_left(now - not_after), format_utc(not_after)));
+        else if (not_after - now < cert_expiry_warning_secs)
+            problems.push_back(fmt::format("certificate {} expires in {} ({}), less than 7 days away", subject_of(cert),
+                                           format_time_left(not_after - now), format_utc(not_after)));
+    }
+    if (!problems.empty()) {
+        result.ok = false;
+        for (const std::string& p : problems) result.text += (result.text.empty() ? "" : "; ") + p;
+        return result;
+    }
+    result.ok = true;
+    const char* verified = policy->verify == tls_verify::insecure ? ", not verified (InsecureForTests)"
+                           : policy->verify == tls_verify::chain  ? ", chain verified"
+                                                                  : "";
+    result.text = fmt::format("TLS {}{}{}, {} expires in {} ({})", SSL_get_version(conn.ssl), verified, pin_note,
+                              subject_of(leaf), format_time_left(leaf_not_after - now), format_utc(leaf_not_after));
+    return result;
+}
+
+}  // namespace derp::probe
