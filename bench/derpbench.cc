@@ -315,6 +315,9 @@ struct options {
     std::string plot;                      // sweep: SVG file
     bool live = false;                     // a progress line on stderr (a terminal)
     std::int64_t stop_reading_after_ns = -1;  // fault injection
+    // The core the load runs on: by default the last one, since derpd puts its first shard on
+    // core 0 (and only its mostly idle admin thread on the last).
+    std::int64_t cpu = static_cast<std::int64_t>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)) - 1);
 
     client::client_options client_base(const targets& ts) const {
         client::client_options c;
@@ -332,7 +335,7 @@ struct options {
         p.warmup_s = static_cast<double>(warmup_ns) / 1e9;
         p.duration_s = static_cast<double>(duration_ns) / 1e9;
         p.server_pid = static_cast<pid_t>(server_pid);
-        p.client_cpu_offset = 0;  // next to a server of its own cores, the load takes the first
+        p.client_cpu_offset = static_cast<std::uint32_t>(cpu);
         p.tls = ts.tls;
         p.host = ts.list.front().host;
         p.mesh_key = mesh_key;
@@ -457,7 +460,6 @@ int run_latency(const options& o, const targets& ts) {
         p.rate_pps = static_cast<double>(o.rate);
         p.warmup_s = 0;
         p.progress = nullptr;
-        p.client_cpu_offset = 1;
         load_thread = std::thread([&] { background = bench::measure_pairs(servers, p); });
     }
     st.running = true;
@@ -624,6 +626,7 @@ int main(int argc, char** argv) {
     flags.add_string("mesh-key", &o.mesh_key_hex, "the region's mesh key (64 hex digits), for servers that want it");
     flags.add_bool("cross-node", &o.cross_node, "with several --url: each receiver on the next node (traffic crosses the mesh)");
     flags.add_duration("stop-reading-after", &o.stop_reading_after_ns, "throughput, fault injection: receivers stop reading this long into the run (a stuck client); the server's drops and disconnects then show");
+    flags.add_int("cpu", &o.cpu, "the core the load generator is pinned to (default: the last one; derpd's first shard is on core 0)");
     flags.add_int("pairs", &o.pairs, "throughput: sender/receiver client pairs");
     flags.add_string("size", &o.size_text, "throughput, latency: packet bytes (1..65536), or \"mix\" (throughput): a realistic mix, mean 567 B");
     flags.add_int("rate", &o.rate, "throughput: offered packets/s over all senders (0 = as fast as possible)");
