@@ -669,7 +669,9 @@ void shard::handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
             _counters.recv_no_buffers.add();
             if (!more && s.state == conn_state::open) _rearm_recv.push_back(slot);
         } else if (cqe.res == -ECANCELED) {
-            // Expected: we cancelled it while closing.
+            // Expected: we cancelled it while closing, or for pause_recv(); a pause lifted
+            // before the cancel landed reads on.
+            if (!more && s.state == conn_state::open && !s.recv_paused) _rearm_recv.push_back(slot);
         } else if (cqe.res == -ECONNRESET || cqe.res == -EPIPE) {
             begin_close(slot, close_cause::peer_closed);
         } else if (cqe.res == -EINTR) {

@@ -789,15 +789,50 @@ void derp_service::release_transfer(const queued_frame& frame) noexcept {
     post_or_backlog(frame.owner, m);
 }
 
-void derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept {
+bool derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept {
     frame_queue& q = c.queues[static_cast<std::size_t>(kind)];
     if (q.ring.empty()) q.ring.resize(_settings.queue_depth_max);
     const auto depth = static_cast<std::uint32_t>(q.ring.size());
-    if (q.count == depth && c.partial_queue < 0) {
+    if (q.count == depth) {
         // Before dropping, let the writer take what it can right now, as derper's concurrent
         // send loop would have: a burst larger than the queue then survives whenever the
         // socket has room.
         _shard.flush_now(conn);
+    }
+    if (q.count == depth) {
+        // A send is in flight: move the oldest frames into the staging buffer, which the next
+        // send takes first, instead of dropping them. The queue's 32 slots then bound what
+        // waits between two sends, not what one loop turn may receive for a client. A frame
+        // partly written already moves first (its remainder), so that the byte stream stays
+        // whole: the next send starts with the staging buffer.
+        if (c.staged_sent > 0 && c.staged_sent == c.staged.size()) {
+            c.staged.clear();
+            c.staged_sent = 0;
+        }
+        if (c.partial_queue >= 0) {
+            frame_queue& pq = c.queues[static_cast<std::size_t>(c.partial_queue)];
+            const queued_frame& f = pq.ring[pq.head];
+            c.staged.insert(c.staged.end(), f.data + c.partial_sent, f.data + f.frame_bytes);
+            note_queue_time(f.enqueued_ns);
+            staged_frame_sent(conn, c, f);
+            pq.head = (pq.head + 1) % static_cast<std::uint32_t>(pq.ring.size());
+            --pq.count;
+            _counters.queued_packets.sub();
+            c.partial_queue = -1;
+            c.partial_sent = 0;
+        }
+        std::size_t moved = 0;
+        while (q.count > 0 && moved < depth / 2) {
+            const queued_frame& oldest = q.ring[q.head];
+            if (c.staged.size() - c.staged_sent + oldest.frame_bytes > _settings.staged_bytes_max) break;
+            c.staged.insert(c.staged.end(), oldest.data, oldest.data + oldest.frame_bytes);
+            note_queue_time(oldest.enqueued_ns);
+            staged_frame_sent(conn, c, oldest);
+            q.head = (q.head + 1) % depth;
+            --q.count;
+            _counters.queued_packets.sub();
+            ++moved;
+        }
     }
     if (q.count == depth) {
         // Full: the oldest packet goes (spec 2.5), unless it is being written out right now,
@@ -805,7 +840,7 @@ void derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, p
         if (c.partial_queue == static_cast<int>(kind)) {
             count_drop(drop_reason::queue_tail, kind, frame.frame_bytes - recv_packet_header_bytes);
             release_transfer(frame);
-            return;
+            return false;
         }
         const queued_frame& oldest = q.ring[q.head];
         note_queue_time(oldest.enqueued_ns);
@@ -814,11 +849,28 @@ void derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, p
         q.head = (q.head + 1) % depth;
         --q.count;
         _counters.queued_packets.sub();
+        q.ring[(q.head + q.count) % depth] = frame;
+        ++q.count;
+        _counters.queued_packets.add();
+        _shard.want_write(conn);
+        return false;
     }
     q.ring[(q.head + q.count) % depth] = frame;
     ++q.count;
     _counters.queued_packets.add();
     _shard.want_write(conn);
+    return true;
+}
+
+// A frame has left its queue for good (into the send buffer, or the staging buffer bound for
+// the next send): count it as derper counts a write, subscribe the receiver to the sender's
+// departure (spec 2.4), recycle the transfer buffer.
+void derp_service::staged_frame_sent(conn_id conn, client& c, const queued_frame& f) noexcept {
+    _counters.packets_sent.add();
+    _counters.bytes_sent.add(f.frame_bytes - recv_packet_header_bytes);
+    node_key src(key_span(f.data + frame_header_bytes, key_bytes));
+    if (c.seen_sources.insert(src).second) _peer_gone_subscribers[src].push_back(ref_of(conn));
+    release_transfer(f);
 }
 
 void derp_service::drop_queued(client& c, drop_reason reason) noexcept {
@@ -857,11 +909,7 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
         c.partial_sent = 0;
         ++frames_written;
         note_queue_time(f.enqueued_ns);
-        _counters.packets_sent.add();
-        _counters.bytes_sent.add(f.frame_bytes - recv_packet_header_bytes);
-        node_key src(key_span(f.data + frame_header_bytes, key_bytes));
-        if (c.seen_sources.insert(src).second) _peer_gone_subscribers[src].push_back(ref_of(conn));
-        release_transfer(f);
+        staged_frame_sent(conn, c, f);
         q.head = (q.head + 1) % static_cast<std::uint32_t>(q.ring.size());
         --q.count;
         _counters.queued_packets.sub();
@@ -874,6 +922,22 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
             _shard.want_write(conn);
             return n;
         }
+    }
+    // Staged frames next: older than anything still queued, and possibly the rest of a frame
+    // begun in the previous send, which nothing may interrupt.
+    if (c.staged_sent < c.staged.size()) {
+        const std::size_t take = std::min(out.size() - n, c.staged.size() - c.staged_sent);
+        std::memcpy(out.data() + n, c.staged.data() + c.staged_sent, take);
+        n += take;
+        c.staged_sent += take;
+        if (c.staged_sent < c.staged.size()) {
+            c.bytes_out += n;
+            _shard.want_write(conn);
+            return n;
+        }
+        c.staged.clear();
+        c.staged_sent = 0;
+        if (c.staged.capacity() > 2 * _settings.staged_bytes_max) std::vector<std::uint8_t>().swap(c.staged);
     }
     if (c.pending_pong && c.stage == phase::relay && n + pong_frame_bytes <= out.size()) {
         std::array<std::uint8_t, pong_frame_bytes> frame{};
@@ -922,7 +986,8 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
         _counters.buffered_write_frames[bucket].add();
         _counters.buffered_write_frames_sum.add(frames);
     }
-    if (c.partial_queue >= 0 || c.queues[0].count > 0 || c.queues[1].count > 0 || c.pending_pong)
+    if (c.partial_queue >= 0 || c.queues[0].count > 0 || c.queues[1].count > 0 || c.pending_pong ||
+        c.staged_sent < c.staged.size())
         if (c.stage == phase::relay) _shard.want_write(conn);
     return n;
 }

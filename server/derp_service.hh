@@ -49,6 +49,7 @@ struct derp_settings {
     std::string hostname = "derp.tailscale.com";           // -hostname (home page)
     debug_access_policy debug_policy;                      // TS_DEBUG_KEY_PATH & co. (spec 3.8)
     std::uint32_t queue_depth_max = 32;                    // per queue, two queues per client
+    std::uint32_t staged_bytes_max = 64 * 1024;            // per client: frames waiting for the next send
     bool tls_mode = false;                                 // the main listener serves TLS (spec 3.1)
     std::uint32_t small_transfer_buffers = 8192;           // frames up to 2 KiB, per shard
     std::uint32_t large_transfer_buffers = 128;            // frames up to 64 KiB + 37, per shard
@@ -164,6 +165,11 @@ private:
         std::uint8_t next_queue = 0;
         int partial_queue = -1;             // queue whose head frame is partly copied out
         std::uint32_t partial_sent = 0;
+        // Whole frames taken from full queues while a send was in flight, in order, for the
+        // next send (derper's writer drains its queue while the socket write runs; ours waits
+        // for the completion). Only under load; freed when written.
+        std::vector<std::uint8_t> staged;
+        std::size_t staged_sent = 0;
         std::optional<ping_data> pending_pong;
         std::unordered_set<node_key> seen_sources;  // senders that get us PeerGone (spec 2.7)
         double not_here_tokens = 3;                 // PeerGone(NotHere) bucket: burst 3, 1/s
@@ -193,10 +199,12 @@ private:
     void protocol_close(ring::conn_id conn, client& c, close_reason reason) noexcept;
     void queue_control(ring::conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept;
     void queue_peer_gone(ring::conn_id conn, client& c, const node_key& peer, peer_gone_reason reason) noexcept;
-    void enqueue(ring::conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept;
+    // False when the queue was full and a packet was dropped to make room.
+    bool enqueue(ring::conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept;
     void count_drop(drop_reason reason, packet_kind kind, std::size_t packet_bytes) noexcept;
     void release_transfer(const queued_frame& frame) noexcept;
     void drop_queued(client& c, drop_reason reason) noexcept;
+    void staged_frame_sent(ring::conn_id conn, client& c, const queued_frame& frame) noexcept;
 
     // Registry plumbing.
     void send_control(std::uint32_t to_shard, control* message) noexcept;

@@ -61,13 +61,14 @@ out=$("$bench" throughput --url "http://127.0.0.1:1/derp" --pairs 1 --duration 3
 (($? != 0)) && grep -q "finished the handshake\|failure" <<<"$out" && echo "ok: server down is a failure" || fail "server down: $out"
 # A receiver that stops reading: its queue overflows (loss reported), the server's write
 # timeout (2 s) disconnects it, and derpbench fails the run saying so.
-out=$("$bench" throughput --url "$url" --pairs 1 --size 1200 --rate 10000 --duration 3s --warmup 100ms \
+out=$("$bench" throughput --url "$url" --pairs 1 --size 1200 --rate 10000 --duration 5s --warmup 100ms \
   --stop-reading-after 300ms --json 2>"$tmp/err")
 rc=$?
 loss=$(field loss_ratio "$out")
 ((rc == 1)) && [[ -n "$loss" ]] && awk "BEGIN{exit !($loss > 0.3)}" && grep -q "server refused or closed clients" "$tmp/err" &&
   echo "ok: a client that stops reading: loss $loss, disconnect reported, exit 1" ||
-  fail "stuck receiver (exit $rc): $out $(cat "$tmp/err")"
+  fail "stuck receiver (exit $rc): $out $(cat "$tmp/err") server: $(curl -s "http://127.0.0.1:$port/debug/varz" |
+    grep -E 'cause="write_timeout"|send_partial_total\{|sclient_write_timeouts' | tr '\n' ' ')"
 
 # The same over TLS: derpd with a self-signed certificate for 127.0.0.1, pinned the way a
 # DERPMap pins it (CertName sha256-raw:...).
