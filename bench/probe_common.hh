@@ -40,7 +40,7 @@ struct run_context {
 struct outcome {
     bool ok = false;
     std::string text;  // on success a detail (handshake, days left, delivery time); else the error
-    std::optional<double> cert_expiry_days;  // tls probes that saw a leaf certificate
+    std::optional<std::int64_t> cert_expiry_secs;  // tls probes that saw a leaf certificate
 };
 
 inline outcome failed(std::string text) { return outcome{false, std::move(text), std::nullopt}; }

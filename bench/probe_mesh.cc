@@ -46,6 +46,7 @@ struct pair_state {
     std::int64_t sent_ns = 0;
     std::int64_t delivered_ns = 0;
     bool sender_saw_peer_gone = false;  // the from node said the destination is not there
+    int closed_in_handshake_side = -1;  // a connect or TLS handshake that failed without a reason
 
     void note(std::string text) {
         {
@@ -149,6 +150,10 @@ public:
     void on_closed(ring::conn_id, client::client_failure failure) noexcept override {
         _open = false;
         if (_closing) return;
+        if (!_ready && (failure == client::client_failure::closed || failure == client::client_failure::connect_failed)) {
+            std::lock_guard lock(_state.mutex);
+            if (_state.problem.empty()) _state.closed_in_handshake_side = _side;
+        }
         _state.note(fmt::format("{} ({}): {}", _label, _server.to_string(), failure_text(failure, _ready)));
     }
 
@@ -254,8 +259,8 @@ result<void, std::string> start_side(client_side& side, pair_state& state, int i
     options.mesh_key = settings.mesh_key;
     options.is_prober = true;
     options.host = host_header(node);
-    // Go dials IPv4 and IPv6 in parallel; one client per side keeps this to the first address
-    // (IPv4 when the node has one, which is what the test fleet and most maps give).
+    // The client library dials one address where Go races IPv4 and IPv6: the first one (IPv4
+    // when the map gives it), as the tls probe tries it first too.
     side.client = std::make_unique<probe_client>(state, index, fmt::format("{} node {}", index == 0 ? "from" : "to", node.name),
                                                  addresses->front(), std::move(options));
     ring::runtime_config cfg;
@@ -294,7 +299,17 @@ outcome probe_mesh(const derp_node& from, const derp_node& to, const mesh_settin
         return done();
     };
     if (!wait_for([&] { return state.ready[0] && state.ready[1]; })) {
-        std::lock_guard lock(state.mutex);
+        std::unique_lock lock(state.mutex);
+        if (state.closed_in_handshake_side >= 0 && !ctx.over()) {
+            // The client library saw only a failed connect or a close; dial once more with the
+            // tls probe's code to name the cause (errno, pin mismatch, verification, SNI).
+            const int side = state.closed_in_handshake_side;
+            const derp_node& node = side == 0 ? from : to;
+            lock.unlock();
+            if (auto problem = tls_handshake_problem(node, settings.ca_file, ctx))
+                return failed(fmt::format("{} node {}: {}", side == 0 ? "from" : "to", node.name, *problem));
+            lock.lock();
+        }
         if (!state.problem.empty()) return failed(state.problem);
         if (ctx.stopping()) return failed("stopped");
         const int missing = !state.ready[0] ? 0 : 1;

@@ -43,13 +43,16 @@ bool is_ip_literal(const std::string& text) {
 
 result<std::vector<ring::socket_address>, std::string> node_addresses(const derp_node& node, std::uint16_t port) {
     std::vector<ring::socket_address> out;
-    std::string dns_problem;
     for (const auto& [family, field] : {std::pair{AF_INET, &node.ipv4}, std::pair{AF_INET6, &node.ipv6}}) {
         ring::socket_address address;
-        if (parse_ip_literal(*field, family, address, port)) {
-            out.push_back(address);
-            continue;
-        }
+        if (parse_ip_literal(*field, family, address, port)) out.push_back(address);
+    }
+    // Go races the DNS answer for an empty family against the given address; a probe dials what
+    // the map names and asks DNS only when it names no address at all (no lookup delays, and
+    // no resolver needed, for the usual map that gives IPv4).
+    if (!out.empty()) return out;
+    std::string dns_problem;
+    for (const auto& [family, field] : {std::pair{AF_INET, &node.ipv4}, std::pair{AF_INET6, &node.ipv6}}) {
         if (!field->empty()) continue;  // "none" or any other non-address: this family is off
         addrinfo hints{};
         hints.ai_family = family;

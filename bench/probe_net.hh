@@ -1,7 +1,8 @@
 // How derpprobe reaches a DERP node (spec 9.1 step 2, as Tailscale clients do): the node's IPv4
-// and IPv6 fields when they hold addresses of their family, DNS of HostName for an empty field,
-// and nothing for a field set to anything else ("none"); IPv4 first. Plus a blocking TCP connect
-// bounded by the probe's deadline, whose errors name the address and the errno.
+// and IPv6 fields when they hold addresses of their family (IPv4 first), DNS of HostName for an
+// empty field when the map gives no address, and nothing for a field set to anything else
+// ("none"). Plus a blocking TCP connect bounded by the probe's deadline, whose errors name the
+// address and the errno.
 #pragma once
 
 #include <cstdint>

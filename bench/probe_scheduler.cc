@@ -98,7 +98,7 @@ void scheduler::execute(std::unique_lock<std::mutex>& lock, const std::string& n
         ++s.attempts_fail;
         s.seconds_fail += seconds;
     }
-    if (result.cert_expiry_days) s.cert_expiry_days = result.cert_expiry_days;
+    if (result.cert_expiry_secs) s.cert_expiry_secs = result.cert_expiry_secs;
     done.ran = true;
     // The next run is due one interval after this one started (a ticker), or at once if this
     // run overran it; in -once mode there is none.

@@ -51,7 +51,7 @@ struct probe_status {
     std::uint64_t attempts_fail = 0;
     double seconds_ok = 0;
     double seconds_fail = 0;
-    std::optional<double> cert_expiry_days;
+    std::optional<std::int64_t> cert_expiry_secs;
 };
 
 class scheduler {

@@ -14,8 +14,10 @@
 #include <openssl/x509v3.h>
 
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <vector>
 
 #include <fmt/format.h>
@@ -101,15 +103,22 @@ bool valid_for_name(X509* cert, const std::string& name) {
     return X509_check_host(cert, name.data(), name.size(), 0, nullptr) == 1;
 }
 
-// "2 days", or hours and minutes under a day: what an operator reads in an alert.
-std::string format_time_left(std::int64_t secs) {
-    if (secs >= 86400) return fmt::format("{} day{}", secs / 86400, secs / 86400 == 1 ? "" : "s");
-    return format_go_duration(secs * 1'000'000'000);
+// "2 days" (whole days, rounded down: 2 days 23 hours is "2 days"), or hours and minutes under a
+// day: what an operator reads in an alert.
+std::string format_time_left(double secs) {
+    if (secs >= 86400) {
+        const auto days = static_cast<std::int64_t>(secs / 86400);
+        return fmt::format("{} day{}", days, days == 1 ? "" : "s");
+    }
+    return format_go_duration(static_cast<std::int64_t>(secs) * 1'000'000'000);
 }
 
 struct ssl_closer {
     SSL* ssl = nullptr;
     int fd = -1;
+    ssl_closer() = default;
+    ssl_closer(const ssl_closer&) = delete;
+    ssl_closer& operator=(const ssl_closer&) = delete;
     ~ssl_closer() {
         if (ssl != nullptr) {
             // One close_notify, no wait for the answer (derper does not need one).
@@ -158,35 +167,49 @@ result<tls_policy, std::string> tls_policy_for(const derp_node& node, const std:
     return p;
 }
 
-outcome probe_tls(const derp_node& node, const std::string& ca_file, const run_context& ctx) {
+namespace {
+
+// A completed, verified handshake (pin included); dates are checked by the caller.
+struct tls_connection {
+    ssl_closer conn;
+    tls_policy policy;
+    std::string pin_note;
+    X509* leaf = nullptr;            // owned by conn.ssl
+    STACK_OF(X509)* chain = nullptr;  // likewise; on the client side the leaf is in it
+};
+
+result<std::unique_ptr<tls_connection>, std::string> dial_tls(const derp_node& node, const std::string& ca_file,
+                                                              const run_context& ctx) {
     auto policy = tls_policy_for(node, ca_file);
-    if (!policy) return failed(policy.error());
+    if (!policy) return unexpected(policy.error());
     auto context = tls::context::make_client(policy->options);
-    if (!context) return failed("TLS client setup: " + context.error());
+    if (!context) return unexpected("TLS client setup: " + context.error());
     const auto port = static_cast<std::uint16_t>(node.derp_port != 0 ? node.derp_port : 443);
     auto addresses = node_addresses(node, port);
-    if (!addresses) return failed(addresses.error());
+    if (!addresses) return unexpected(addresses.error());
     auto fd = connect_tcp(*addresses, ctx);
-    if (!fd) return failed(fd.error());
+    if (!fd) return unexpected(fd.error());
 
-    ssl_closer conn;
+    auto t = std::make_unique<tls_connection>();
+    t->policy = std::move(policy).value();
+    ssl_closer& conn = t->conn;
     conn.fd = *fd;
     ERR_clear_error();
     conn.ssl = SSL_new(context.value()->native());
-    if (conn.ssl == nullptr) return failed("SSL_new: " + openssl_error_text());
+    if (conn.ssl == nullptr) return unexpected("SSL_new: " + openssl_error_text());
     SSL_set_fd(conn.ssl, conn.fd);
-    if (!is_ip_literal(policy->sni)) {
+    if (!is_ip_literal(t->policy.sni)) {
         // OpenSSL's macro casts in C style.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wold-style-cast"
-        SSL_set_tlsext_host_name(conn.ssl, policy->sni.c_str());
+        SSL_set_tlsext_host_name(conn.ssl, t->policy.sni.c_str());
 #pragma GCC diagnostic pop
     }
-    if (policy->verify == tls_verify::chain) {
-        if (is_ip_literal(policy->verify_name))
-            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(conn.ssl), policy->verify_name.c_str());
+    if (t->policy.verify == tls_verify::chain) {
+        if (is_ip_literal(t->policy.verify_name))
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(conn.ssl), t->policy.verify_name.c_str());
         else
-            SSL_set1_host(conn.ssl, policy->verify_name.c_str());
+            SSL_set1_host(conn.ssl, t->policy.verify_name.c_str());
     }
     const std::string peer = fmt::format("{}:{}", node.host_name, port);
     for (;;) {
@@ -195,69 +218,79 @@ outcome probe_tls(const derp_node& node, const std::string& ca_file, const run_c
         const int e = SSL_get_error(conn.ssl, r);
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
             if (!wait_fd(conn.fd, e == SSL_ERROR_WANT_WRITE, ctx))
-                return failed(ctx.stopping() ? "stopped" : fmt::format("TLS handshake with {}: timed out", peer));
+                return unexpected(ctx.stopping() ? std::string("stopped") : fmt::format("TLS handshake with {}: timed out", peer));
             continue;
         }
         const long verify = SSL_get_verify_result(conn.ssl);
-        if (policy->verify == tls_verify::chain && verify != X509_V_OK)
-            return failed(fmt::format("TLS handshake with {}: certificate verification failed for {}: {}{}", peer,
-                                      policy->verify_name, X509_verify_cert_error_string(verify),
-                                      ca_file.empty() ? "" : fmt::format(" (trusting {})", ca_file)));
+        if (t->policy.verify == tls_verify::chain && verify != X509_V_OK)
+            return unexpected(fmt::format("TLS handshake with {}: certificate verification failed for {}: {}{}", peer,
+                                          t->policy.verify_name, X509_verify_cert_error_string(verify),
+                                          ca_file.empty() ? "" : fmt::format(" (trusting {})", ca_file)));
         std::string detail = openssl_error_text();
         if (detail.empty()) detail = e == SSL_ERROR_SYSCALL ? "the server closed the connection" : "no detail from OpenSSL";
-        return failed(fmt::format("TLS handshake with {}: {}", peer, detail));
+        return unexpected(fmt::format("TLS handshake with {}: {}", peer, detail));
     }
 
-    X509* leaf = SSL_get0_peer_certificate(conn.ssl);
-    STACK_OF(X509)* chain = SSL_get_peer_cert_chain(conn.ssl);  // client side: the leaf included
-    if (leaf == nullptr || chain == nullptr || sk_X509_num(chain) == 0)
-        return failed(fmt::format("TLS handshake with {}: the server presented no certificate", peer));
-    std::string pin_note;
-    if (policy->verify == tls_verify::pinned) {
+    t->leaf = SSL_get0_peer_certificate(conn.ssl);
+    t->chain = SSL_get_peer_cert_chain(conn.ssl);
+    if (t->leaf == nullptr || t->chain == nullptr || sk_X509_num(t->chain) == 0)
+        return unexpected(fmt::format("TLS handshake with {}: the server presented no certificate", peer));
+    if (t->policy.verify == tls_verify::pinned) {
         // Spec 4.2, client side of sha256-raw: exactly one certificate besides the meta one.
         std::vector<X509*> others;
-        for (int k = 0; k < sk_X509_num(chain); ++k)
-            if (X509* cert = sk_X509_value(chain, k); !is_meta_certificate(cert)) others.push_back(cert);
+        for (int k = 0; k < sk_X509_num(t->chain); ++k)
+            if (X509* cert = sk_X509_value(t->chain, k); !is_meta_certificate(cert)) others.push_back(cert);
         std::string want = node.cert_name.substr(11);
         for (char& c : want) c = static_cast<char>(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c);
         if (others.size() != 1)
-            return failed(fmt::format("{} presented {} certificates besides the meta certificate; CertName {} pins "
-                                      "exactly one",
-                                      peer, others.size(), node.cert_name));
+            return unexpected(fmt::format("{} presented {} certificates besides the meta certificate; CertName {} pins "
+                                          "exactly one",
+                                          peer, others.size(), node.cert_name));
         const std::string got = sha256_hex(others.front());
         if (got != want)
-            return failed(fmt::format("certificate pin mismatch: {} presented {} with sha256-raw:{}, the DERP map's "
-                                      "CertName wants sha256-raw:{}",
-                                      peer, subject_of(others.front()), got, want));
+            return unexpected(fmt::format("certificate pin mismatch: {} presented {} with sha256-raw:{}, the DERP map's "
+                                          "CertName wants sha256-raw:{}",
+                                          peer, subject_of(others.front()), got, want));
         if (!valid_for_name(others.front(), node.host_name))
-            return failed(fmt::format("pinned certificate {} is not valid for HostName {}", subject_of(others.front()),
-                                      node.host_name));
-        pin_note = ", sha256-raw pin matched";
+            return unexpected(fmt::format("pinned certificate {} is not valid for HostName {}",
+                                          subject_of(others.front()), node.host_name));
+        t->pin_note = ", sha256-raw pin matched";
     }
+    return t;
+}
 
-    const std::int64_t now = static_cast<std::int64_t>(wall_now_secs());
+}  // namespace
+
+outcome probe_tls(const derp_node& node, const std::string& ca_file, const run_context& ctx) {
+    auto dialled = dial_tls(node, ca_file, ctx);
+    if (!dialled) return failed(dialled.error());
+    const tls_connection& t = *dialled.value();
+    // Certificate times are whole seconds; now is not, so that a certificate issued for 3 days a
+    // moment ago has 2 whole days left, not 3.
+    const double now = wall_now_secs();
     outcome result;
-    const std::int64_t leaf_not_after = asn1_time_unix(X509_get0_notAfter(leaf));
-    result.cert_expiry_days = static_cast<double>(leaf_not_after - now) / 86400.0;
+    const std::int64_t leaf_not_after = asn1_time_unix(X509_get0_notAfter(t.leaf));
+    result.cert_expiry_secs = static_cast<std::int64_t>(std::floor(static_cast<double>(leaf_not_after) - now));
     std::vector<std::string> problems;
-    for (int k = 0; k < sk_X509_num(chain); ++k) {
-        X509* cert = sk_X509_value(chain, k);
+    for (int k = 0; k < sk_X509_num(t.chain); ++k) {
+        X509* cert = sk_X509_value(t.chain, k);
         // derpprobe skips self-signed certificates (by key ids) so that derper's meta
         // certificate, which is renewed with every start, never alerts. We skip the meta
         // certificate by name and other self-signed ones except the leaf: a pinned self-signed
         // leaf running out is exactly what an operator must hear about.
         if (is_meta_certificate(cert)) continue;
-        if (cert != leaf && X509_cmp(cert, leaf) != 0 && key_ids_equal(cert)) continue;
+        if (X509_cmp(cert, t.leaf) != 0 && key_ids_equal(cert)) continue;
         const std::int64_t not_before = asn1_time_unix(X509_get0_notBefore(cert));
         const std::int64_t not_after = asn1_time_unix(X509_get0_notAfter(cert));
-        if (now < not_before)
+        const double left_secs = static_cast<double>(not_after) - now;
+        if (now < static_cast<double>(not_before))
             problems.push_back(fmt::format("certificate {} is not valid before {}", subject_of(cert), format_utc(not_before)));
-        if (not_after < now)
+        if (left_secs < 0)
             problems.push_back(fmt::format("certificate {} expired {} ago ({})", subject_of(cert),
-                                           format_time_left(now - not_after), format_utc(not_after)));
-        else if (not_after - now < cert_expiry_warning_secs)
+                                           format_time_left(-left_secs), format_utc(not_after)));
+        else if (left_secs < static_cast<double>(cert_expiry_warning_secs))
             problems.push_back(fmt::format("certificate {} expires in {} ({}), less than 7 days away", subject_of(cert),
-                                           format_time_left(not_after - now), format_utc(not_after)));
+                                           format_time_left(left_secs), format_utc(not_after)));
     }
     if (!problems.empty()) {
         result.ok = false;
@@ -265,12 +298,20 @@ outcome probe_tls(const derp_node& node, const std::string& ca_file, const run_c
         return result;
     }
     result.ok = true;
-    const char* verified = policy->verify == tls_verify::insecure ? ", not verified (InsecureForTests)"
-                           : policy->verify == tls_verify::chain  ? ", chain verified"
-                                                                  : "";
-    result.text = fmt::format("TLS {}{}{}, {} expires in {} ({})", SSL_get_version(conn.ssl), verified, pin_note,
-                              subject_of(leaf), format_time_left(leaf_not_after - now), format_utc(leaf_not_after));
+    const char* verified = t.policy.verify == tls_verify::insecure ? ", not verified (InsecureForTests)"
+                           : t.policy.verify == tls_verify::chain  ? ", chain verified"
+                                                                   : "";
+    result.text = fmt::format("{}{}{}, {} expires in {} ({})", SSL_get_version(t.conn.ssl), verified, t.pin_note,
+                              subject_of(t.leaf), format_time_left(static_cast<double>(leaf_not_after) - now),
+                              format_utc(leaf_not_after));
     return result;
+}
+
+std::optional<std::string> tls_handshake_problem(const derp_node& node, const std::string& ca_file,
+                                                 const run_context& ctx) {
+    auto dialled = dial_tls(node, ca_file, ctx);
+    if (!dialled) return dialled.error();
+    return std::nullopt;
 }
 
 }  // namespace derp::probe

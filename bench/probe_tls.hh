@@ -6,6 +6,7 @@
 // chain is verified for HostName against the system store or -ca-file.
 #pragma once
 
+#include <optional>
 #include <string>
 
 #include "bench/probe_common.hh"
@@ -33,5 +34,11 @@ result<tls_policy, std::string> tls_policy_for(const derp_node& node, const std:
 // every certificate but derper's meta certificate and self-signed non-leaf ones: valid now and
 // for at least 7 more days. Revocation (derpprobe fetches the leaf's CRL) is not checked.
 outcome probe_tls(const derp_node& node, const std::string& ca_file, const run_context& ctx);
+
+// Why a TLS connection to the node fails (connect, handshake, verification, pin), or nothing
+// when it succeeds: the mesh probe asks when its client's connection died before ServerInfo,
+// since the client library only sees the close.
+std::optional<std::string> tls_handshake_problem(const derp_node& node, const std::string& ca_file,
+                                                 const run_context& ctx);
 
 }  // namespace derp::probe
