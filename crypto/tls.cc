@@ -576,15 +576,26 @@ status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, s
         }
         if (!_ctx->is_server() && _ctx->settings().verify == context::verify_mode::pinned) {
             STACK_OF(X509)* chain = SSL_get_peer_cert_chain(_ssl);
+            // Spec 4.2, client side of sha256-raw: exactly one certificate besides the meta
+            // certificate, with that hash, valid for the dialled name, within its validity.
             int others = 0;
-            bool pinned = false;
+            X509* leaf = nullptr;
             for (int k = 0; chain != nullptr && k < sk_X509_num(chain); ++k) {
                 X509* cert = sk_X509_value(chain, k);
                 if (is_meta_certificate(cert)) continue;
                 ++others;
-                pinned = sha256_of_der(cert) == _ctx->settings().pinned;
+                leaf = cert;
             }
-            if (others != 1 || !pinned) return fail("server certificate does not match the pinned sha256-raw hash");
+            if (others != 1 || leaf == nullptr || sha256_of_der(leaf) != _ctx->settings().pinned)
+                return fail("server certificate does not match the pinned sha256-raw hash");
+            const std::string& name = _ctx->hostname();
+            if (!name.empty()) {
+                const bool valid_for_name = is_ip_literal(name) ? X509_check_ip_asc(leaf, name.c_str(), 0) == 1
+                                                                : X509_check_host(leaf, name.data(), name.size(), 0, nullptr) == 1;
+                if (!valid_for_name) return fail("pinned server certificate is not valid for " + name);
+            }
+            if (X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0 || X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0)
+                return fail("pinned server certificate is outside its validity period");
         }
         _status = status::open;
         _handshake_complete = true;

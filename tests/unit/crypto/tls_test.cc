@@ -308,3 +308,26 @@ TEST_CASE("tls: a partial record leaves no record boundary") {
     CHECK(plain == "split");
     CHECK(server.ktls_export()->rx_seq == 1);
 }
+
+TEST_CASE("tls: a pinned certificate must also be valid for the dialled name (spec 4.2)") {
+    pki p;
+    auto server_ctx = p.server();
+    context::client_options o;
+    o.server_name = "localhost";  // the pin matches, the name does not (the leaf is for 127.0.0.1)
+    o.verify = context::verify_mode::pinned;
+    o.pinned_sha256 = server_ctx->leaf_sha256();
+    auto client_ctx = context::make_client(o);
+    REQUIRE(client_ctx);
+    session server(server_ctx, false);
+    session client(client_ctx.value(), false);
+    std::string c2s, s2c, plain;
+    client.start(c2s);
+    for (int i = 0; i < 4; ++i) {
+        server.feed(bytes_of(c2s), plain, s2c);
+        c2s.clear();
+        client.feed(bytes_of(s2c), plain, c2s);
+        s2c.clear();
+    }
+    CHECK(client.state() == status::failed);
+    CHECK(client.error().find("not valid for localhost") != std::string::npos);
+}
