@@ -250,6 +250,7 @@ double percentile(std::vector<double>& sorted, double p) {
 
 // ---- sweep: for each packet size, the highest offered rate delivered with loss under 1 %. ----
 struct sweep_point {
+    std::int64_t pairs;
     std::int64_t size;
     double offered_pps;
     double delivered_pps;
@@ -276,13 +277,14 @@ std::string sweep_svg(const std::vector<sweep_point>& points) {
         w, h, left, left, h - bottom, w - right, h - bottom, left, top, left, h - bottom, left + 200, h - 15, max_rate,
         top + 10, w - right + 5, top + 10);
     static constexpr const char* colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"};
-    std::vector<std::int64_t> sizes;
+    // One series per (pairs, size) of the grid.
+    std::vector<std::pair<std::int64_t, std::int64_t>> sizes;
     for (const auto& p : points)
-        if (std::find(sizes.begin(), sizes.end(), p.size) == sizes.end()) sizes.push_back(p.size);
+        if (std::find(sizes.begin(), sizes.end(), std::pair{p.pairs, p.size}) == sizes.end()) sizes.emplace_back(p.pairs, p.size);
     for (std::size_t i = 0; i < sizes.size(); ++i) {
         std::vector<sweep_point> series;
         for (const auto& p : points)
-            if (p.size == sizes[i]) series.push_back(p);
+            if (std::pair{p.pairs, p.size} == sizes[i]) series.push_back(p);
         std::sort(series.begin(), series.end(), [](const sweep_point& a, const sweep_point& b) { return a.offered_pps < b.offered_pps; });
         std::string delivered, loss;
         for (const auto& p : series) {
@@ -292,8 +294,8 @@ std::string sweep_svg(const std::vector<sweep_point>& points) {
         const char* colour = colours[i % 5];
         svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", colour, delivered);
         svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-dasharray=\"5,4\" points=\"{}\"/>\n", colour, loss);
-        svg += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{} B</text>\n", w - right - 60, top + 20 + 16 * static_cast<double>(i),
-                           colour, sizes[i]);
+        svg += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{} B, {} pairs</text>\n", w - right - 110,
+                           top + 20 + 16 * static_cast<double>(i), colour, sizes[i].second, sizes[i].first);
     }
     return svg + "</svg>\n";
 }
@@ -310,6 +312,7 @@ struct options {
     std::int64_t probe_interval_ns = 1'000'000;
     bool json = false, csv = false;
     std::string sizes = "64,570,1400";     // sweep
+    std::string pairs_grid;                // sweep: comma-separated pairs values; empty = --pairs
     std::int64_t start_rate = 50000;       // sweep: first offered rate
     std::int64_t max_rate = 2'000'000;     // sweep: stop doubling here
     std::string plot;                      // sweep: SVG file
@@ -363,12 +366,22 @@ int run_sweep(const options& o, const targets& ts) {
     std::vector<sweep_point> points;
     std::string json = "[";
     bool failed = false;
+    // The grid: every pairs value (--pairs-grid, else --pairs) x every size x the rates found.
+    std::vector<std::int64_t> pairs_values;
+    for (std::string_view grid = o.pairs_grid; !grid.empty();) {
+        const auto comma = grid.find(',');
+        pairs_values.push_back(std::stoll(std::string(grid.substr(0, comma))));
+        grid = comma == std::string_view::npos ? std::string_view() : grid.substr(comma + 1);
+    }
+    if (pairs_values.empty()) pairs_values.push_back(o.pairs);
+    for (const std::int64_t pairs_value : pairs_values) {
     std::string rest = o.sizes;
     while (!rest.empty()) {
         const auto comma = rest.find(',');
         const std::string size_text = rest.substr(0, comma);
         rest = comma == std::string::npos ? std::string() : rest.substr(comma + 1);
         bench::pair_options p = o.pair_base(ts);
+        p.pairs = static_cast<std::uint32_t>(pairs_value);
         // "mix" sweeps the realistic mix; its row is labelled with the mean size.
         const bool mix = size_text == "mix";
         p.sizes = mix ? bench::realistic_size_mix() : bench::size_mix{};
@@ -383,9 +396,9 @@ int run_sweep(const options& o, const targets& ts) {
             const auto m = bench::measure_pairs(ts.addresses(), p);
             end_progress_line(o);
             if (m.failures > 0 || !m.error.empty()) failed = true;
-            points.push_back({size, rate, m.delivered_pps, m.loss});
-            if (!o.json) fmt::print(stderr, "  {} B at {:.0f} pkt/s: delivered {:.0f} pkt/s, loss {:.3f} %\n", size, rate,
-                                    m.delivered_pps, m.loss * 100);
+            points.push_back({pairs_value, size, rate, m.delivered_pps, m.loss});
+            if (!o.json) fmt::print(stderr, "  {} pairs, {} B at {:.0f} pkt/s: delivered {:.0f} pkt/s, loss {:.3f} %\n",
+                                    pairs_value, size, rate, m.delivered_pps, m.loss * 100);
             return m;
         };
         // One probe: measure at `rate` and move the good/bad bracket; true when under 1 % loss.
@@ -405,17 +418,18 @@ int run_sweep(const options& o, const targets& ts) {
         for (int step = 0; step < 3 && bad > 0 && good > 0; ++step) probe((good + bad) / 2);
         const double gbps = good_delivered * (mix ? bench::mean_size(p.sizes) : static_cast<double>(size)) * 8 / 1e9;
         if (o.json)
-            json += fmt::format("{}{{\"size\":{},\"size_label\":\"{}\",\"max_rate_under_1pct_loss_pps\":{:.0f},"
+            json += fmt::format("{}{{\"pairs\":{},\"size\":{},\"size_label\":\"{}\",\"max_rate_under_1pct_loss_pps\":{:.0f},"
                                 "\"delivered_pps\":{:.0f},\"delivered_bps\":{:.0f},\"limit_reached\":{}{}}}",
-                                json.size() > 1 ? "," : "", size, size_text, good, good_delivered, gbps * 1e9,
+                                json.size() > 1 ? "," : "", pairs_value, size, size_text, good, good_delivered, gbps * 1e9,
                                 bad > 0 ? "true" : "false",
                                 good_cpu_per_gbit > 0 ? fmt::format(",\"server_cpu_s_per_gbit\":{:.4f}", good_cpu_per_gbit)
                                                       : std::string());
         else
-            fmt::print("{:>6} B{}: {:.0f} pkt/s ({:.3f} Gbit/s) delivered with loss under 1 %{}{}\n", size,
-                       mix ? " (mix)" : "", good_delivered, gbps,
+            fmt::print("{:>4} pairs {:>6} B{}: {:.0f} pkt/s ({:.3f} Gbit/s) delivered with loss under 1 %{}{}\n",
+                       pairs_value, size, mix ? " (mix)" : "", good_delivered, gbps,
                        good_cpu_per_gbit > 0 ? fmt::format(", server {:.3f} CPU s per Gbit", good_cpu_per_gbit) : "",
                        bad > 0 ? "" : fmt::format(" (no loss up to {} pkt/s: raise --max-rate)", o.max_rate));
+    }
     }
     if (o.json) fmt::print("{{\"workload\":\"sweep\",\"url\":\"{}\",\"pairs\":{},\"results\":{}]}}\n", ts.urls(), o.pairs, json);
     if (!o.plot.empty()) {
@@ -634,7 +648,8 @@ int main(int argc, char** argv) {
     flags.add_duration("duration", &o.duration_ns, "measured time (connections: the time allowed)");
     flags.add_duration("warmup", &o.warmup_ns, "throughput: sending time before the measured window");
     flags.add_int("count", &o.count, "connections: idle clients to open");
-    flags.add_string("sizes", &o.sizes, "sweep: comma-separated packet sizes");
+    flags.add_string("sizes", &o.sizes, "sweep: comma-separated packet sizes (\"mix\" for the realistic mix)");
+    flags.add_string("pairs-grid", &o.pairs_grid, "sweep: comma-separated pair counts to sweep (default: --pairs)");
     flags.add_int("start-rate", &o.start_rate, "sweep: first offered packets/s");
     flags.add_int("max-rate", &o.max_rate, "sweep: highest offered packets/s");
     flags.add_string("plot", &o.plot, "sweep: write an SVG of delivered and loss against offered load here");

@@ -5,7 +5,7 @@ set -euo pipefail
 build=${1:-build}
 for shards in 1 2; do
   for size in 64 570 1400; do
-    for rate in 200000 400000 600000 800000 0; do
+    for rate in 400000 800000 1600000 3200000 0; do
       line=$("$build/bench/relay_bench" -derpd "$build/server/derpd" -rounds 3 -duration 1s \
         -shards "$shards" -sizes "$size" -rate "$rate" | sed -n 2p)
       echo "rate=$rate $line"

@@ -52,6 +52,7 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_duration("keepalive-interval", &c.keepalive_interval_ns, "derpd: KeepAlive period; each connection adds a jitter of up to 1/12 of it (derper: 60s + [0,5s))");
 
     flags.add_string("ktls", &c.ktls, "derpd: kernel TLS offload after the handshake: auto (where the kernel has it), off, or require (refuse to start without it, close connections that cannot use it)");
+    flags.add_int("recv-buffers", &c.recv_buffers, "derpd: receive buffers (16 KiB each) per shard, a power of two from 8 to 4096; they bound what one loop turn reads, which keeps an overloaded shard sending instead of reading what it would drop");
     flags.add_duration("memory-trim-interval", &c.memory_trim_interval_ns, "derpd: how often freed heap memory is returned to the kernel (malloc_trim); a burst of TLS handshakes frees tens of KiB per connection that RSS would otherwise keep; 0 = never");
     flags.add_duration("cert-poll-interval", &c.cert_poll_interval_ns, "derpd: how often -certmode manual checks the certificate files for changes and reloads them (SIGHUP reloads at once); 0 = only on SIGHUP");
 
@@ -80,6 +81,8 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
                                       c.certmode));
     if (c.ktls != "auto" && c.ktls != "off" && c.ktls != "require")
         return unexpected(fmt::format("invalid value \"{}\" for flag -ktls: want auto, off or require", c.ktls));
+    if (c.recv_buffers < 8 || c.recv_buffers > 4096 || (c.recv_buffers & (c.recv_buffers - 1)) != 0)
+        return unexpected(fmt::format("invalid value {} for flag -recv-buffers: want a power of two from 8 to 4096", c.recv_buffers));
     if (c.memory_trim_interval_ns < 0)
         return unexpected(std::string("invalid negative duration for flag -memory-trim-interval"));
     if (c.cert_poll_interval_ns < 0)

@@ -805,8 +805,10 @@ bool derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, p
         // waits between two sends, not what one loop turn may receive for a client. A frame
         // partly written already moves first (its remainder), so that the byte stream stays
         // whole: the next send starts with the staging buffer.
-        if (c.staged_sent > 0 && c.staged_sent == c.staged.size()) {
-            c.staged.clear();
+        if (c.staged_sent > 0) {
+            // Drop what the last sends took, so that the buffer holds only unsent bytes (at
+            // most staged_bytes_max plus one frame) however long the receiver stays behind.
+            c.staged.erase(c.staged.begin(), c.staged.begin() + static_cast<std::ptrdiff_t>(c.staged_sent));
             c.staged_sent = 0;
         }
         if (c.partial_queue >= 0) {

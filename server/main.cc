@@ -245,6 +245,11 @@ int main(int argc, char** argv) {
     // (32 + 32) leaves in one or two sends.
     rc.shard_defaults.send_buffer_bytes = 64 * 1024;
     rc.shard_defaults.send_buffer_count = 256;
+    // Few receive buffers on purpose: they bound what one loop turn reads (32 x 16 KiB), so
+    // that under overload derpd sends between reads instead of reading megabytes per turn
+    // only to drop them at full queues (docs/BENCHMARKS.md: the unlimited rows). Connections
+    // that find the ring empty are re-armed the next turn.
+    rc.shard_defaults.recv_buffer_count = static_cast<std::uint32_t>(cfg.recv_buffers);
     rc.handle_signals = true;
     // STUN on the admin core: UDP on the host of -a at -stun-port (spec 3.1).
     stun::stun_counters stun_counters;

@@ -45,10 +45,11 @@ p50=$(field rtt_p50_us "$out"); answered=$(field delivered_packets "$out")
 ((rc == 0)) && [[ -n "$p50" && -n "$answered" ]] && ((answered > 400)) && awk "BEGIN{exit !($p50 > 0)}" &&
   echo "ok: latency: $answered round trips, p50 $p50 us" || fail "latency (exit $rc): $out"
 
-out=$("$bench" sweep --url "$url" --sizes 200 --pairs 2 --duration 300ms --warmup 100ms --start-rate 20000 \
+out=$("$bench" sweep --url "$url" --sizes 200 --pairs-grid 1,2 --duration 300ms --warmup 100ms --start-rate 20000 \
   --max-rate 40000 --plot "$tmp/sweep.svg" --json 2>/dev/null)
 rc=$?
-((rc == 0)) && grep -q '"workload":"sweep"' <<<"$out" && grep -q '"size":200,"size_label":"200","max_rate_under_1pct_loss_pps":' <<<"$out" &&
+((rc == 0)) && grep -q '"workload":"sweep"' <<<"$out" && grep -q '"pairs":1,"size":200,"size_label":"200","max_rate_under_1pct_loss_pps":' <<<"$out" &&
+  grep -q '"pairs":2,"size":200,' <<<"$out" && grep -q '200 B, 2 pairs' "$tmp/sweep.svg" &&
   grep -q '<polyline' "$tmp/sweep.svg" && grep -q '</svg>' "$tmp/sweep.svg" && echo "ok: sweep with --plot" ||
   fail "sweep (exit $rc): $out"
 
