@@ -35,7 +35,7 @@ echo "| bytes | delivered pkt/s (<1 % loss) | Gbit/s | server CPU s per Gbit | p
 echo "|---|---|---|---|---|---|"
 for size in 64 570 1400; do
   sweep_cmd=(sweep "${target[@]}" --sizes "$size" --pairs 4 --duration 1s --warmup 300ms --start-rate 50000
-             --max-rate 1600000 --server-pid "$pid" --json)
+             --max-rate 6400000 --server-pid "$pid" --json)
   out=$("$bench" "${sweep_cmd[@]}" 2>/dev/null)
   pps=$(field delivered_pps "$out")
   bps=$(field delivered_bps "$out")
@@ -46,7 +46,7 @@ for size in 64 570 1400; do
   lat=$("$bench" "${lat_cmd[@]}" 2>/dev/null)
   p99=$(field rtt_p99_us "$lat")
   gbps=$(awk "BEGIN{printf \"%.3f\", $bps / 1e9}")
-  echo "| $size | $pps | $gbps | $cpu | $p99 us | \`derpbench sweep $shown --sizes $size --pairs 4 --duration 1s --warmup 300ms --start-rate 50000 --max-rate 1600000 --server-pid PID\`; \`derpbench latency $shown --size $size --rate $half --pairs 4 --duration 3s --probe-interval 1ms\` |"
+  echo "| $size | $pps | $gbps | $cpu | $p99 us | \`derpbench sweep $shown --sizes $size --pairs 4 --duration 1s --warmup 300ms --start-rate 50000 --max-rate 6400000 --server-pid PID\`; \`derpbench latency $shown --size $size --rate $half --pairs 4 --duration 3s --probe-interval 1ms\` |"
 done
 conn_cmd=(connections "${target[@]}" --count 10000 --duration 60s --server-pid "$pid" --json)
 out=$("$bench" "${conn_cmd[@]}" 2>/dev/null)
