@@ -23,22 +23,11 @@
 #include <fmt/format.h>
 
 #include "bench/probe_net.hh"
+#include "crypto/tls.hh"
 #include "core/flags.hh"
 
 namespace derp::probe {
 namespace {
-
-std::string openssl_error_text() {
-    std::string text;
-    unsigned long code = 0;
-    while ((code = ERR_get_error()) != 0) {
-        char line[256];
-        ERR_error_string_n(code, line, sizeof line);
-        if (!text.empty()) text += "; ";
-        text += line;
-    }
-    return text;
-}
 
 std::int64_t asn1_time_unix(const ASN1_TIME* t) {
     std::tm when{};
@@ -196,7 +185,7 @@ result<std::unique_ptr<tls_connection>, std::string> dial_tls(const derp_node& n
     conn.fd = *fd;
     ERR_clear_error();
     conn.ssl = SSL_new(context.value()->native());
-    if (conn.ssl == nullptr) return unexpected("SSL_new: " + openssl_error_text());
+    if (conn.ssl == nullptr) return unexpected("SSL_new: " + tls::openssl_errors());
     SSL_set_fd(conn.ssl, conn.fd);
     if (!is_ip_literal(t->policy.sni)) {
         // OpenSSL's macro casts in C style.
@@ -226,8 +215,9 @@ result<std::unique_ptr<tls_connection>, std::string> dial_tls(const derp_node& n
             return unexpected(fmt::format("TLS handshake with {}: certificate verification failed for {}: {}{}", peer,
                                           t->policy.verify_name, X509_verify_cert_error_string(verify),
                                           ca_file.empty() ? "" : fmt::format(" (trusting {})", ca_file)));
-        std::string detail = openssl_error_text();
-        if (detail.empty()) detail = e == SSL_ERROR_SYSCALL ? "the server closed the connection" : "no detail from OpenSSL";
+        const bool queued = ERR_peek_error() != 0;
+        const std::string detail =
+            queued ? tls::openssl_errors() : e == SSL_ERROR_SYSCALL ? "the server closed the connection" : "no detail from OpenSSL";
         return unexpected(fmt::format("TLS handshake with {}: {}", peer, detail));
     }
 

@@ -33,19 +33,6 @@
 namespace derp::tls {
 namespace {
 
-// Everything OpenSSL queued on this thread's error stack, as one line.
-std::string openssl_errors() {
-    std::string text;
-    unsigned long code = 0;
-    while ((code = ERR_get_error()) != 0) {
-        char line[256];
-        ERR_error_string_n(code, line, sizeof line);
-        if (!text.empty()) text += "; ";
-        text += line;
-    }
-    return text.empty() ? "no detail from OpenSSL" : text;
-}
-
 // The window the memory BIO works on during one feed() or write(): input it may read, output
 // it writes into (a registered buffer), and a spill string for what does not fit.
 struct io_window {
@@ -467,6 +454,18 @@ result<void, std::string> write_self_signed(const std::string& ip_text, const st
     EVP_PKEY_free(key);
     if (!problem.empty()) return unexpected(problem);
     return {};
+}
+
+std::string openssl_errors() {
+    std::string text;
+    unsigned long code = 0;
+    while ((code = ERR_get_error()) != 0) {
+        char line[256];
+        ERR_error_string_n(code, line, sizeof line);
+        if (!text.empty()) text += "; ";
+        text += line;
+    }
+    return text.empty() ? "no detail from OpenSSL" : text;
 }
 
 std::string_view version_label(std::uint16_t version) noexcept {

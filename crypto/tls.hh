@@ -178,6 +178,9 @@ private:
     std::array<std::uint8_t, 5> _scan_header{};
 };
 
+// Everything OpenSSL queued on this thread's error stack, as one line (and the stack cleared).
+std::string openssl_errors();
+
 // The TLS version name as derper's metrics spell it.
 std::string_view version_label(std::uint16_t version) noexcept;
 

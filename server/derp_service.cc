@@ -925,14 +925,18 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
             return n;
         }
     }
+    // Copies what is left of a byte buffer (from `sent` on) into out; true when all of it went.
+    auto drain = [&](const auto& pending, std::size_t& sent) {
+        const std::size_t take = std::min(out.size() - n, pending.size() - sent);
+        std::memcpy(out.data() + n, pending.data() + sent, take);
+        n += take;
+        sent += take;
+        return sent == pending.size();
+    };
     // Staged frames next: older than anything still queued, and possibly the rest of a frame
     // begun in the previous send, which nothing may interrupt.
     if (c.staged_sent < c.staged.size()) {
-        const std::size_t take = std::min(out.size() - n, c.staged.size() - c.staged_sent);
-        std::memcpy(out.data() + n, c.staged.data() + c.staged_sent, take);
-        n += take;
-        c.staged_sent += take;
-        if (c.staged_sent < c.staged.size()) {
+        if (!drain(c.staged, c.staged_sent)) {
             c.bytes_out += n;
             _shard.want_write(conn);
             return n;
@@ -949,11 +953,7 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
         _counters.sent_pong.add();
     }
     if (c.control_sent < c.control_out.size()) {
-        const std::size_t take = std::min(out.size() - n, c.control_out.size() - c.control_sent);
-        std::memcpy(out.data() + n, c.control_out.data() + c.control_sent, take);
-        n += take;
-        c.control_sent += take;
-        if (c.control_sent < c.control_out.size()) {
+        if (!drain(c.control_out, c.control_sent)) {
             c.bytes_out += n;
             _shard.want_write(conn);
             return n;
