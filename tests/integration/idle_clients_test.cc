@@ -227,5 +227,10 @@ TEST_CASE("10,000 idle TLS clients: the same, over userspace TLS records") {
     // in v1.36, about 14.5 KB now). OpenSSL 3.0's SSL object alone is about 9 KiB before the
     // handshake (docs/BENCHMARKS.md); the bound here catches a regression such as a 16 KiB
     // record buffer kept per idle connection.
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer's redzones and quarantine inflate every allocation: no memory bound.
+    (void)per_connection;
+#else
     CHECK(per_connection <= 32 * 1024);
+#endif
 }
