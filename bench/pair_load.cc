@@ -291,7 +291,10 @@ pair_measurement measure_pairs(const std::vector<ring::socket_address>& servers,
     stats.sending = false;
     rt.value()->wake_all();
     // Loss over the window: what was sent in it and not delivered by the end of a short drain.
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    // After a stuck receiver (fault injection) the drain is longer: a connection the server
+    // closed meanwhile still has data queued on the server's orphaned socket, which TCP
+    // delivers (zero-window probes, backing off) before the FIN that shows the close.
+    std::this_thread::sleep_for(std::chrono::milliseconds(options.stop_reading_after_s >= 0 ? 3000 : 300));
     const std::uint64_t received_drained = stats.received.load();
     r.sent_packets = sent1 - sent0;
     r.delivered_packets = std::min(r.sent_packets, received_drained - received0);
