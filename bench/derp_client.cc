@@ -15,6 +15,7 @@ namespace derp::client {
 const char* to_string(client_failure failure) noexcept {
     switch (failure) {
     case client_failure::connect_failed: return "connect_failed";
+    case client_failure::tls_handshake: return "tls_handshake";
     case client_failure::http_status: return "http_status";
     case client_failure::bad_server_key: return "bad_server_key";
     case client_failure::bad_server_info: return "bad_server_info";
@@ -60,7 +61,8 @@ void client_pool::on_connect(conn_id conn, int error) noexcept {
     conn_state* c = find(conn);
     if (c == nullptr) return;
     if (error != 0) {
-        c->failure = client_failure::connect_failed;
+        // The TLS layer reports a failed handshake as EPROTO before it closes.
+        c->failure = error == EPROTO ? client_failure::tls_handshake : client_failure::connect_failed;
         return;  // the runtime closes it; on_closed reports the failure
     }
     c->stage = phase::http;

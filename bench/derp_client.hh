@@ -34,6 +34,7 @@ struct client_options {
 
 enum class client_failure : std::uint8_t {
     connect_failed,       // TCP connect error
+    tls_handshake,        // the TLS handshake failed (certificate, pin, alert; the log says which)
     http_status,          // the upgrade was answered with something other than 101
     bad_server_key,       // first frame not a valid ServerKey
     bad_server_info,      // ServerInfo missing, not openable, or not JSON

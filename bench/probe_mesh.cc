@@ -60,16 +60,13 @@ struct pair_state {
 const char* failure_text(client::client_failure failure, bool ready) {
     switch (failure) {
     case client::client_failure::connect_failed: return "TCP connect failed";
+    case client::client_failure::tls_handshake: return "the TLS handshake failed (the node's tls probe has the detail)";
     case client::client_failure::http_status: return "the server answered the DERP upgrade with a status other than 101";
     case client::client_failure::bad_server_key: return "the first frame was not a valid ServerKey";
     case client::client_failure::bad_server_info: return "ServerInfo did not open with the server key";
     case client::client_failure::protocol: return "the server sent a frame the client cannot accept";
     case client::client_failure::closed:
-        // The TLS layer reports a failed handshake as a close before the upgrade; its reason
-        // (pin mismatch, verification) is what this node's tls probe reports.
-        return ready ? "the server closed the connection"
-                     : "the connection closed before ServerInfo (TLS handshake or DERP upgrade failed; the node's tls "
-                       "probe has the TLS detail)";
+        return ready ? "the server closed the connection" : "the connection closed before ServerInfo";
     }
     return "failed";
 }
@@ -150,7 +147,8 @@ public:
     void on_closed(ring::conn_id, client::client_failure failure) noexcept override {
         _open = false;
         if (_closing) return;
-        if (!_ready && (failure == client::client_failure::closed || failure == client::client_failure::connect_failed)) {
+        if (!_ready && (failure == client::client_failure::closed || failure == client::client_failure::connect_failed ||
+                        failure == client::client_failure::tls_handshake)) {
             std::lock_guard lock(_state.mutex);
             if (_state.problem.empty()) _state.closed_in_handshake_side = _side;
         }

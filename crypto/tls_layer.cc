@@ -111,6 +111,9 @@ void tls_layer::on_connect(conn_id conn, int error) noexcept {
 void tls_layer::fail(conn_id conn, conn_tls& st, std::string_view what) noexcept {
     if (st.version == 0) {
         _counters.handshakes_failed.add();
+        // The service above of an outgoing connection has not heard of it yet: tell it the
+        // connection failed, and why in errno terms, before the close reaches it.
+        if (_config.client) _inner->on_connect(conn, EPROTO);
     } else {
         _counters.records_failed.add();
     }
