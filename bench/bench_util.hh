@@ -1,4 +1,5 @@
-// Small helpers shared by the benchmark programs: medians of rounds and thread pinning.
+// Small helpers shared by the benchmark programs: medians of rounds, thread pinning, and the
+// comma-separated lists their flags take.
 #pragma once
 
 #include <pthread.h>
@@ -14,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "core/bootstrap_dns.hh"
 #include "core/flags.hh"
 
 namespace derp::bench {
@@ -22,6 +24,14 @@ namespace derp::bench {
 inline double median(std::vector<double> values) {
     std::sort(values.begin(), values.end());
     return values.empty() ? 0 : values[values.size() / 2];
+}
+
+// A flag's comma-separated list ("64,570,1400"), entries trimmed, empty ones skipped.
+inline std::vector<std::string> comma_list(std::string_view text) { return parse_name_list(text); }
+inline std::vector<std::int64_t> comma_ints(std::string_view text) {
+    std::vector<std::int64_t> out;
+    for (const auto& entry : comma_list(text)) out.push_back(std::stoll(entry));
+    return out;
 }
 
 // Pins the calling thread to `cpu` (modulo the online cores).

@@ -367,19 +367,10 @@ int run_sweep(const options& o, const targets& ts) {
     std::string json = "[";
     bool failed = false;
     // The grid: every pairs value (--pairs-grid, else --pairs) x every size x the rates found.
-    std::vector<std::int64_t> pairs_values;
-    for (std::string_view grid = o.pairs_grid; !grid.empty();) {
-        const auto comma = grid.find(',');
-        pairs_values.push_back(std::stoll(std::string(grid.substr(0, comma))));
-        grid = comma == std::string_view::npos ? std::string_view() : grid.substr(comma + 1);
-    }
+    std::vector<std::int64_t> pairs_values = bench::comma_ints(o.pairs_grid);
     if (pairs_values.empty()) pairs_values.push_back(o.pairs);
     for (const std::int64_t pairs_value : pairs_values) {
-    std::string rest = o.sizes;
-    while (!rest.empty()) {
-        const auto comma = rest.find(',');
-        const std::string size_text = rest.substr(0, comma);
-        rest = comma == std::string::npos ? std::string() : rest.substr(comma + 1);
+    for (const std::string& size_text : bench::comma_list(o.sizes)) {
         bench::pair_options p = o.pair_base(ts);
         p.pairs = static_cast<std::uint32_t>(pairs_value);
         // "mix" sweeps the realistic mix; its row is labelled with the mean size.

@@ -186,26 +186,11 @@ int main(int argc, char** argv) {
         return 2;
     }
     ring::set_log_level(ring::log_level::warn);
-    auto split = [](std::string_view text) {
-        std::vector<std::int64_t> out;
-        while (!text.empty()) {
-            const auto comma = text.find(',');
-            out.push_back(std::stoll(std::string(text.substr(0, comma))));
-            text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
-        }
-        return out;
-    };
-    std::vector<std::string> transport_list;
-    for (std::string_view rest = transports; !rest.empty();) {
-        const auto comma = rest.find(',');
-        transport_list.emplace_back(rest.substr(0, comma));
-        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
-    }
     fmt::print("{:>9} {:>6} {:>6} {:>6} {:>12} {:>9} {:>8} {:>14} {:>10} {:>10}\n", "transport", "shards", "bytes", "pairs",
                "pkts/s", "Gbit/s", "loss", "srv us/pkt", "srv cpu", "load cpu");
     bool failed = false;
     std::string json = "[";
-    for (const auto& transport : transport_list) {
+    for (const auto& transport : bench::comma_list(transports)) {
     std::shared_ptr<client::client_tls> tls;
     if (transport == "tls") {
         tls::context::client_options o;
@@ -221,8 +206,8 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "-transport: want plain or tls, not {}\n", transport);
         return 2;
     }
-    for (const auto shards : split(shard_list)) {
-        for (const auto size : split(sizes)) {
+    for (const auto shards : bench::comma_ints(shard_list)) {
+        for (const auto size : bench::comma_ints(sizes)) {
             std::vector<double> pps, gbps, loss, cpu, srv_share, cli_share;
             std::uint64_t failures = 0;
             for (std::int64_t i = 0; i < rounds; ++i) {

@@ -361,10 +361,7 @@ int main(int argc, char** argv) {
         derp::bench::median(spsc1), derp::bench::median(spsc64), derp::bench::median(rt_msgs));
 
     bool first = true;
-    for (std::string_view rest = sizes; !rest.empty();) {
-        const auto comma = rest.find(',');
-        const std::string size_text(rest.substr(0, comma));
-        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    for (const std::string& size_text : derp::bench::comma_list(sizes)) {
         const std::size_t size = std::stoul(size_text);
         std::vector<double> ring_rps, epoll_rps, ratio, ring_cpu, epoll_cpu, cpu_ratio;
         for (std::int64_t r = 0; r < rounds; ++r) {

@@ -135,10 +135,7 @@ int main(int argc, char** argv) {
                "per busy shard (/s)", "failures");
     std::string json = "[";
     bool failed_any = false;
-    for (std::string_view rest = versions; !rest.empty();) {
-        const auto comma = rest.find(',');
-        const std::string version(rest.substr(0, comma));
-        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    for (const std::string& version : bench::comma_list(versions)) {
         std::vector<double> rates, cpu_us;
         std::uint64_t failures = 0;
         for (std::int64_t round = 0; round < rounds; ++round) {

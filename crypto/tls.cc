@@ -468,15 +468,17 @@ std::string openssl_errors() {
     return text.empty() ? "no detail from OpenSSL" : text;
 }
 
-std::string_view version_label(std::uint16_t version) noexcept {
+std::size_t version_index(std::uint16_t version) noexcept {
     switch (version) {
-        case TLS1_VERSION: return "1.0";
-        case TLS1_1_VERSION: return "1.1";
-        case TLS1_2_VERSION: return "1.2";
-        case TLS1_3_VERSION: return "1.3";
-        default: return "unknown";
+        case TLS1_VERSION: return 0;
+        case TLS1_1_VERSION: return 1;
+        case TLS1_2_VERSION: return 2;
+        case TLS1_3_VERSION: return 3;
+        default: return 4;
     }
 }
+
+std::string_view version_label(std::uint16_t version) noexcept { return version_labels[version_index(version)]; }
 
 session::session(std::shared_ptr<context> ctx, bool want_ktls)
     : _ctx(std::move(ctx)), _secrets(std::make_unique<secrets>()) {

@@ -181,7 +181,10 @@ private:
 // Everything OpenSSL queued on this thread's error stack, as one line (and the stack cleared).
 std::string openssl_errors();
 
-// The TLS version name as derper's metrics spell it.
+// The TLS version names as derper's metrics spell them, in the order of derpd's per-version
+// counters; version_index maps a protocol version to its place here.
+inline constexpr std::array<std::string_view, 5> version_labels = {"1.0", "1.1", "1.2", "1.3", "unknown"};
+std::size_t version_index(std::uint16_t version) noexcept;
 std::string_view version_label(std::uint16_t version) noexcept;
 
 }  // namespace derp::tls

@@ -190,18 +190,23 @@ void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
               st.tls ? st.tls->sni() : "", conn.slot, try_ktls ? "kTLS pending" : "userspace records");
 }
 
+std::string tls_layer::install_direction(conn_id conn, conn_tls& st, const std::optional<ktls_keys>& keys,
+                                         bool transmit) noexcept {
+    if (!keys || (transmit && !keys->tx_valid))
+        return fmt::format("cipher {} cannot be offloaded", st.tls ? st.tls->cipher_name() : "?");
+    const int fd = _shard.fd_of(conn);
+    if (!st.ulp_attached) {
+        if (auto attached = ktls_attach(fd); !attached) return attached.error();
+        st.ulp_attached = true;
+    }
+    if (auto installed = ktls_install(fd, transmit, transmit ? keys->tx : keys->rx); !installed) return installed.error();
+    return {};
+}
+
 bool tls_layer::install_tx(conn_id conn, conn_tls& st) noexcept {
     st.ktls_tx_pending = false;
     const auto keys = st.tls ? st.tls->ktls_export() : std::nullopt;
-    std::string problem;
-    if (!keys || !keys->tx_valid) problem = fmt::format("cipher {} cannot be offloaded", st.tls ? st.tls->cipher_name() : "?");
-    if (problem.empty() && !st.ulp_attached) {
-        if (auto attached = ktls_attach(_shard.fd_of(conn)); !attached) problem = attached.error();
-        else st.ulp_attached = true;
-    }
-    if (problem.empty()) {
-        if (auto installed = ktls_install(_shard.fd_of(conn), true, keys->tx); !installed) problem = installed.error();
-    }
+    const std::string problem = install_direction(conn, st, keys, true);
     if (problem.empty()) {
         st.ktls_tx = true;
         settle_path(conn, st);
@@ -230,17 +235,7 @@ void tls_layer::on_recv_paused(conn_id conn) noexcept {
     // then the kernel cannot take over now; try again at a later boundary.
     if (st->tls && st->tls->at_record_boundary() && st->tls->state() == status::open) {
         const auto keys = st->tls->ktls_export();
-        std::string problem;
-        if (!keys) {
-            problem = fmt::format("cipher {} cannot be offloaded", st->tls->cipher_name());
-        } else if (!st->ulp_attached) {
-            if (auto attached = ktls_attach(_shard.fd_of(conn)); !attached) problem = attached.error();
-            else st->ulp_attached = true;
-        }
-        if (problem.empty() && keys) {
-            if (auto installed = ktls_install(_shard.fd_of(conn), false, keys->rx); !installed)
-                problem = installed.error();
-        }
+        const std::string problem = install_direction(conn, *st, keys, false);
         if (problem.empty()) {
             st->ktls_rx = true;
             ring::log(log_level::debug, "shard {}: slot {}: kTLS RX installed at record {} ({} {})", _shard.index(),
@@ -265,7 +260,7 @@ void tls_layer::on_recv_paused(conn_id conn) noexcept {
 void tls_layer::maybe_release_session(conn_tls& st) noexcept {
     // Both directions in the kernel and nothing OpenSSL still owes the socket: the SSL object
     // and its buffers go, and an idle connection costs no userspace TLS memory.
-    if (st.ktls_tx && st.ktls_rx && !st.ktls_tx_pending && st.cipher_out.empty() && !st.busy) {
+    if (st.ktls_tx && st.ktls_rx && !st.ktls_tx_pending && st.cipher_out.empty()) {
         st.tls.reset();
         std::string().swap(st.cipher_out);
     }
@@ -274,7 +269,7 @@ void tls_layer::maybe_release_session(conn_tls& st) noexcept {
 void tls_layer::offer_plaintext(conn_id conn, conn_tls& st) noexcept {
     if (st.plain.empty()) return;
     const std::size_t used = _inner->on_data(conn, {reinterpret_cast<const std::uint8_t*>(st.plain.data()), st.plain.size()});
-    if (st.dead || !_shard.is_open(conn)) return;
+    if (!_shard.is_open(conn)) return;  // the service closed it: on_closed has reset `st`
     st.plain.erase(0, std::min(used, st.plain.size()));
     if (st.plain.empty()) {
         if (st.plain.capacity() > 4096) std::string().swap(st.plain);
@@ -296,19 +291,18 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     }
     if (st.tls->state() == status::failed) return bytes.size();  // closing already
     const bool was_handshaking = st.tls->state() == status::handshaking;
-    st.busy = true;
+    // feed() calls nothing outside OpenSSL, so the connection cannot close under it.
     const status s = st.tls->feed(bytes, st.plain, st.cipher_out);
-    st.busy = false;
     // The handshake may have finished in this read even if a record behind it then failed.
     if (was_handshaking && st.tls->handshake_complete()) handshake_done(conn, st);
     if (s == status::failed) {
         if (find(conn) != nullptr) fail(conn, st, st.tls->error());
         return bytes.size();
     }
-    if (st.dead || !_shard.is_open(conn)) return bytes.size();
+    if (!_shard.is_open(conn)) return bytes.size();
     if (!st.cipher_out.empty()) _shard.want_write(conn);
     offer_plaintext(conn, st);
-    if (st.dead || !_shard.is_open(conn)) return bytes.size();
+    if (!_shard.is_open(conn)) return bytes.size();
     if (s == status::closed) {
         // close_notify: what the service still answers goes out, then the connection closes.
         _shard.close_after_flush(conn);
@@ -415,10 +409,6 @@ void tls_layer::on_closed(conn_id conn, ring::close_cause cause) noexcept {
     if (st == nullptr) return;
     if (st->version == TLS1_3_VERSION) _counters.open_tls13.sub();
     else if (st->version != 0) _counters.open_tls12.sub();
-    if (st->busy) {
-        st->dead = true;  // feed() is on the stack: the session goes when it returns
-        return;
-    }
     *st = conn_tls{};
 }
 

@@ -93,8 +93,6 @@ private:
     struct conn_tls {
         std::uint32_t gen = 0;
         bool active = false;          // a TLS connection (else: plain, passed through)
-        bool busy = false;            // inside feed(): on_closed must not free the session
-        bool dead = false;            // closed while busy
         bool ktls_tx = false;
         bool ktls_rx = false;
         bool ktls_tx_pending = false; // install TX once the handshake bytes have left
@@ -115,6 +113,10 @@ private:
     void offer_plaintext(ring::conn_id conn, conn_tls& st) noexcept;
     void fail(ring::conn_id conn, conn_tls& st, std::string_view what) noexcept;
     bool install_tx(ring::conn_id conn, conn_tls& st) noexcept;
+    // Puts one direction into the kernel (attaching the tls ULP first, once per socket):
+    // nothing on success, else why not.
+    std::string install_direction(ring::conn_id conn, conn_tls& st, const std::optional<ktls_keys>& keys,
+                                  bool transmit) noexcept;
     void maybe_release_session(conn_tls& st) noexcept;
     void settle_path(ring::conn_id conn, conn_tls& st) noexcept;
 

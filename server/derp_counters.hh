@@ -71,7 +71,7 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter http_requests;
     // derper's derper_tls_request_version (per request) and derper_tls_active_version (in
     // flight: a DERP connection's request lasts as long as the connection), by
-    // tls_version_index: 1.0, 1.1, 1.2, 1.3, unknown.
+    // tls::version_index: 1.0, 1.1, 1.2, 1.3, unknown.
     std::array<counter, 5> tls_request_version;
     std::array<counter, 5> tls_active_version;
     counter port80_requests;               // requests on the port-80 listener of a TLS server

@@ -369,9 +369,7 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
     std::size_t tls_index = 0;
     const bool over_tls = _tls != nullptr && _tls->is_tls(conn);
     if (over_tls) {
-        const auto label = tls::version_label(_tls->tls_version(conn));
-        constexpr std::array<std::string_view, 5> labels = {"1.0", "1.1", "1.2", "1.3", "unknown"};
-        tls_index = static_cast<std::size_t>(std::find(labels.begin(), labels.end() - 1, label) - labels.begin());
+        tls_index = tls::version_index(_tls->tls_version(conn));
         _counters.tls_request_version[tls_index].add();
     }
     http_route_result routed = route_http_request(request, context);

@@ -146,7 +146,7 @@ private:
         bool is_dup = false;
         bool activity_reported = false;
         bool watcher = false;
-        std::uint8_t tls_active = 0;   // tls_version_index + 1 while counted in tls_active_version
+        std::uint8_t tls_active = 0;   // tls::version_index + 1 while counted in tls_active_version
         std::uint64_t skip_bytes = 0;  // payload of an ignored frame still to discard
         bool partial_input = false;    // the runtime holds the start of an unfinished frame
         std::uint64_t bytes_in = 0;    // all bytes received and sent on the connection, for

@@ -183,7 +183,7 @@ std::string render_varz(const derp_shared& shared) {
     // derper's TLS-mode metrics (spec 7.3): the label map has no type and lists the versions
     // seen so far, as Go's map does; the active gauge lists them too.
     if (shared.tls != nullptr) {
-        constexpr std::array<std::string_view, 5> labels = {"1.0", "1.1", "1.2", "1.3", "unknown"};
+        const auto& labels = tls::version_labels;
         std::string request_lines, active_lines;
         for (std::size_t v = 0; v < labels.size(); ++v) {
             const auto requests = sum_derp(shared, [&](const derp_counters& c) { return c.tls_request_version[v].get(); });
