@@ -33,6 +33,11 @@ expect_failure "bad listen address" 'bad port' "$derpd" -dev -a 127.0.0.1:99999
 expect_failure "ACME not yet" "-certmode letsencrypt \\(ACME\\) is not available.*-certmode manual" \
   "$derpd" -a 127.0.0.1:443 -c "$tmp/k"
 expect_failure "bad -ktls" 'invalid value "maybe" for flag -ktls' "$derpd" -dev -ktls maybe
+expect_failure "bad -recv-buffers" 'invalid value 100 for flag -recv-buffers: want a power of two' "$derpd" -dev -recv-buffers 100
+expect_failure "negative -memory-trim-interval" 'invalid negative duration for flag -memory-trim-interval' \
+  "$derpd" -dev -memory-trim-interval -1s
+expect_failure "negative -cert-poll-interval" 'invalid negative duration for flag -cert-poll-interval' \
+  "$derpd" -dev -cert-poll-interval -1s
 # -certmode manual: a DNS hostname needs both files; a key that is not the certificate's, or a
 # certificate for another name, stops start-up naming the file.
 mkdir -p "$tmp/certs"
