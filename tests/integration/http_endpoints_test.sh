@@ -27,7 +27,15 @@ raw() {  # request file
   timeout 2 cat <&3 | sed 's/^Date: .*\r$/Date: (masked)\r/'
   exec 3<&-
 }
-masked() { sed 's/^Date: .*\r$/Date: (masked)\r/' "$1"; }
+masked() {
+  sed 's/^Date: .*\r$/Date: (masked)\r/' "$1"
+}
+
+# Every recorded request and answer must be there and non-empty before anything is compared:
+# a missing file would make both sides of a comparison empty, and equal.
+for f in "$fixtures"/{derp-probe,derp-probe-head,derp-probe-post,generate_204-no-challenge,generate_204-bad-challenge,generate_204-challenge,derp-no-upgrade,robots.txt}/{request,response}.bin; do
+  [[ -s "$f" ]] || { echo "FAIL: fixture $f is missing or empty"; exit 1; }
+done
 
 # Byte-exact where derper v1.36.2 and current derper agree (fixtures/README.md).
 for case in derp-probe derp-probe-head derp-probe-post generate_204-no-challenge generate_204-bad-challenge \

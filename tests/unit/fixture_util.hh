@@ -1,5 +1,5 @@
 // Test helpers shared by the unit tests: hex conversion and loading of the recorded DERP
-// fixtures (../shared/fixtures, or $DERP_FIXTURES_DIR). Test code only; it may throw.
+// fixtures (tests/fixtures, found through $DERP_FIXTURES_DIR). Test code only; it may throw.
 #pragma once
 
 #include <cstdint>
@@ -61,7 +61,7 @@ inline std::string_view as_text(const bytes& b) {
 
 inline std::filesystem::path fixtures_dir() {
     if (const char* env = std::getenv("DERP_FIXTURES_DIR"); env != nullptr && *env != '\0') return env;
-    return "../shared/fixtures";
+    return "tests/fixtures";
 }
 
 inline std::string read_text(const std::filesystem::path& path) {
@@ -70,7 +70,11 @@ inline std::string read_text(const std::filesystem::path& path) {
         throw std::runtime_error("cannot open fixture " + path.string() +
                                  " (set DERP_FIXTURES_DIR to the fixtures folder)");
     }
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    // A recorded expectation is never empty: an empty file would make every comparison
+    // against it vacuous.
+    if (text.empty()) throw std::runtime_error("fixture " + path.string() + " is empty");
+    return text;
 }
 
 inline bytes read_binary(const std::string& relative) { return to_bytes(read_text(fixtures_dir() / relative)); }
