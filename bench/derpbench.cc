@@ -30,7 +30,7 @@
 #include <fmt/format.h>
 
 #include "bench/bench_util.hh"
-#include "bench/derp_client.hh"
+#include "client/derp_client.hh"
 #include "bench/pair_load.hh"
 #include "core/key.hh"
 #include "crypto/box.hh"

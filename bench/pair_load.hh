@@ -14,7 +14,7 @@
 #include <memory>
 #include <string>
 
-#include "bench/derp_client.hh"
+#include "client/derp_client.hh"
 #include "ring/listen.hh"
 
 namespace derp::bench {

@@ -25,7 +25,7 @@ while IFS= read -r file; do
     echo "tidy: $file does not open with a comment saying what it is for" >&2
     status=1
   fi
-done < <(git ls-files '*.hh' '*.cc' 2>/dev/null || find core ring crypto server bench tests -name '*.hh' -o -name '*.cc')
+done < <(git ls-files '*.hh' '*.cc' 2>/dev/null || find core ring crypto stun client server admin bench probe tests -name '*.hh' -o -name '*.cc')
 
 if ((status == 0)); then echo "tidy: ok"; fi
 exit $status

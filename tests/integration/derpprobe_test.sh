@@ -7,7 +7,7 @@
 # page, and stops with status 0 on SIGTERM. Every derpd started here must also exit 0 on SIGTERM.
 set -uo pipefail
 derpd="${DERP_BUILD_ROOT:?}/server/derpd"
-derpprobe="${DERP_BUILD_ROOT:?}/bench/derpprobe"
+derpprobe="${DERP_BUILD_ROOT:?}/probe/derpprobe"
 command -v openssl >/dev/null || { echo "SKIP: openssl not installed"; exit 77; }
 command -v curl >/dev/null || { echo "SKIP: curl not installed"; exit 77; }
 tmp=$(mktemp -d)

@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "bench/derp_client.hh"
+#include "client/derp_client.hh"
 #include "crypto/box.hh"
 #include "crypto/tls.hh"
 #include "tests/support/tls_socket.hh"

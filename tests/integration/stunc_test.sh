@@ -4,7 +4,7 @@
 # failures with exit status 1.
 set -uo pipefail
 derpd="${DERP_BUILD_ROOT:?}/server/derpd"
-stunc="${DERP_BUILD_ROOT:?}/bench/stunc"
+stunc="${DERP_BUILD_ROOT:?}/probe/stunc"
 tmp=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/derp_client.hh"
+#include "client/derp_client.hh"
 
 namespace derp::test {
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "bench/probe_scheduler.hh"
+#include "probe/probe_scheduler.hh"
 
 namespace derp::probe {
 

@@ -3,7 +3,7 @@
 // that the chain it inspects is the one the mesh probe's clients accepted. The handshake runs on
 // our own SSL object rather than a tls::session because the probe needs the whole peer chain
 // (every certificate's dates, the pin), which a session does not expose.
-#include "bench/probe_tls.hh"
+#include "probe/probe_tls.hh"
 
 #include <unistd.h>
 
@@ -22,7 +22,7 @@
 
 #include <fmt/format.h>
 
-#include "bench/probe_net.hh"
+#include "probe/probe_net.hh"
 #include "crypto/tls.hh"
 #include "core/flags.hh"
 

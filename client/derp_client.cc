@@ -1,6 +1,6 @@
 // DERP client connections on the runtime (see derp_client.hh): the client half of spec 1.4 and
 // 3.3, with the Go client's tolerance for what servers send (spec 9.1).
-#include "bench/derp_client.hh"
+#include "client/derp_client.hh"
 
 #include <cstring>
 #include <string_view>

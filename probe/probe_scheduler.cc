@@ -1,5 +1,5 @@
 // The prober's scheduling and bookkeeping (see probe_scheduler.hh).
-#include "bench/probe_scheduler.hh"
+#include "probe/probe_scheduler.hh"
 
 #include <algorithm>
 #include <climits>

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "bench/probe_common.hh"
-#include "bench/probe_map.hh"
+#include "probe/probe_common.hh"
+#include "probe/probe_map.hh"
 #include "core/result.hh"
 #include "ring/listen.hh"
 

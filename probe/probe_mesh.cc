@@ -3,7 +3,7 @@
 // nodes of a pair may differ in both. The probe's worker thread waits on a condition variable
 // that the clients' handlers signal from their shard threads; it hands a client work by setting
 // a flag and waking that client's loop (the handler acts in on_turn).
-#include "bench/probe_mesh.hh"
+#include "probe/probe_mesh.hh"
 
 #include <sys/random.h>
 
@@ -17,9 +17,9 @@
 
 #include <fmt/format.h>
 
-#include "bench/derp_client.hh"
-#include "bench/probe_net.hh"
-#include "bench/probe_tls.hh"
+#include "client/derp_client.hh"
+#include "probe/probe_net.hh"
+#include "probe/probe_tls.hh"
 #include "crypto/box.hh"
 
 namespace derp::probe {

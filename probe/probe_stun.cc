@@ -1,6 +1,6 @@
 // The udp probe (see probe_stun.hh), on stunc's approach: a connected UDP socket, so that an
 // ICMP port-unreachable comes back as ECONNREFUSED at once instead of as a silent timeout.
-#include "bench/probe_stun.hh"
+#include "probe/probe_stun.hh"
 
 #include <arpa/inet.h>
 #include <poll.h>
@@ -14,7 +14,7 @@
 
 #include <fmt/format.h>
 
-#include "bench/probe_net.hh"
+#include "probe/probe_net.hh"
 #include "core/flags.hh"
 #include "stun/codec.hh"
 

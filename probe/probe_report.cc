@@ -1,5 +1,5 @@
 // Metrics text, status page and -once lines for derpprobe (see probe_report.hh).
-#include "bench/probe_report.hh"
+#include "probe/probe_report.hh"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include <fmt/format.h>
 
-#include "bench/probe_net.hh"
+#include "probe/probe_net.hh"
 #include "core/flags.hh"
 
 namespace derp::probe {

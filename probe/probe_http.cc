@@ -1,5 +1,5 @@
 // derpprobe's HTTP listener (see probe_http.hh).
-#include "bench/probe_http.hh"
+#include "probe/probe_http.hh"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -1,5 +1,5 @@
 // Node addresses and a deadline-bounded TCP connect for derpprobe (see probe_net.hh).
-#include "bench/probe_net.hh"
+#include "probe/probe_net.hh"
 
 #include <arpa/inet.h>
 #include <netdb.h>

@@ -9,8 +9,8 @@
 #include <optional>
 #include <string>
 
-#include "bench/probe_common.hh"
-#include "bench/probe_map.hh"
+#include "probe/probe_common.hh"
+#include "probe/probe_map.hh"
 #include "core/key.hh"
 
 namespace derp::probe {

@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "bench/probe_common.hh"
+#include "probe/probe_common.hh"
 
 namespace derp::probe {
 

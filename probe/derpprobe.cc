@@ -22,14 +22,14 @@
 
 #include <fmt/format.h>
 
-#include "bench/probe_http.hh"
-#include "bench/probe_map.hh"
-#include "bench/probe_mesh.hh"
-#include "bench/probe_net.hh"
-#include "bench/probe_report.hh"
-#include "bench/probe_scheduler.hh"
-#include "bench/probe_stun.hh"
-#include "bench/probe_tls.hh"
+#include "probe/probe_http.hh"
+#include "probe/probe_map.hh"
+#include "probe/probe_mesh.hh"
+#include "probe/probe_net.hh"
+#include "probe/probe_report.hh"
+#include "probe/probe_scheduler.hh"
+#include "probe/probe_stun.hh"
+#include "probe/probe_tls.hh"
 #include "core/flags.hh"
 #include "crypto/box.hh"
 #include "ring/log.hh"

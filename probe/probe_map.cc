@@ -1,5 +1,5 @@
 // Reading and decoding the DERP map for derpprobe (see probe_map.hh).
-#include "bench/probe_map.hh"
+#include "probe/probe_map.hh"
 
 #include <algorithm>
 #include <cerrno>

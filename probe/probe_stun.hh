@@ -4,8 +4,8 @@
 // transaction id.
 #pragma once
 
-#include "bench/probe_common.hh"
-#include "bench/probe_map.hh"
+#include "probe/probe_common.hh"
+#include "probe/probe_map.hh"
 
 namespace derp::probe {
 
