@@ -14,22 +14,9 @@
 #include "core/http_endpoints.hh"
 #include "core/http_request.hh"
 #include "ring/log.hh"
-#include "server/varz.hh"
+#include "admin/varz.hh"
 
 namespace derp::server {
-
-std::string_view to_string(drop_reason reason) noexcept {
-    switch (reason) {
-    case drop_reason::unknown_dest: return "unknown_dest";
-    case drop_reason::unknown_dest_on_fwd: return "unknown_dest_on_fwd";
-    case drop_reason::gone_disconnected: return "gone_disconnected";
-    case drop_reason::queue_head: return "queue_head";
-    case drop_reason::queue_tail: return "queue_tail";
-    case drop_reason::write_error: return "write_error";
-    case drop_reason::dup_client: return "dup_client";
-    }
-    return "unknown";
-}
 
 namespace {
 
@@ -402,7 +389,7 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
     case http_route::debug: {
         if (request.path == "/debug/varz") {
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}}};
-            respond(conn, c, go_http_response(200, headers, render_varz(_shared), unix_seconds, request.method == "HEAD"),
+            respond(conn, c, go_http_response(200, headers, admin::render_varz(_shared), unix_seconds, request.method == "HEAD"),
                     keep_alive);
         } else if (request.path == "/debug/traffic") {
             // Streams JSON lines every 2 s until the client goes (derper's /debug/traffic).
@@ -418,16 +405,16 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
             return in.size();
         } else if (request.path == "/debug/vars") {
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "application/json; charset=utf-8"}}};
-            respond(conn, c, go_http_response(200, headers, render_debug_vars(_shared), unix_seconds, request.method == "HEAD"),
+            respond(conn, c, go_http_response(200, headers, admin::render_debug_vars(_shared), unix_seconds, request.method == "HEAD"),
                     keep_alive);
         } else if (request.path == "/debug/check") {
-            auto [status, text] = render_debug_check(_shared);
+            auto [status, text] = admin::render_debug_check(_shared);
             respond(conn, c, status == 200 ? go_http_response(200, {}, text, unix_seconds, request.method == "HEAD", true)
                                            : go_http_error(status, text, unix_seconds, request.method == "HEAD"),
                     keep_alive);
         } else if (request.path == "/debug/" || request.path == "/debug") {
             const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/html; charset=utf-8"}}};
-            respond(conn, c, go_http_response(200, headers, render_debug_index(_shared), unix_seconds,
+            respond(conn, c, go_http_response(200, headers, admin::render_debug_index(_shared), unix_seconds,
                                               request.method == "HEAD"),
                     keep_alive);
         } else {

@@ -18,6 +18,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include "admin/derp_counters.hh"
+#include "core/drop_reason.hh"
 #include "core/frame.hh"
 #include "core/handshake.hh"
 #include "core/http_endpoints.hh"
@@ -28,10 +30,14 @@
 #include "ring/buffer_pool.hh"
 #include "ring/shard.hh"
 #include "server/bootstrap_dns.hh"
-#include "server/derp_counters.hh"
 #include "stun/server.hh"
 
 namespace derp::server {
+
+using admin::buffered_write_frames_bounds;
+using admin::derp_counters;
+using admin::tcp_rtt_bounds_us;
+using admin::tcp_rtt_labels;
 
 // What every shard's service shares, read-only once the runtime runs (counters apart, which
 // are per shard and single-writer).
@@ -55,22 +61,13 @@ struct derp_settings {
     std::uint32_t large_transfer_buffers = 128;            // frames up to 64 KiB + 37, per shard
 };
 
-struct derp_shared {
+// What the shards share: the settings, read-only once the runtime runs, and the counters and
+// other sources the admin plane publishes (admin/derp_counters.hh).
+struct derp_shared : admin::metric_sources {
     explicit derp_shared(derp_settings s, std::uint32_t shard_count)
-        : settings(std::move(s)), counters(std::make_unique<derp_counters[]>(shard_count)),
-          shards(shard_count), ring_counters(shard_count, nullptr),
-          start_unix_seconds(static_cast<std::int64_t>(std::time(nullptr))) {}
+        : metric_sources(shard_count, s.mesh_key.has_value()), settings(std::move(s)) {}
     derp_settings settings;
-    std::unique_ptr<derp_counters[]> counters;
-    std::uint32_t shards;
-    // Each shard's runtime counters, filled in by its service constructor (each shard its own
-    // element; the runtime's start gate orders that before any request is served).
-    std::vector<const ring::shard_counters*> ring_counters;
-    std::int64_t start_unix_seconds;
-    const stun::stun_counters* stun = nullptr;  // the admin thread's, when STUN runs
     const bootstrap_resolver* bootstrap = nullptr;  // when bootstrap DNS names are configured
-    const tls::tls_counters* tls = nullptr;         // per shard, in TLS mode
-    std::vector<std::string> cmdline;               // argv, for /debug/vars
 };
 
 // One client connection's line of /debug/traffic.

@@ -25,7 +25,7 @@
 #include "ring/runtime.hh"
 #include "server/config.hh"
 #include "server/derp_service.hh"
-#include "server/admin_service.hh"
+#include "admin/admin_service.hh"
 #include "server/files.hh"
 #include "server/certificates.hh"
 #include "crypto/ktls.hh"
@@ -286,7 +286,7 @@ int main(int argc, char** argv) {
             return wrapped;
         },
         [&shared, &stun_counters, stun_accept_standard](ring::shard& sh) -> std::unique_ptr<ring::service> {
-            return std::make_unique<server::admin_service>(sh, shared, stun_counters, stun_accept_standard);
+            return std::make_unique<admin::admin_service>(sh, shared, stun_counters, stun_accept_standard);
         });
     if (!rt) return fail(rt.error());
     for (const auto& address : rt.value()->bound_admin_addresses())
@@ -329,18 +329,18 @@ int main(int argc, char** argv) {
     }
     // What this run relayed and dropped, summed over the shards, for the operator's log.
     std::uint64_t received = 0, sent = 0;
-    std::array<std::uint64_t, server::drop_reason_count> dropped{};
+    std::array<std::uint64_t, drop_reason_count> dropped{};
     for (std::uint32_t s = 0; s < shards; ++s) {
         const auto& c = shared.counters[s];
         received += c.packets_received.get();
         sent += c.packets_sent.get();
-        for (std::size_t r = 0; r < server::drop_reason_count; ++r)
+        for (std::size_t r = 0; r < drop_reason_count; ++r)
             dropped[r] += c.packets_dropped[r][0].get() + c.packets_dropped[r][1].get();
     }
     std::string drops;
-    for (std::size_t r = 0; r < server::drop_reason_count; ++r)
+    for (std::size_t r = 0; r < drop_reason_count; ++r)
         if (dropped[r] > 0)
-            drops += fmt::format(" {}={}", server::to_string(static_cast<server::drop_reason>(r)), dropped[r]);
+            drops += fmt::format(" {}={}", to_string(static_cast<drop_reason>(r)), dropped[r]);
     ring::log(log_level::info, "derpd: stopped; packets received {}, sent {}, dropped:{}", received, sent,
               drops.empty() ? " none" : drops);
     return 0;

@@ -7,22 +7,22 @@
 #include <string>
 #include <utility>
 
-#include "server/derp_service.hh"
+#include "admin/derp_counters.hh"
 
-namespace derp::server {
+namespace derp::admin {
 
-std::string render_varz(const derp_shared& shared);
+std::string render_varz(const metric_sources& shared);
 
 // /debug/check (spec 7.1): derper's consistency check. Like derper's it compares registered
 // connections with distinct keys, so it reports a problem while duplicate keys are connected.
 // Returns the status and the body.
-std::pair<int, std::string> render_debug_check(const derp_shared& shared);
+std::pair<int, std::string> render_debug_check(const metric_sources& shared);
 
 // /debug/vars (spec 7.1): Go's expvar JSON with derper's raw names (one object; top-level keys
 // sorted, one per line, as expvar writes them). Go-runtime variables (memstats) are absent.
-std::string render_debug_vars(const derp_shared& shared);
+std::string render_debug_vars(const metric_sources& shared);
 
 // The /debug/ index page.
-std::string render_debug_index(const derp_shared& shared);
+std::string render_debug_index(const metric_sources& shared);
 
-}  // namespace derp::server
+}  // namespace derp::admin

@@ -7,14 +7,14 @@
 #include <vector>
 
 #include "ring/shard.hh"
-#include "server/derp_service.hh"
+#include "admin/derp_counters.hh"
 #include "stun/server.hh"
 
-namespace derp::server {
+namespace derp::admin {
 
 class admin_service final : public ring::service {
 public:
-    admin_service(ring::shard& sh, const derp_shared& shared, stun::stun_counters& stun_counters,
+    admin_service(ring::shard& sh, const metric_sources& shared, stun::stun_counters& stun_counters,
                   bool stun_accept_standard)
         : _shard(sh), _shared(shared), _stun(sh, stun_counters, stun_accept_standard) {}
 
@@ -39,9 +39,9 @@ private:
     http_conn* find(ring::conn_id conn) noexcept;
 
     ring::shard& _shard;
-    const derp_shared& _shared;
+    const metric_sources& _shared;
     stun::stun_service _stun;
     std::vector<http_conn> _conns;  // by slot
 };
 
-}  // namespace derp::server
+}  // namespace derp::admin

@@ -1,5 +1,5 @@
 // The admin listener's HTTP handling (see admin_service.hh).
-#include "server/admin_service.hh"
+#include "admin/admin_service.hh"
 
 #include <array>
 #include <cstring>
@@ -7,9 +7,9 @@
 
 #include "core/http_endpoints.hh"
 #include "core/http_request.hh"
-#include "server/varz.hh"
+#include "admin/varz.hh"
 
-namespace derp::server {
+namespace derp::admin {
 namespace {
 constexpr std::uint8_t timer_idle = 0;
 constexpr std::uint64_t idle_timeout_ns = 30'000'000'000;  // Go's ReadTimeout, as the main listener
@@ -95,4 +95,4 @@ std::size_t admin_service::on_writable(ring::conn_id conn, std::span<std::uint8_
     return n;
 }
 
-}  // namespace derp::server
+}  // namespace derp::admin

@@ -1,5 +1,5 @@
 // Prometheus text rendering of derpd's counters (see varz.hh).
-#include "server/varz.hh"
+#include "admin/varz.hh"
 
 #include <malloc.h>
 #include <unistd.h>
@@ -18,13 +18,13 @@
 #define DERPD_VERSION "unknown"
 #endif
 
-namespace derp::server {
+namespace derp::admin {
 namespace {
 
 using ring::shard_counters;
 
 template <typename Get>
-std::uint64_t sum_derp(const derp_shared& shared, Get get) {
+std::uint64_t sum_derp(const metric_sources& shared, Get get) {
     std::uint64_t total = 0;
     for (std::uint32_t s = 0; s < shared.shards; ++s) total += get(shared.counters[s]);
     return total;
@@ -74,7 +74,7 @@ process_stats read_process_stats() {
 
 }  // namespace
 
-std::string render_varz(const derp_shared& shared) {
+std::string render_varz(const metric_sources& shared) {
     std::string out;
     out.reserve(16384);
     const auto derp_sum = [&](auto member) {
@@ -340,7 +340,7 @@ std::string render_varz(const derp_shared& shared) {
     return out;
 }
 
-std::string render_debug_vars(const derp_shared& shared) {
+std::string render_debug_vars(const metric_sources& shared) {
     const auto derp_sum = [&](auto member) {
         return sum_derp(shared, [&](const derp_counters& c) { return (c.*member).get(); });
     };
@@ -429,7 +429,7 @@ std::string render_debug_vars(const derp_shared& shared) {
     return out + "\n}\n";
 }
 
-std::pair<int, std::string> render_debug_check(const derp_shared& shared) {
+std::pair<int, std::string> render_debug_check(const metric_sources& shared) {
     std::uint64_t connections = 0, keys = 0;
     for (std::uint32_t s = 0; s < shared.shards; ++s) {
         connections += shared.counters[s].current_connections.get();
@@ -442,7 +442,7 @@ std::pair<int, std::string> render_debug_check(const derp_shared& shared) {
     return {200, "derp.Server ConsistencyCheck okay"};
 }
 
-std::string render_debug_index(const derp_shared& shared) {
+std::string render_debug_index(const metric_sources& shared) {
     char host[256] = {};
     gethostname(host, sizeof host - 1);
     const auto uptime = static_cast<std::uint64_t>(std::time(nullptr)) - static_cast<std::uint64_t>(shared.start_unix_seconds);
@@ -458,7 +458,7 @@ std::string render_debug_index(const derp_shared& shared) {
         "<li><a href=\"/debug/check\">/debug/check</a></li>\n"
         "<li><a href=\"/debug/vars\">/debug/vars</a> (JSON)</li>\n"
         "</ul>\n</body></html>\n",
-        uptime, DERPD_VERSION, host, shared.settings.mesh_key ? "true" : "false", shared.shards);
+        uptime, DERPD_VERSION, host, shared.mesh_key ? "true" : "false", shared.shards);
 }
 
-}  // namespace derp::server
+}  // namespace derp::admin

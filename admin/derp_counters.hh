@@ -1,39 +1,25 @@
 // The DERP server's counters, one set per shard, each written only by its shard (see
-// ring/counters.hh); the admin plane and the tests sum them. Names follow derper's expvars
-// (spec 7.2) so that /debug/varz can keep derper's metric names.
+// ring/counters.hh), and where the admin plane finds every counter it publishes: the metrics
+// schema lives here, with the exposition, so that the relay (server/) writes into it from above
+// and the admin plane never includes the relay. Names follow derper's expvars (spec 7.2) so that
+// /debug/varz can keep derper's metric names.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <ctime>
+#include <memory>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/close_reason.hh"
+#include "core/drop_reason.hh"
+#include "crypto/tls_layer.hh"
 #include "ring/counters.hh"
+#include "stun/server.hh"
 
-namespace derp::server {
-
-// derper's drop reasons (spec 2.5), in derper's order.
-enum class drop_reason : std::uint8_t {
-    unknown_dest,
-    unknown_dest_on_fwd,
-    gone_disconnected,
-    queue_head,
-    queue_tail,
-    write_error,
-    dup_client,
-};
-inline constexpr std::size_t drop_reason_count = 7;
-std::string_view to_string(drop_reason reason) noexcept;
-
-enum class packet_kind : std::uint8_t { disco = 0, other = 1 };
-
-// Why derpd dropped a packet where derper never would have to: derpd-only reasons, counted
-// apart so derper's series keep derper's meaning.
-enum class derpd_drop_reason : std::uint8_t {
-    transfer_pool_exhausted,  // no transfer buffer free on the sending shard
-    ring_backlog_full,        // the ring to the destination shard and its backlog were full
-};
-inline constexpr std::size_t derpd_drop_reason_count = 2;
+namespace derp::admin {
 
 using ring::counter;
 
@@ -97,4 +83,24 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter bootstrap_dns_queried_domains;  // gauge: this shard's set of queried names
 };
 
-}  // namespace derp::server
+// Everything /debug/varz, /debug/vars, /debug/check and the /debug/ index read: set up by main
+// before the runtime starts, read-only after (counters apart, which are per shard and
+// single-writer, loaded with relaxed atomics).
+struct metric_sources {
+    explicit metric_sources(std::uint32_t shard_count, bool mesh_key_set)
+        : counters(std::make_unique<derp_counters[]>(shard_count)), shards(shard_count),
+          ring_counters(shard_count, nullptr), mesh_key(mesh_key_set),
+          start_unix_seconds(static_cast<std::int64_t>(std::time(nullptr))) {}
+    std::unique_ptr<derp_counters[]> counters;  // one per shard
+    std::uint32_t shards;
+    // Each shard's runtime counters, filled in by its service constructor (each shard its own
+    // element; the runtime's start gate orders that before any request is served).
+    std::vector<const ring::shard_counters*> ring_counters;
+    bool mesh_key;  // -mesh-psk-file was given (the /debug/ index says so)
+    std::int64_t start_unix_seconds;
+    const stun::stun_counters* stun = nullptr;  // the admin thread's, when STUN runs
+    const tls::tls_counters* tls = nullptr;     // per shard, in TLS mode
+    std::vector<std::string> cmdline;           // argv, for /debug/vars
+};
+
+}  // namespace derp::admin
