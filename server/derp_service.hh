@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "admin/derp_counters.hh"
+#include "core/client_output.hh"
 #include "core/drop_reason.hh"
 #include "core/frame.hh"
 #include "core/handshake.hh"
@@ -111,21 +112,6 @@ private:
     static constexpr std::uint8_t timer_deadline = 0;   // HTTP header / handshake deadline
     static constexpr std::uint8_t timer_keepalive = 1;
 
-    // A RecvPacket frame waiting in a client's queue, in a transfer buffer of shard `owner`.
-    struct queued_frame {
-        std::uint8_t* data = nullptr;
-        std::uint32_t frame_bytes = 0;
-        std::uint32_t buffer_index = 0;
-        std::uint16_t owner = 0;
-        std::uint8_t size_class = 0;
-        std::uint64_t enqueued_ns = 0;
-    };
-    struct frame_queue {
-        std::vector<queued_frame> ring;  // capacity queue_depth_max, allocated on first use
-        std::uint32_t head = 0;
-        std::uint32_t count = 0;
-    };
-
     struct client {
         std::uint32_t gen = 0;
         phase stage = phase::http;
@@ -151,23 +137,8 @@ private:
         // /debug/traffic streams only: the counters each key had at the last report.
         std::unordered_map<node_key, std::pair<std::uint64_t, std::uint64_t>> traffic_last;
         std::uint64_t http_body_skip = 0;  // request body bytes still to discard (keep-alive)
-        // Output: control frames in order, then the two packet queues (no priority between
-        // them, as in derper: taken in turn).
-        std::string control_out;
-        std::size_t control_sent = 0;
-        // Frames made before ServerInfo went out (PeerPresent to an early watcher, NotHere):
-        // ServerInfo must be the first frame after ServerKey (spec 1.4), so they wait here.
-        std::string deferred_out;
-        std::array<frame_queue, 2> queues;  // by packet_kind
-        std::uint8_t next_queue = 0;
-        int partial_queue = -1;             // queue whose head frame is partly copied out
-        std::uint32_t partial_sent = 0;
-        // Whole frames taken from full queues while a send was in flight, in order, for the
-        // next send (derper's writer drains its queue while the socket write runs; ours waits
-        // for the completion). Only under load; freed when written.
-        std::vector<std::uint8_t> staged;
-        std::size_t staged_sent = 0;
-        std::optional<ping_data> pending_pong;
+        // Everything the client is sent, in the order the protocol allows (core/client_output).
+        client_output out;
         std::unordered_set<node_key> seen_sources;  // senders that get us PeerGone (spec 2.7)
         double not_here_tokens = 3;                 // PeerGone(NotHere) bucket: burst 3, 1/s
         std::uint64_t not_here_refill_ns = 0;
@@ -195,13 +166,15 @@ private:
                       std::span<const std::uint8_t> packet, bool forwarded) noexcept;
     void protocol_close(ring::conn_id conn, client& c, close_reason reason) noexcept;
     void queue_control(ring::conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept;
+    void queue_http(ring::conn_id conn, client& c, std::string_view text) noexcept;
     void queue_peer_gone(ring::conn_id conn, client& c, const node_key& peer, peer_gone_reason reason) noexcept;
     // False when the queue was full and a packet was dropped to make room.
     bool enqueue(ring::conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept;
     void count_drop(drop_reason reason, packet_kind kind, std::size_t packet_bytes) noexcept;
     void release_transfer(const queued_frame& frame) noexcept;
-    void drop_queued(client& c, drop_reason reason) noexcept;
-    void staged_frame_sent(ring::conn_id conn, client& c, const queued_frame& frame) noexcept;
+    void drop_output(ring::conn_id conn, client& c, drop_reason reason) noexcept;
+    class output_hooks;  // client_output's events for one client (derp_output.cc)
+    friend class output_hooks;
 
     // Registry plumbing.
     void send_control(std::uint32_t to_shard, control* message) noexcept;
