@@ -298,8 +298,9 @@ client_output::write_result client_output::write(std::span<std::uint8_t> out, ou
         if (!drain_queue_head(_partial == unit::queue0 ? 0 : 1, out, n, result, events)) return finish();
         break;
     }
-    // Packets and Pong only once the client has its ServerInfo (spec 1.4: the first frame).
-    if (_relay && _staged_sent < _staged.size() && !drain_staged(out, n, result, events)) return finish();
+    // Control next: before the relay opens it is all that may go, and when it opens it starts
+    // with ServerInfo, which must precede every packet (spec 1.4).
+    if (_control_sent < _control.size() && !drain_control(out, n)) return finish();
     if (_relay && _pong && n + pong_frame_bytes <= out.size()) {
         std::array<std::uint8_t, pong_frame_bytes> frame{};
         encode_pong(frame, *_pong);
@@ -307,8 +308,10 @@ client_output::write_result client_output::write(std::span<std::uint8_t> out, ou
         _control_pushed += frame.size();
         _pong.reset();
         result.pong = true;
+        if (!drain_control(out, n)) return finish();
     }
-    if (_control_sent < _control.size() && !drain_control(out, n)) return finish();
+    // Staging holds the oldest packets: before the queues.
+    if (_relay && _staged_sent < _staged.size() && !drain_staged(out, n, result, events)) return finish();
     if (_relay) {
         while (n < out.size()) {
             std::size_t which;

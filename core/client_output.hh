@@ -15,9 +15,9 @@
 //    writer drains its queue while the socket write runs; ours waits for the completion), the
 //    oldest packet data there is, bounded by staged_bytes_max.
 //  Order: the unit that the last send stopped inside (a queue's head frame, staging or
-//  control) finishes first, so frames never interleave; nothing but control before the relay
-//  opens (no RecvPacket before ServerInfo); then staging, a pending Pong, control, and the
-//  queues in turn. A packet counts as sent when its last byte is handed to the send buffer.
+//  control) finishes first, so frames never interleave; then control (before the relay opens
+//  nothing else may go, and when it opens control starts with ServerInfo, so no RecvPacket
+//  precedes it); then a pending Pong, staging (the oldest packets), and the queues in turn. A packet counts as sent when its last byte is handed to the send buffer.
 //  Debug builds check every byte that leaves against that rule (output_stream_checker).
 #pragma once
 
@@ -89,7 +89,8 @@ private:
 
 class client_output {
 public:
-    explicit client_output(std::uint32_t queue_depth_max = 32, std::uint32_t staged_bytes_max = 64 * 1024) noexcept;
+    client_output(std::uint32_t queue_depth_max, std::uint32_t staged_bytes_max) noexcept;
+    client_output() noexcept : client_output(32, 64 * 1024) {}
     client_output(client_output&&) noexcept = default;
     client_output& operator=(client_output&&) noexcept = default;
 
