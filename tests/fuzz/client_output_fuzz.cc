@@ -6,6 +6,7 @@
 // when its last byte is written; at the end every packet was sent or dropped once and every
 // transfer buffer was released once.
 #include <cstdint>
+#include <cstdio>
 #include <span>
 #include <vector>
 
@@ -43,7 +44,10 @@ struct checked_client {
         std::vector<std::uint8_t> buffer(n);
         const auto w = out.write(buffer, events);
         DERP_ASSERT(w.bytes <= n);
-        DERP_ASSERT(stream.feed(std::span(buffer).first(w.bytes)));
+        if (!stream.feed(std::span(buffer).first(w.bytes))) {
+            std::fprintf(stderr, "client_output stream: %s\n", stream.error().c_str());
+            DERP_ASSERT(false);
+        }
         // Sent exactly when whole: the parser saw as many packets as the output reported.
         DERP_ASSERT(stream.packet_ids == events.sent_ids);
         // Pending means progress, given room for the smallest frame that waits whole (a Pong).

@@ -82,13 +82,18 @@ public:
     // (error() says why): a frame type or length the server never sends, a corrupt packet.
     bool feed(std::span<const std::uint8_t> bytes) {
         _buffer.insert(_buffer.end(), bytes.begin(), bytes.end());
-        if (!_past_http && _buffer.size() >= 5 && std::memcmp(_buffer.data(), "HTTP/", 5) == 0) {
+        if (!_past_http) {
+            // An HTTP head first (the 101), unless the stream starts with a frame (fast start).
             const std::string_view text(reinterpret_cast<const char*>(_buffer.data()), _buffer.size());
-            const auto end = text.find("\r\n\r\n");
-            if (end == std::string_view::npos) return true;
-            _buffer.erase(_buffer.begin(), _buffer.begin() + static_cast<std::ptrdiff_t>(end + 4));
+            const std::string_view http = "HTTP/";
+            if (text.size() < http.size() && http.substr(0, text.size()) == text) return true;  // undecided
+            if (text.substr(0, http.size()) == http) {
+                const auto end = text.find("\r\n\r\n");
+                if (end == std::string_view::npos) return true;
+                _buffer.erase(_buffer.begin(), _buffer.begin() + static_cast<std::ptrdiff_t>(end + 4));
+            }
+            _past_http = true;
         }
-        if (!_buffer.empty()) _past_http = true;
         for (;;) {
             if (_buffer.size() < frame_header_bytes) return true;
             const std::uint32_t length = (std::uint32_t{_buffer[1]} << 24) | (std::uint32_t{_buffer[2]} << 16) |
