@@ -25,10 +25,12 @@ start() {  # name, flags...; prints the port once names are resolved and derpd s
   shift
   "$derpd" -a 127.0.0.1:0 -c "$tmp/$name.key" -stun=false "$@" >"$tmp/$name.log" 2>&1 &
   echo $! >>"$tmp/pids"
-  for _ in $(seq 100); do
+  # Names that do not resolve can take a resolver several timeouts of 5 s: wait up to 60 s.
+  for _ in $(seq 1200); do
     grep -q "bootstrap DNS: resolved" "$tmp/$name.log" && grep -q "serving on" "$tmp/$name.log" && break
     sleep 0.05
   done
+  grep -q "bootstrap DNS: resolved" "$tmp/$name.log" || echo "FAIL: derpd $name never logged 'bootstrap DNS: resolved'" >&2
   sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/$name.log" | head -n 1
 }
 want_prefix=$'{\n\t"localhost": [\n\t\t"'

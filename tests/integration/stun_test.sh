@@ -48,8 +48,12 @@ if grep -q "STUN server listening on \[::1\]:$sport" "$tmp/lenient.log"; then
 fi
 # Garbage is counted and not answered.
 printf 'not a stun packet at all' >/dev/udp/127.0.0.1/"$sport"
-sleep 0.2
-varz=$(curl -s "http://127.0.0.1:$hport/debug/varz")
+# Wait (up to 10 s) for the datagram to be counted, then check it was counted once.
+for _ in $(seq 200); do
+  varz=$(curl -s "http://127.0.0.1:$hport/debug/varz")
+  grep -q '^stun_requests{disposition="not_stun"} [1-9]' <<<"$varz" && break
+  sleep 0.05
+done
 grep -q '^stun_requests{disposition="success"} [1-9]' <<<"$varz" && echo "ok: stun_requests success counted" || fail "success not counted"
 grep -q '^stun_requests{disposition="not_stun"} 1$' <<<"$varz" && echo "ok: garbage counted as not_stun" || fail "not_stun: $(grep stun_requests <<<"$varz")"
 grep -q '^stun_addrfamily{family="ipv4"} [1-9]' <<<"$varz" && echo "ok: ipv4 family counted" || fail "family not counted"
@@ -59,6 +63,10 @@ sport2=$(free_udp_port)
 hport2=$(start strict -stun-port "$sport2" -stun-strict)
 out=$(timeout 2 turnutils_stunclient -p "$sport2" 127.0.0.1 2>&1)
 grep -q "UDP reflexive addr" <<<"$out" && fail "strict mode answered a plain RFC 5389 request" || echo "ok: strict mode does not answer"
+for _ in $(seq 200); do
+  grep -q '^stun_requests{disposition="not_stun"} [1-9]' <<<"$(curl -s "http://127.0.0.1:$hport2/debug/varz")" && break
+  sleep 0.05
+done
 grep -q '^stun_requests{disposition="not_stun"} [1-9]' <<<"$(curl -s "http://127.0.0.1:$hport2/debug/varz")" &&
   echo "ok: strict refusal counted" || fail "strict refusal not counted"
 
