@@ -114,18 +114,6 @@ bool is_ip_literal(std::string_view host) {
     return inet_pton(AF_INET, text.c_str(), &v4) == 1 || inet_pton(AF_INET6, text.c_str(), &v6) == 1;
 }
 
-std::array<std::uint8_t, 32> sha256_of_der(X509* cert) {
-    std::array<std::uint8_t, 32> digest{};
-    unsigned char* der = nullptr;
-    const int length = i2d_X509(cert, &der);
-    if (length > 0) {
-        unsigned int digest_length = 0;
-        EVP_Digest(der, static_cast<std::size_t>(length), digest.data(), &digest_length, EVP_sha256(), nullptr);
-    }
-    OPENSSL_free(der);
-    return digest;
-}
-
 std::int64_t not_after_unix(const X509* cert) {
     std::tm when{};
     if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &when) != 1) return 0;
@@ -214,16 +202,19 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* out_length, cons
 
 int accept_any_chain(int, X509_STORE_CTX*) { return 1; }
 
-bool is_meta_certificate(X509* cert, std::string* cn_out = nullptr) {
-    X509_NAME* subject = X509_get_subject_name(cert);
-    char cn[256] = {};
-    if (X509_NAME_get_text_by_NID(subject, NID_commonName, cn, sizeof cn) <= 0) return false;
-    if (std::strncmp(cn, "derpkey", 7) != 0) return false;
-    if (cn_out != nullptr) *cn_out = cn;
-    return true;
-}
-
 }  // namespace
+
+std::array<std::uint8_t, 32> certificate_sha256(X509* cert) noexcept {
+    std::array<std::uint8_t, 32> digest{};
+    unsigned char* der = nullptr;
+    const int length = i2d_X509(cert, &der);
+    if (length > 0) {
+        unsigned int digest_length = 0;
+        EVP_Digest(der, static_cast<std::size_t>(length), digest.data(), &digest_length, EVP_sha256(), nullptr);
+    }
+    OPENSSL_free(der);
+    return digest;
+}
 
 context::~context() {
     if (_ctx != nullptr) SSL_CTX_free(_ctx);
@@ -274,7 +265,7 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     if (!matches)
         return unexpected(fmt::format("certificate {} is not valid for hostname {}", identity.cert_path,
                                       identity.hostname));
-    c->_leaf_sha256 = sha256_of_der(leaf);
+    c->_leaf_sha256 = certificate_sha256(leaf);
     c->_leaf_not_after = not_after_unix(leaf);
     if (!identity.meta_cert_der.empty()) {
         const unsigned char* p = identity.meta_cert_der.data();
@@ -576,27 +567,10 @@ status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, s
             return fail("handshake: " + openssl_errors());
         }
         if (!_ctx->is_server() && _ctx->settings().verify == context::verify_mode::pinned) {
-            STACK_OF(X509)* chain = SSL_get_peer_cert_chain(_ssl);
-            // Spec 4.2, client side of sha256-raw: exactly one certificate besides the meta
-            // certificate, with that hash, valid for the dialled name, within its validity.
-            int others = 0;
-            X509* leaf = nullptr;
-            for (int k = 0; chain != nullptr && k < sk_X509_num(chain); ++k) {
-                X509* cert = sk_X509_value(chain, k);
-                if (is_meta_certificate(cert)) continue;
-                ++others;
-                leaf = cert;
-            }
-            if (others != 1 || leaf == nullptr || sha256_of_der(leaf) != _ctx->settings().pinned)
-                return fail("server certificate does not match the pinned sha256-raw hash");
-            const std::string& name = _ctx->hostname();
-            if (!name.empty()) {
-                const bool valid_for_name = is_ip_literal(name) ? X509_check_ip_asc(leaf, name.c_str(), 0) == 1
-                                                                : X509_check_host(leaf, name.data(), name.size(), 0, nullptr) == 1;
-                if (!valid_for_name) return fail("pinned server certificate is not valid for " + name);
-            }
-            if (X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0 || X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0)
-                return fail("pinned server certificate is outside its validity period");
+            // Before any application byte is written: the caller may not seal anything (the
+            // mesh key in ClientInfo) to a server the pin did not bind.
+            const pin_verdict verdict = check_pinned_chain(_ssl, _ctx->settings().pinned, _ctx->hostname());
+            if (verdict.problem != pin_problem::none) return fail(verdict.detail);
         }
         _status = status::open;
         _handshake_complete = true;
@@ -689,14 +663,14 @@ std::int64_t session::peer_leaf_not_after_unix() const noexcept {
 
 std::optional<node_key> session::peer_meta_key() const noexcept {
     if (_ssl == nullptr || version() != TLS1_3_VERSION) return std::nullopt;
+    // The meta certificate follows the leaf (spec 2.15); the peer's own certificate, whose
+    // key signed the handshake, is never it.
+    X509* peer = SSL_get0_peer_certificate(_ssl);
     STACK_OF(X509)* chain = SSL_get_peer_cert_chain(_ssl);
     for (int k = 0; chain != nullptr && k < sk_X509_num(chain); ++k) {
         X509* cert = sk_X509_value(chain, k);
-        std::string cn;
-        if (!is_meta_certificate(cert, &cn)) continue;
-        const long serial = ASN1_INTEGER_get(X509_get0_serialNumber(cert));
-        if (serial <= 0 || serial > 255) continue;
-        if (auto key = node_key::from_hex(std::string_view(cn).substr(7))) return *key;
+        if (peer != nullptr && X509_cmp(cert, peer) == 0) continue;
+        if (auto key = meta_certificate_key(cert)) return *key;
     }
     return std::nullopt;
 }

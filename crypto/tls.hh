@@ -19,6 +19,7 @@
 // OpenSSL's types, kept out of every includer's namespace.
 struct ssl_ctx_st;
 struct ssl_st;
+struct x509_st;
 
 namespace derp::tls {
 
@@ -45,7 +46,7 @@ public:
     enum class verify_mode : std::uint8_t {
         system,     // the system trust store (or ca_file), for server_name
         insecure,   // no verification (tests, --insecure)
-        pinned,     // sha256-raw: exactly one non-meta certificate with this SHA-256 (spec 4.2)
+        pinned,     // sha256-raw: the peer's own certificate has this SHA-256 (check_pinned_chain)
     };
     struct client_options {
         std::string server_name;  // SNI (not sent for IP literals, as Go) and verification name
@@ -78,6 +79,38 @@ private:
     std::int64_t _leaf_not_after = 0;
     std::unique_ptr<state> _state;
 };
+
+// SHA-256 over a certificate's DER bytes: what a `sha256-raw:` CertName pins.
+std::array<std::uint8_t, 32> certificate_sha256(x509_st* cert) noexcept;
+
+// The server key a derper meta certificate carries (spec 2.15): subject CN "derpkey" followed by
+// exactly 64 hex digits of a key, serial (the protocol version) 1..255. Nothing for any other
+// certificate, including one whose CN merely starts with "derpkey".
+std::optional<node_key> meta_certificate_key(x509_st* cert) noexcept;
+
+// Spec 4.2, client side of `sha256-raw:`, after a completed handshake. The pin must bind the
+// key that signed the handshake, so the certificate hashed is the peer's own (its key signed
+// CertificateVerify, or the 1.2 key exchange); every other certificate in the chain must be a
+// genuine meta certificate, whose server key the DERP handshake then has to confirm (a server
+// without that private key cannot open ClientInfo). A chain check that skipped "derpkey*"
+// certificates by name and hashed whatever was left would accept an attacker's certificate
+// named derpkey... followed by the real one, and hand the mesh key to the attacker.
+enum class pin_problem : std::uint8_t {
+    none,
+    no_certificate,       // the server presented none
+    mismatch,             // the peer certificate's SHA-256 is not the pin
+    foreign_certificate,  // the chain holds a certificate that is neither the pinned one nor meta
+    wrong_name,           // the pinned certificate is not valid for the dialled name
+    outside_validity,     // not yet or no longer valid
+};
+struct pin_verdict {
+    pin_problem problem = pin_problem::none;
+    x509_st* peer = nullptr;       // the peer certificate (owned by the SSL object), when there is one
+    x509_st* offending = nullptr;  // foreign_certificate: the certificate that is neither
+    std::string detail;            // what failed, as a sentence for the log
+};
+// `name`: the dialled name (IP literal or DNS name); empty skips the name check.
+pin_verdict check_pinned_chain(const ssl_st* ssl, const std::array<std::uint8_t, 32>& pin, std::string_view name) noexcept;
 
 // Derper's fast-start meta certificate (spec 2.15): Ed25519, serial 2, CN derpkey<hex key>,
 // valid from 30 days ago for 60 days. DER bytes.

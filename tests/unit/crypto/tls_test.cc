@@ -4,16 +4,21 @@
 #include <doctest/doctest.h>
 
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 
 #include "crypto/box.hh"
 #include "crypto/tls.hh"
+#include "tests/support/tls_memory_peer.hh"
 
 using namespace derp;
 using namespace derp::tls;
@@ -329,4 +334,154 @@ TEST_CASE("tls: a pinned certificate must also be valid for the dialled name (sp
     exchange(client, server);
     CHECK(client.state() == status::failed);
     CHECK(client.error().find("not valid for localhost") != std::string::npos);
+}
+
+namespace {
+
+// A self-signed EC P-256 certificate with this CN (set as a PrintableString, so that a
+// 71-character derpkey name fits, as derper writes it), serial, and optionally an IP SAN; PEM
+// files. What an attacker can make without anyone's private key.
+void write_certificate(const std::string& cert_path, const std::string& key_path, const std::string& cn, long serial,
+                       const char* ip_san = nullptr) {
+    EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
+    REQUIRE(key != nullptr);
+    X509* cert = X509_new();
+    X509_set_version(cert, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert), serial);
+    X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(cert), 2 * 24 * 3600);
+    X509_NAME* name = X509_get_subject_name(cert);
+    REQUIRE(X509_NAME_add_entry_by_NID(name, NID_commonName, V_ASN1_PRINTABLESTRING,
+                                       reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0) == 1);
+    X509_set_issuer_name(cert, name);
+    X509_set_pubkey(cert, key);
+    if (ip_san != nullptr) {
+        X509V3_CTX v3{};
+        X509V3_set_ctx(&v3, cert, cert, nullptr, nullptr, 0);
+        X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, NID_subject_alt_name, (std::string("IP:") + ip_san).c_str());
+        REQUIRE(ext != nullptr);
+        X509_add_ext(cert, ext, -1);
+        X509_EXTENSION_free(ext);
+    }
+    REQUIRE(X509_sign(cert, key, EVP_sha256()) > 0);
+    FILE* c = std::fopen(cert_path.c_str(), "w");
+    FILE* k = std::fopen(key_path.c_str(), "w");
+    REQUIRE((c != nullptr && k != nullptr));
+    CHECK(PEM_write_X509(c, cert) == 1);
+    CHECK(PEM_write_PrivateKey(k, key, nullptr, nullptr, 0, nullptr, nullptr) == 1);
+    std::fclose(c);
+    std::fclose(k);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+}
+
+// derper's meta certificate for `key`, as PEM (its private key is thrown away, as derper does).
+void write_meta_certificate(const std::string& path, const node_key& key) {
+    auto der = make_meta_certificate(key);
+    REQUIRE(der);
+    const unsigned char* p = der.value().data();
+    X509* cert = d2i_X509(nullptr, &p, static_cast<long>(der.value().size()));
+    REQUIRE(cert != nullptr);
+    FILE* f = std::fopen(path.c_str(), "w");
+    REQUIRE(f != nullptr);
+    CHECK(PEM_write_X509(f, cert) == 1);
+    std::fclose(f);
+    X509_free(cert);
+}
+
+// A pinned client's handshake against a raw OpenSSL server presenting any chain.
+void exchange_with(session& client, test::memory_peer& server) {
+    std::string c2s, plain;
+    client.start(c2s);
+    for (int i = 0; i < 6 && client.state() == status::handshaking; ++i) {
+        server.receive(c2s);
+        c2s.clear();
+        server.handshake();
+        client.feed(bytes_of(server.take_output()), plain, c2s);
+    }
+}
+
+std::shared_ptr<context> pinned_client(const std::array<std::uint8_t, 32>& pin, int max_version = 0) {
+    context::client_options o;
+    o.server_name = "127.0.0.1";
+    o.verify = context::verify_mode::pinned;
+    o.pinned_sha256 = pin;
+    o.max_version = max_version;
+    auto ctx = context::make_client(o);
+    REQUIRE_MESSAGE(ctx, (ctx ? "" : ctx.error()));
+    return ctx.value();
+}
+
+}  // namespace
+
+TEST_CASE("tls: a sha256-raw pin binds the certificate whose key signed the handshake (man in the middle)") {
+    pki p;
+    const auto pin = p.server()->leaf_sha256();
+    const std::string meta = p.dir + "/meta.pem";
+    write_meta_certificate(meta, p.server_key);
+    // The attacker's own certificates and keys: one named like a careless meta check expects
+    // ("derpkey" and anything), one named exactly like a genuine meta certificate (derpkey + 64
+    // hex of a key, serial 2), and a stray one.
+    const std::string att = p.dir + "/att", att_meta = p.dir + "/attmeta", stray = p.dir + "/stray";
+    write_certificate(att + ".crt", att + ".key", "derpkey00", 2);
+    write_certificate(att_meta + ".crt", att_meta + ".key", "derpkey" + public_key_of(generate_private_key()).to_string(), 2);
+    write_certificate(stray + ".crt", stray + ".key", "127.0.0.1", 7, "127.0.0.1");
+    struct chain_case {
+        const char* what;
+        std::string cert, key, chain;
+        bool accepted;
+    };
+    const chain_case cases[] = {
+        {"derper's chain: the pinned certificate, then the meta certificate", p.cert, p.key, meta, true},
+        {"the pinned certificate alone", p.cert, p.key, "", true},
+        {"an attacker's derpkey00 certificate and key, the pinned certificate behind it", att + ".crt", att + ".key", p.cert, false},
+        {"an attacker's genuine-looking meta certificate and key, the pinned certificate behind it", att_meta + ".crt",
+         att_meta + ".key", p.cert, false},
+        {"the pinned certificate, then a certificate that is not meta", p.cert, p.key, stray + ".crt", false},
+        {"the pinned certificate, then a derpkey00 certificate (not a genuine meta certificate)", p.cert, p.key,
+         att + ".crt", false},
+        {"the pinned certificate twice", p.cert, p.key, p.cert, false},
+    };
+    for (const chain_case& c : cases) {
+        for (int max : {0, TLS1_2_VERSION}) {
+            CAPTURE(c.what);
+            CAPTURE(max);
+            auto server = test::memory_peer::server(c.cert, c.key, c.chain, max);
+            REQUIRE(server);
+            session client(pinned_client(pin, max), false);
+            exchange_with(client, *server);
+            CHECK((client.state() == status::open) == c.accepted);
+            if (!c.accepted) CHECK(!client.error().empty());
+            // Fast start only ever takes the key from a meta certificate behind the pinned one.
+            if (c.accepted && max == 0 && !c.chain.empty()) CHECK(client.peer_meta_key() == p.server_key);
+        }
+    }
+}
+
+TEST_CASE("tls: the meta certificate test: derpkey and exactly 64 hex digits of a key, serial 1..255") {
+    pki p;
+    const std::string meta = p.dir + "/meta.pem", other = p.dir + "/other";
+    write_meta_certificate(meta, p.server_key);
+    auto read_pem = [](const std::string& path) {
+        FILE* f = std::fopen(path.c_str(), "r");
+        REQUIRE(f != nullptr);
+        X509* cert = PEM_read_X509(f, nullptr, nullptr, nullptr);
+        std::fclose(f);
+        REQUIRE(cert != nullptr);
+        return std::unique_ptr<X509, decltype(&X509_free)>(cert, X509_free);
+    };
+    CHECK(meta_certificate_key(read_pem(meta).get()) == p.server_key);
+    const std::string hex = p.server_key.to_string();
+    struct named {
+        std::string cn;
+        long serial;
+    };
+    for (const named& n : {named{"derpkey00", 2}, named{"derpkey" + hex.substr(0, 63), 2}, named{"derpkey" + hex + "0", 2},
+                           named{"derpkey" + hex.substr(0, 62) + "zz", 2}, named{"derpkey" + hex, 0},
+                           named{"derpkey" + hex, 256}, named{"Derpkey" + hex, 2}}) {
+        CAPTURE(n.cn);
+        CAPTURE(n.serial);
+        write_certificate(other + ".crt", other + ".key", n.cn, n.serial);
+        CHECK(!meta_certificate_key(read_pem(other + ".crt").get()));
+    }
 }
