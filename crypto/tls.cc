@@ -146,8 +146,16 @@ struct session::secrets {
     std::vector<std::uint8_t> client_traffic;  // CLIENT_TRAFFIC_SECRET_0
     std::vector<std::uint8_t> server_traffic;  // SERVER_TRAFFIC_SECRET_0
     io_window window;
-    bool wrote_application_data = false;
     bool want_ktls = false;
+    // The TX sequence number, from the message callback: every record OpenSSL writes is
+    // counted, including those it writes on its own (a KeyUpdate answer, an alert), and the
+    // count at the switch to the server's application keys is remembered.
+    std::uint64_t records_written = 0;
+    std::uint64_t tx_epoch_start = 0;
+    bool tx_epoch_known = false;
+    bool key_update = false;    // a KeyUpdate went either way: the first traffic secrets are stale
+    bool key_update_owed = false;  // the peer asked for ours (OpenSSL sends it with its next write)
+    bool tx_in_kernel = false;  // session::note_tx_in_kernel()
     std::string refusal;  // why a callback refused the handshake, for the log
 };
 
@@ -169,6 +177,37 @@ void keylog_line(const SSL* ssl, const char* line) {
         unsigned value = 0;
         std::sscanf(std::string(hex.substr(i, 2)).c_str(), "%2x", &value);
         target->push_back(static_cast<std::uint8_t>(value));
+    }
+}
+
+// Every record OpenSSL writes and every handshake message either way pass through here
+// (SSL_CTX_set_msg_callback): the TX sequence number for kTLS and any KeyUpdate. OpenSSL
+// reports a record's header when it makes the record, before a handshake message's own
+// report, and before it switches keys after that message.
+void record_seen(int write_p, int, int content_type, const void* buf, std::size_t length, SSL* ssl, void*) {
+    auto* s = static_cast<session::secrets*>(SSL_get_ex_data(ssl, session_index()));
+    if (s == nullptr) return;
+    const auto* bytes = static_cast<const unsigned char*>(buf);
+    if (content_type == SSL3_RT_HEADER) {
+        if (write_p != 0) ++s->records_written;
+        return;
+    }
+    const bool handshake = content_type == SSL3_RT_HANDSHAKE && length >= 1;
+    if (handshake && bytes[0] == SSL3_MT_KEY_UPDATE) {
+        s->key_update = true;
+        // type (1), length (3), request_update (1): 1 = update_requested.
+        if (write_p == 0 && length >= 5 && bytes[4] == SSL_KEY_UPDATE_REQUESTED) s->key_update_owed = true;
+    }
+    if (write_p == 0) return;
+    // The server's application keys begin after its Finished in TLS 1.3 (which is still under
+    // the handshake keys) and after its ChangeCipherSpec in TLS 1.2 (its Finished is then
+    // record 0). A 1.3 server may send a ChangeCipherSpec too (middlebox compatibility): that
+    // one changes nothing.
+    const int version = SSL_version(ssl);
+    if ((version == TLS1_3_VERSION && handshake && bytes[0] == SSL3_MT_FINISHED) ||
+        (version == TLS1_2_VERSION && content_type == SSL3_RT_CHANGE_CIPHER_SPEC)) {
+        s->tx_epoch_start = s->records_written;
+        s->tx_epoch_known = true;
     }
 }
 
@@ -286,6 +325,7 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
 #pragma GCC diagnostic pop
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, nullptr);
     SSL_CTX_set_keylog_callback(ctx, keylog_line);
+    SSL_CTX_set_msg_callback(ctx, record_seen);
     return c;
 }
 
@@ -548,6 +588,23 @@ void session::scan_records(std::span<const std::uint8_t> cipher) noexcept {
 
 status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept {
     if (_status == status::failed || _status == status::closed) return _status;
+    const std::uint64_t written_before = _secrets->records_written;
+    const std::size_t out_before = cipher_out.size();
+    const status s = feed_records(cipher, plain, cipher_out);
+    if (_secrets->tx_in_kernel && (_secrets->records_written != written_before || _secrets->key_update_owed)) {
+        // Encrypted with OpenSSL's TX state, which stopped where the kernel's began: never sent.
+        // A KeyUpdate answer OpenSSL holds back until its next write must precede the next
+        // record the kernel sends (RFC 8446 4.6.3), which kTLS here cannot do: closing is the
+        // honest answer, as it is when kTLS RX meets a KeyUpdate.
+        cipher_out.resize(out_before);
+        if (s != status::failed)
+            return fail("the client wants a record (KeyUpdate answer or alert) that cannot be sent once the "
+                        "kernel encrypts: closing");
+    }
+    return s;
+}
+
+status session::feed_records(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept {
     io_window& w = _secrets->window;
     w = io_window{};
     w.in = cipher.data();
@@ -608,7 +665,6 @@ std::size_t session::write(std::span<const std::uint8_t> plain, std::span<std::u
     w.out = out.data();
     w.out_capacity = out.size();
     w.spill = &spill;
-    _secrets->wrote_application_data = true;
     ERR_clear_error();
     std::size_t done = 0;
     while (done < plain.size()) {
@@ -674,6 +730,8 @@ std::optional<node_key> session::peer_meta_key() const noexcept {
     }
     return std::nullopt;
 }
+
+void session::note_tx_in_kernel() noexcept { _secrets->tx_in_kernel = true; }
 
 namespace {
 
@@ -775,6 +833,9 @@ void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span
 
 std::optional<ktls_keys> session::ktls_export() const noexcept {
     if (_ssl == nullptr || _status != status::open || !_ctx->is_server()) return std::nullopt;
+    // After a KeyUpdate (either way) the keys below would be the first generation's, and no
+    // getter tells the current ones: refuse; the connection keeps userspace records.
+    if (_secrets->key_update || !_secrets->tx_epoch_known) return std::nullopt;
     const SSL_CIPHER* cipher = SSL_get_current_cipher(_ssl);
     if (cipher == nullptr) return std::nullopt;
     const int nid = SSL_CIPHER_get_cipher_nid(cipher);
@@ -788,6 +849,10 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
     keys.version = static_cast<std::uint16_t>(SSL_version(_ssl));
     keys.cipher_name = SSL_CIPHER_get_name(cipher);
     std::vector<std::uint8_t> client_key(key_bytes), server_key(key_bytes), client_iv, server_iv;
+    // Every record OpenSSL wrote under the server's application keys: its Finished in 1.2, and
+    // in either version whatever it wrote by itself since (a no_renegotiation alert, say) or
+    // as application data. The kernel must go on from there, or it reuses nonces.
+    const std::uint64_t tx_records = _secrets->records_written - _secrets->tx_epoch_start;
     if (keys.version == TLS1_3_VERSION) {
         if (_secrets->client_traffic.empty() || _secrets->server_traffic.empty()) return std::nullopt;
         client_iv.resize(12);
@@ -798,7 +863,7 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
             !expand_label(md, _secrets->server_traffic, "iv", server_iv))
             return std::nullopt;
         // What the client sent behind its Finished has been counted by the scanner.
-        keys.tx_seq = 0;
+        keys.tx_seq = tx_records;
         keys.rx_seq = _records_after_handshake;
     } else if (keys.version == TLS1_2_VERSION) {
         const std::size_t iv_bytes = nid == NID_chacha20_poly1305 ? 12 : 4;
@@ -815,13 +880,12 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
         client_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes),
                          block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes + iv_bytes));
         server_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes + iv_bytes), block.end());
-        // Each side's Finished was record 0 under the new keys.
-        keys.tx_seq = 1;
+        // The client's Finished was record 0 under its new keys.
+        keys.tx_seq = tx_records;
         keys.rx_seq = 1 + _records_after_handshake;
     } else {
         return std::nullopt;
     }
-    keys.tx_valid = !_secrets->wrote_application_data;
     keys.tx_key = server_key;
     keys.tx_iv = server_iv;
     keys.rx_key = client_key;

@@ -134,11 +134,11 @@ struct ktls_keys {
     std::uint16_t version = 0;      // TLS1_2_VERSION / TLS1_3_VERSION
     std::string cipher_name;        // OpenSSL's name, for the log
     // The raw material, for tests that decrypt a record with it: key, 12-byte nonce base
-    // (salt || implicit iv for GCM 1.2 as the kernel builds it), next sequence numbers.
+    // (salt || implicit iv for GCM 1.2 as the kernel builds it), next sequence numbers. TX
+    // counts every record OpenSSL wrote under the current keys (its Finished in 1.2, alerts,
+    // application data), RX every record it read after the handshake.
     std::vector<std::uint8_t> tx_key, tx_iv, rx_key, rx_iv;
     std::uint64_t tx_seq = 0, rx_seq = 0;
-    // TX is only right before the first write() (records OpenSSL sent are not counted).
-    bool tx_valid = false;
 };
 
 enum class status : std::uint8_t {
@@ -187,13 +187,22 @@ public:
     // Whether everything read so far ended on a record boundary: only then may the kernel take
     // over receiving (it cannot be handed half a record).
     bool at_record_boundary() const noexcept { return _scan_partial == 0 && _scan_header_bytes == 0; }
-    // The keys and sequence numbers for kTLS (server side): RX whenever at_record_boundary(),
-    // TX only before the first write(). Nothing when the kernel takes no such cipher.
+    // The keys and sequence numbers for kTLS (server side); RX is only usable when
+    // at_record_boundary(). Nothing when the kernel takes no such cipher, or after a TLS 1.3
+    // KeyUpdate either way: the traffic secrets this derives from are then no longer the ones
+    // in use, and the kernel would reuse nonces (TX) or fail to decrypt (RX). Such a
+    // connection stays on userspace records.
     std::optional<ktls_keys> ktls_export() const noexcept;
+    // TX is now the kernel's (its sequence numbers continue from the export). A record
+    // OpenSSL would still write (the answer to a KeyUpdate, a no_renegotiation or fatal alert)
+    // would then be encrypted with OpenSSL's stale state and sent by the kernel as data, so
+    // feed() drops it and fails the session instead.
+    void note_tx_in_kernel() noexcept;
 
-    struct secrets;  // TLS 1.3 traffic secrets from the keylog callback (tls.cc)
+    struct secrets;  // what OpenSSL's callbacks tell: TLS 1.3 traffic secrets, records written (tls.cc)
 
 private:
+    status feed_records(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept;
     void scan_records(std::span<const std::uint8_t> cipher) noexcept;
     status fail(std::string message) noexcept;
 

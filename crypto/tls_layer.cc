@@ -192,8 +192,9 @@ void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
 
 std::string tls_layer::install_direction(conn_id conn, conn_tls& st, const std::optional<ktls_keys>& keys,
                                          bool transmit) noexcept {
-    if (!keys || (transmit && !keys->tx_valid))
-        return fmt::format("cipher {} cannot be offloaded", st.tls ? st.tls->cipher_name() : "?");
+    if (!keys)
+        return fmt::format("cipher {} cannot be offloaded, or the keys changed (KeyUpdate)",
+                           st.tls ? st.tls->cipher_name() : "?");
     const int fd = _shard.fd_of(conn);
     if (!st.ulp_attached) {
         if (auto attached = ktls_attach(fd); !attached) return attached.error();
@@ -209,6 +210,7 @@ bool tls_layer::install_tx(conn_id conn, conn_tls& st) noexcept {
     const std::string problem = install_direction(conn, st, keys, true);
     if (problem.empty()) {
         st.ktls_tx = true;
+        st.tls->note_tx_in_kernel();
         settle_path(conn, st);
         ring::log(log_level::debug, "shard {}: slot {}: kTLS TX installed ({} {})", _shard.index(), conn.slot,
                   version_label(keys->version), keys->cipher_name);
@@ -340,7 +342,9 @@ std::size_t tls_layer::on_writable(conn_id conn, std::span<std::uint8_t> out) no
         if (!install_tx(conn, st) && !_shard.is_open(conn)) return 0;
         maybe_release_session(st);
     }
-    if (st.ktls_tx) return _inner->on_writable(conn, out);
+    // The kernel encrypts what follows whatever was copied above (never expected: the
+    // session refuses to produce records once TX is in the kernel).
+    if (st.ktls_tx) return n + _inner->on_writable(conn, out.subspan(n));
     if (!st.tls || st.tls->state() != status::open || st.version == 0) return n;
     const auto room = out.subspan(n);
     const std::size_t records = room.size() / record_plaintext_max + 1;

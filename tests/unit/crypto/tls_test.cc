@@ -22,6 +22,7 @@
 
 using namespace derp;
 using namespace derp::tls;
+using test::open_record;
 
 namespace {
 
@@ -106,61 +107,6 @@ std::string seal(session& s, const std::string& text) {
     std::vector<std::uint8_t> out(64);  // small: most of the record spills, which must work too
     const std::size_t n = s.write(bytes_of(text), out, spill);
     return std::string(reinterpret_cast<const char*>(out.data()), n) + spill;
-}
-
-// Decrypts one record with kTLS material the way the kernel would; returns the plaintext
-// (content type byte stripped for TLS 1.3).
-std::string open_record(const std::string& record, std::uint16_t version, const std::vector<std::uint8_t>& key,
-                        const std::vector<std::uint8_t>& iv, std::uint64_t seq, bool chacha) {
-    REQUIRE(record.size() > 5 + 16);
-    const auto* r = reinterpret_cast<const unsigned char*>(record.data());
-    const std::size_t length = static_cast<std::size_t>(r[3]) << 8 | r[4];
-    REQUIRE(record.size() == 5 + length);
-    const EVP_CIPHER* cipher = chacha ? EVP_chacha20_poly1305() : key.size() == 16 ? EVP_aes_128_gcm() : EVP_aes_256_gcm();
-    std::array<unsigned char, 12> nonce{};
-    const unsigned char* body = r + 5;
-    std::size_t body_bytes = length - 16;
-    std::vector<unsigned char> aad;
-    unsigned char seq_be[8];
-    for (int i = 0; i < 8; ++i) seq_be[i] = static_cast<unsigned char>(seq >> (56 - 8 * i));
-    if (version == TLS1_2_VERSION && !chacha) {
-        REQUIRE(iv.size() == 4);
-        std::memcpy(nonce.data(), iv.data(), 4);
-        std::memcpy(nonce.data() + 4, body, 8);  // explicit nonce
-        body += 8;
-        body_bytes -= 8;
-    } else {
-        REQUIRE(iv.size() == 12);
-        std::memcpy(nonce.data(), iv.data(), 12);
-        for (int i = 0; i < 8; ++i) nonce[4 + static_cast<std::size_t>(i)] ^= seq_be[i];
-    }
-    if (version == TLS1_3_VERSION) {
-        aad.assign(r, r + 5);
-    } else {
-        aad.assign(seq_be, seq_be + 8);
-        aad.push_back(r[0]);
-        aad.push_back(r[1]);
-        aad.push_back(r[2]);
-        aad.push_back(static_cast<unsigned char>(body_bytes >> 8));
-        aad.push_back(static_cast<unsigned char>(body_bytes));
-    }
-    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-    REQUIRE(EVP_DecryptInit_ex(ctx, cipher, nullptr, key.data(), nonce.data()) == 1);
-    int n = 0;
-    REQUIRE(EVP_DecryptUpdate(ctx, nullptr, &n, aad.data(), static_cast<int>(aad.size())) == 1);
-    std::string plain(body_bytes, '\0');
-    REQUIRE(EVP_DecryptUpdate(ctx, reinterpret_cast<unsigned char*>(plain.data()), &n, body, static_cast<int>(body_bytes)) == 1);
-    EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, 16, const_cast<unsigned char*>(body + body_bytes));
-    int tail = 0;
-    const bool ok = EVP_DecryptFinal_ex(ctx, reinterpret_cast<unsigned char*>(plain.data()) + n, &tail) == 1;
-    EVP_CIPHER_CTX_free(ctx);
-    if (!ok) return "<tag mismatch>";
-    if (version == TLS1_3_VERSION) {
-        REQUIRE(!plain.empty());
-        CHECK(plain.back() == 23);  // inner content type: application data
-        plain.pop_back();
-    }
-    return plain;
 }
 
 }  // namespace
@@ -287,7 +233,6 @@ TEST_CASE("tls: kTLS export decrypts real records, including ones right behind F
         CHECK(server.at_record_boundary());
         const auto keys = server.ktls_export();
         REQUIRE(keys);
-        CHECK(keys->tx_valid);
         CHECK(keys->version == (v.max == 0 ? TLS1_3_VERSION : TLS1_2_VERSION));
         CHECK(keys->rx_seq == (v.max == 0 ? 2u : 3u));
         CHECK(keys->tx_seq == (v.max == 0 ? 0u : 1u));
@@ -298,9 +243,15 @@ TEST_CASE("tls: kTLS export decrypts real records, including ones right behind F
         std::string server_out;
         std::vector<std::uint8_t> buffer(4096);
         const std::size_t n = server.write(bytes_of(std::string("reply")), buffer, server_out);
-        CHECK(open_record(std::string(reinterpret_cast<const char*>(buffer.data()), n), keys->version, keys->tx_key,
+        CHECK(open_record(std::string_view(reinterpret_cast<const char*>(buffer.data()), n), keys->version, keys->tx_key,
                           keys->tx_iv, keys->tx_seq, v.chacha) == "reply");
-        CHECK(!server.ktls_export()->tx_valid);  // OpenSSL has sent a record: TX is no longer ours to count
+        // A record OpenSSL sent is counted: a later export continues after it.
+        const auto later = server.ktls_export();
+        REQUIRE(later);
+        CHECK(later->tx_seq == keys->tx_seq + 1);
+        const std::size_t m = server.write(bytes_of(std::string("again")), buffer, server_out);
+        CHECK(open_record(std::string_view(reinterpret_cast<const char*>(buffer.data()), m), later->version, later->tx_key,
+                          later->tx_iv, later->tx_seq, v.chacha) == "again");
     }
 }
 
@@ -483,5 +434,131 @@ TEST_CASE("tls: the meta certificate test: derpkey and exactly 64 hex digits of 
         CAPTURE(n.serial);
         write_certificate(other + ".crt", other + ".key", n.cn, n.serial);
         CHECK(!meta_certificate_key(read_pem(other + ".crt").get()));
+    }
+}
+
+namespace {
+
+// A raw OpenSSL client's handshake with a server session, up to the client's last flight,
+// which comes back unfed: in TLS 1.3 its Finished (the server is not open yet), in TLS 1.2
+// nothing (its Finished went before the server's, which it has read).
+std::string handshake_memory(test::memory_peer& client, session& server) {
+    std::string plain;
+    for (int round = 0; round < 10; ++round) {
+        client.handshake();
+        std::string c2s = client.take_output();
+        if (client.handshake_done()) return c2s;
+        std::string out;
+        server.feed(bytes_of(c2s), plain, out);
+        REQUIRE_MESSAGE(server.state() != status::failed, server.error());
+        client.receive(out);
+    }
+    FAIL("the handshake did not complete");
+    return {};
+}
+
+std::string_view view_of(const std::vector<std::uint8_t>& buffer, std::size_t n) {
+    return {reinterpret_cast<const char*>(buffer.data()), n};
+}
+
+// The kTLS export is refused, or right both ways: the client's next record opens with the RX
+// material at rx_seq, and the server's next with the TX material at tx_seq.
+void check_export_refused_or_right(session& server, test::memory_peer& client, bool chacha) {
+    const auto keys = server.ktls_export();
+    if (!keys) return;
+    REQUIRE(client.write("next"));
+    const std::string record = client.take_output();
+    CHECK(open_record(test::first_record(record), keys->version, keys->rx_key, keys->rx_iv, keys->rx_seq, chacha) == "next");
+    std::string plain, out;
+    server.feed(bytes_of(record), plain, out);
+    CHECK(plain == "next");
+    std::vector<std::uint8_t> buffer(4096);
+    std::string spill;
+    const std::size_t n = server.write(bytes_of(std::string("reply")), buffer, spill);
+    CHECK(open_record(view_of(buffer, n), keys->version, keys->tx_key, keys->tx_iv, keys->tx_seq, chacha) == "reply");
+}
+
+}  // namespace
+
+TEST_CASE("tls: a KeyUpdate in the client's Finished flight: the kTLS export refuses, or is right") {
+    pki p;
+    for (const char* suite : {"TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"}) {
+        for (bool requested : {false, true}) {
+            CAPTURE(suite);
+            CAPTURE(requested);
+            session server(p.server(), true);
+            auto client = test::memory_peer::client(0, suite);
+            REQUIRE(client);
+            std::string flight = handshake_memory(*client, server);
+            REQUIRE(!flight.empty());
+            // Finished, KeyUpdate and a record under the client's next keys, in one read.
+            REQUIRE(client->key_update(requested));
+            REQUIRE(client->write("behind the KeyUpdate"));
+            flight += client->take_output();
+            std::string plain, out;
+            REQUIRE(server.feed(bytes_of(flight), plain, out) == status::open);
+            CHECK(plain == "behind the KeyUpdate");
+            CHECK(server.at_record_boundary());
+            // OpenSSL answers a requested update with its next write (check_export_... makes one).
+            client->receive(out);
+            check_export_refused_or_right(server, *client, std::string_view(suite).find("CHACHA") != std::string_view::npos);
+        }
+    }
+}
+
+TEST_CASE("tls: a TLS 1.2 renegotiation request before the export: the alert OpenSSL answers with is counted") {
+    pki p;
+    for (const char* cipher : {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"}) {
+        CAPTURE(cipher);
+        const bool chacha = std::string_view(cipher).find("CHACHA") != std::string_view::npos;
+        session server(p.server(), true);
+        auto client = test::memory_peer::client(TLS1_2_VERSION, cipher);
+        REQUIRE(client);
+        CHECK(handshake_memory(*client, server).empty());
+        REQUIRE(server.state() == status::open);
+        REQUIRE(client->renegotiate());
+        std::string plain, out;
+        CHECK(server.feed(bytes_of(client->take_output()), plain, out) == status::open);
+        // The no_renegotiation warning (level 1, description 100) under the application keys,
+        // right after the server's Finished.
+        const auto keys = server.ktls_export();
+        REQUIRE(keys);
+        CHECK(keys->tx_seq == 2);  // the server's Finished and the alert
+        CHECK(keys->rx_seq == 2);  // the client's Finished and its ClientHello
+        CHECK(open_record(test::first_record(out), keys->version, keys->tx_key, keys->tx_iv, 1, chacha) ==
+              std::string("\x01\x64", 2));
+        std::vector<std::uint8_t> buffer(4096);
+        std::string spill;
+        const std::size_t n = server.write(bytes_of(std::string("reply")), buffer, spill);
+        CHECK(open_record(view_of(buffer, n), keys->version, keys->tx_key, keys->tx_iv, keys->tx_seq, chacha) == "reply");
+    }
+}
+
+TEST_CASE("tls: once TX is in the kernel, a record OpenSSL would still write is dropped and the session fails") {
+    pki p;
+    struct variant {
+        const char* what;
+        int max;
+        int action;  // 0: KeyUpdate not requested, 1: KeyUpdate requested, 2: renegotiation
+        bool fails;
+    };
+    for (const variant v : {variant{"KeyUpdate, no answer wanted", 0, 0, false}, variant{"KeyUpdate requested", 0, 1, true},
+                            variant{"renegotiation (TLS 1.2)", TLS1_2_VERSION, 2, true}}) {
+        CAPTURE(v.what);
+        session server(p.server(), true);
+        auto client = test::memory_peer::client(v.max);
+        REQUIRE(client);
+        std::string plain, out;
+        server.feed(bytes_of(handshake_memory(*client, server)), plain, out);
+        REQUIRE(server.state() == status::open);
+        REQUIRE(server.ktls_export());
+        server.note_tx_in_kernel();
+        REQUIRE((v.action == 2 ? client->renegotiate() : client->key_update(v.action == 1)));
+        const status s = server.feed(bytes_of(client->take_output()), plain, out);
+        CHECK(out.empty());  // nothing for the socket: the kernel would send it as data
+        CHECK((s == status::failed) == v.fails);
+        if (v.fails) CHECK(server.error().find("kernel") != std::string::npos);
+        // The client's keys changed: RX stays in userspace.
+        if (v.action == 0) CHECK(!server.ktls_export());
     }
 }
