@@ -274,6 +274,8 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     if (ctx == nullptr) return unexpected("SSL_CTX_new: " + openssl_errors());
     c->_ctx = ctx;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (SSL_CTX_set_cipher_list(ctx, tls12_ciphers_default) != 1)
+        return unexpected("TLS 1.2 ciphers: " + openssl_errors());
     // No tickets and no session cache: nothing to resume, nothing after the handshake that
     // kTLS would have to count, and no per-connection memory for them.
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -344,8 +346,8 @@ result<std::shared_ptr<context>, std::string> context::make_client(const client_
     if (options.max_version != 0) SSL_CTX_set_max_proto_version(ctx, options.max_version);
     if (!options.tls13_ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, options.tls13_ciphersuites.c_str()) != 1)
         return unexpected("TLS 1.3 cipher suites: " + openssl_errors());
-    if (!options.tls12_ciphers.empty() && SSL_CTX_set_cipher_list(ctx, options.tls12_ciphers.c_str()) != 1)
-        return unexpected("TLS 1.2 ciphers: " + openssl_errors());
+    const std::string& ciphers = options.tls12_ciphers.empty() ? std::string(tls12_ciphers_default) : options.tls12_ciphers;
+    if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) return unexpected("TLS 1.2 ciphers: " + openssl_errors());
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};

@@ -55,7 +55,7 @@ public:
         std::array<std::uint8_t, 32> pinned_sha256{};
         int max_version = 0;      // 0 = TLS 1.3; TLS1_2_VERSION to cap
         std::string tls13_ciphersuites;  // OpenSSL syntax; empty = OpenSSL's default
-        std::string tls12_ciphers;
+        std::string tls12_ciphers;       // empty = tls12_ciphers_default
     };
     static result<std::shared_ptr<context>, std::string> make_client(const client_options& options);
 
@@ -79,6 +79,12 @@ private:
     std::int64_t _leaf_not_after = 0;
     std::unique_ptr<state> _state;
 };
+
+// TLS 1.2 suites for both sides: forward-secret key exchange and AEAD only, as Go's defaults
+// (no static-RSA key exchange, no CBC-SHA1). TLS 1.3 suites are all AEAD and forward secret.
+inline constexpr const char* tls12_ciphers_default =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
 // SHA-256 over a certificate's DER bytes: what a `sha256-raw:` CertName pins.
 std::array<std::uint8_t, 32> certificate_sha256(x509_st* cert) noexcept;

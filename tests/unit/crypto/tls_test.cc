@@ -562,3 +562,39 @@ TEST_CASE("tls: once TX is in the kernel, a record OpenSSL would still write is 
         if (v.action == 0) CHECK(!server.ktls_export());
     }
 }
+
+TEST_CASE("tls: TLS 1.2 takes forward-secret AEAD suites only, on both sides, with an RSA certificate too") {
+    pki p;
+    const std::string cert = p.dir + "/rsa.crt", key = p.dir + "/rsa.key";
+    const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext "
+                            "subjectAltName=IP:127.0.0.1 -keyout " + key + " -out " + cert + " 2>/dev/null";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    auto server_ctx = context::make_server({"127.0.0.1", cert, key, {}});
+    REQUIRE_MESSAGE(server_ctx, (server_ctx ? "" : server_ctx.error()));
+    struct offer {
+        const char* cipher;
+        bool accepted;
+    };
+    for (const offer o : {offer{"AES128-GCM-SHA256", false}, offer{"AES256-SHA", false}, offer{"ECDHE-RSA-AES128-SHA", false},
+                          offer{"ECDHE-RSA-AES256-SHA384", false}, offer{"DHE-RSA-AES128-GCM-SHA256", false},
+                          offer{"ECDHE-RSA-AES128-GCM-SHA256", true}, offer{"ECDHE-RSA-CHACHA20-POLY1305", true}}) {
+        CAPTURE(o.cipher);
+        session server(server_ctx.value(), false);
+        session client(insecure_client(TLS1_2_VERSION, {}, o.cipher), false);
+        exchange(client, server);
+        CHECK((server.state() == status::open) == o.accepted);
+    }
+    // What each side's context offers or takes in TLS 1.2, whatever the certificate.
+    const auto client_ctx = insecure_client(TLS1_2_VERSION);
+    for (SSL_CTX* ctx : {server_ctx.value()->native(), client_ctx->native()}) {
+        STACK_OF(SSL_CIPHER)* ciphers = SSL_CTX_get_ciphers(ctx);
+        REQUIRE(ciphers != nullptr);
+        for (int i = 0; i < sk_SSL_CIPHER_num(ciphers); ++i) {
+            const SSL_CIPHER* c = sk_SSL_CIPHER_value(ciphers, i);
+            if (SSL_CIPHER_get_kx_nid(c) == NID_kx_any) continue;  // a TLS 1.3 suite
+            CAPTURE(SSL_CIPHER_get_name(c));
+            CHECK(SSL_CIPHER_is_aead(c) == 1);
+            CHECK(SSL_CIPHER_get_kx_nid(c) == NID_kx_ecdhe);
+        }
+    }
+}
