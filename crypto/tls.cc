@@ -211,6 +211,14 @@ void record_seen(int write_p, int, int content_type, const void* buf, std::size_
     }
 }
 
+// OpenSSL's default for an encrypted PEM key is to prompt on the terminal, which would block
+// the thread doing a reload (SIGHUP, the file poller) until someone types. derpd has no
+// passphrase to give: refuse, and remember that one was asked for, to say so.
+int refuse_passphrase(char*, int, int, void* asked) {
+    if (asked != nullptr) *static_cast<bool*>(asked) = true;
+    return -1;
+}
+
 int servername_check(SSL* ssl, int* alert, void* arg) {
     auto* st = static_cast<context::state*>(arg);
     if (!st->require_sni) return SSL_TLSEXT_ERR_OK;
@@ -276,6 +284,7 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     if (SSL_CTX_set_cipher_list(ctx, tls12_ciphers_default) != 1)
         return unexpected("TLS 1.2 ciphers: " + openssl_errors());
+    SSL_CTX_set_default_passwd_cb(ctx, refuse_passphrase);
     // No tickets and no session cache: nothing to resume, nothing after the handshake that
     // kTLS would have to count, and no per-connection memory for them.
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -286,9 +295,17 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     if (SSL_CTX_use_certificate_chain_file(ctx, identity.cert_path.c_str()) != 1)
         return unexpected(fmt::format("certificate {}: {}", identity.cert_path, openssl_errors()));
     {
-        FILE* key_file = std::fopen(identity.key_path.c_str(), "r");
-        EVP_PKEY* key = key_file == nullptr ? nullptr : PEM_read_PrivateKey(key_file, nullptr, nullptr, nullptr);
-        if (key_file != nullptr) std::fclose(key_file);
+        FILE* key_file = std::fopen(identity.key_path.c_str(), "re");
+        if (key_file == nullptr) return unexpected(fmt::format("key {}: {}", identity.key_path, std::strerror(errno)));
+        bool passphrase_asked = false;
+        EVP_PKEY* key = PEM_read_PrivateKey(key_file, nullptr, refuse_passphrase, &passphrase_asked);
+        std::fclose(key_file);
+        if (key == nullptr && passphrase_asked) {
+            ERR_clear_error();
+            return unexpected(fmt::format("key {} is encrypted; derpd cannot ask for a passphrase (store it decrypted, "
+                                          "mode 0600: openssl pkey -in {} -out <new file>)",
+                                          identity.key_path, identity.key_path));
+        }
         if (key == nullptr)
             return unexpected(fmt::format("key {}: not a PEM private key ({})", identity.key_path, openssl_errors()));
         const bool matches_leaf = X509_check_private_key(SSL_CTX_get0_certificate(ctx), key) == 1;
@@ -348,6 +365,7 @@ result<std::shared_ptr<context>, std::string> context::make_client(const client_
         return unexpected("TLS 1.3 cipher suites: " + openssl_errors());
     const std::string& ciphers = options.tls12_ciphers.empty() ? std::string(tls12_ciphers_default) : options.tls12_ciphers;
     if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) return unexpected("TLS 1.2 ciphers: " + openssl_errors());
+    SSL_CTX_set_default_passwd_cb(ctx, refuse_passphrase);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};

@@ -598,3 +598,15 @@ TEST_CASE("tls: TLS 1.2 takes forward-secret AEAD suites only, on both sides, wi
         }
     }
 }
+
+TEST_CASE("tls: an encrypted key file is refused with a clear error, not a passphrase prompt") {
+    pki p;
+    const std::string cert = p.dir + "/enc.crt", key = p.dir + "/enc.key";
+    const std::string cmd = "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -aes-256-cbc -pass pass:secret -out " +
+                            key + " 2>/dev/null && openssl req -x509 -key " + key + " -passin pass:secret -days 2 "
+                            "-subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -out " + cert + " 2>/dev/null";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    auto ctx = context::make_server({"127.0.0.1", cert, key, {}});
+    REQUIRE(!ctx);
+    CHECK(ctx.error().find(key + " is encrypted") != std::string::npos);
+}
