@@ -349,6 +349,10 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
 }
 
 result<std::shared_ptr<context>, std::string> context::make_client(const client_options& options) {
+    // OpenSSL checks a name only when one is set: verification without one accepts any
+    // certificate a public CA signed, for any host.
+    if (options.verify == verify_mode::system && options.server_name.empty())
+        return unexpected(std::string("a verified TLS client needs the server name to verify the certificate for"));
     std::shared_ptr<context> c(new context());
     c->_hostname = options.server_name;
     c->_state = std::make_unique<state>();
@@ -366,6 +370,9 @@ result<std::shared_ptr<context>, std::string> context::make_client(const client_
     const std::string& ciphers = options.tls12_ciphers.empty() ? std::string(tls12_ciphers_default) : options.tls12_ciphers;
     if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) return unexpected("TLS 1.2 ciphers: " + openssl_errors());
     SSL_CTX_set_default_passwd_cb(ctx, refuse_passphrase);
+    // A server's HelloRequest is refused: a second handshake mid-connection is attack surface
+    // that DERP never needs.
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};

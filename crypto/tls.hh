@@ -49,7 +49,9 @@ public:
         pinned,     // sha256-raw: the peer's own certificate has this SHA-256 (check_pinned_chain)
     };
     struct client_options {
-        std::string server_name;  // SNI (not sent for IP literals, as Go) and verification name
+        // SNI (not sent for IP literals, as Go) and verification name; required with
+        // verify_mode::system, where an empty name would verify the chain for any host.
+        std::string server_name;
         verify_mode verify = verify_mode::system;
         std::string ca_file;      // with verify_mode::system: trust only this PEM bundle
         std::array<std::uint8_t, 32> pinned_sha256{};

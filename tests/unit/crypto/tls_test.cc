@@ -610,3 +610,44 @@ TEST_CASE("tls: an encrypted key file is refused with a clear error, not a passp
     REQUIRE(!ctx);
     CHECK(ctx.error().find(key + " is encrypted") != std::string::npos);
 }
+
+TEST_CASE("tls: a verifying client context needs the name to verify for") {
+    context::client_options o;
+    o.verify = context::verify_mode::system;
+    auto nameless = context::make_client(o);
+    REQUIRE(!nameless);
+    CHECK(nameless.error().find("server name") != std::string::npos);
+    o.server_name = "derp.example.test";
+    CHECK(context::make_client(o));
+}
+
+TEST_CASE("tls: a client answers a server's HelloRequest with no_renegotiation, not a new ClientHello") {
+    pki p;
+    auto server = test::memory_peer::server(p.cert, p.key, "", TLS1_2_VERSION);
+    REQUIRE(server);
+    session client(insecure_client(TLS1_2_VERSION), false);
+    exchange_with(client, *server);
+    REQUIRE(client.state() == status::open);
+    struct seen {
+        bool no_renegotiation = false;
+        bool client_hello = false;
+    } got;
+    SSL_set_msg_callback(server->native(), [](int write_p, int, int type, const void* buf, std::size_t length, SSL*, void* arg) {
+        auto* g = static_cast<seen*>(arg);
+        const auto* b = static_cast<const unsigned char*>(buf);
+        if (write_p != 0 || length < 2) return;
+        if (type == SSL3_RT_ALERT && b[1] == SSL_AD_NO_RENEGOTIATION) g->no_renegotiation = true;
+        if (type == SSL3_RT_HANDSHAKE && b[0] == SSL3_MT_CLIENT_HELLO) g->client_hello = true;
+    });
+    SSL_set_msg_callback_arg(server->native(), &got);
+    REQUIRE(server->renegotiate());
+    std::string plain, out;
+    const std::string hello_request = server->take_output();
+    REQUIRE(!hello_request.empty());
+    client.feed(bytes_of(hello_request), plain, out);
+    server->receive(out);
+    std::string ignored;
+    server->read(ignored);  // the server reads the answer as it reads data (it is not in a handshake)
+    CHECK(got.no_renegotiation);
+    CHECK(!got.client_hello);
+}
