@@ -441,18 +441,29 @@ result<std::vector<std::uint8_t>, std::string> make_meta_certificate(const node_
     return der;
 }
 
+namespace {
+
+// A new file that did not exist: O_EXCL fails on anything already there, a dangling symlink
+// included, and O_NOFOLLOW on a symlink in the last component, so nobody who could write the
+// directory before us decides where (or with which mode) the bytes land.
+int create_new_file(const std::string& path, mode_t mode) {
+    return ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+}
+
+std::string creation_problem(const char* what, const std::string& path, int error) {
+    return fmt::format("{} {}: {}{}", what, path, std::strerror(error),
+                       error == EEXIST || error == ELOOP ? " (something is already there, a symlink perhaps; not replaced)" : "");
+}
+
+}  // namespace
+
 result<void, std::string> write_self_signed(const std::string& ip_text, const std::string& cert_path,
                                             const std::string& key_path) {
-    const auto slash = cert_path.rfind('/');
-    if (slash != std::string::npos) {
-        const std::string dir = cert_path.substr(0, slash);
-        if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-            return unexpected(fmt::format("certdir {}: {}", dir, std::strerror(errno)));
-    }
     EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
     if (key == nullptr) return unexpected("P-256 key: " + openssl_errors());
     X509* cert = X509_new();
     std::string problem;
+    bool key_created = false, cert_created = false;
     do {
         X509_set_version(cert, 2);
         std::array<unsigned char, 16> serial{};
@@ -488,29 +499,46 @@ result<void, std::string> write_self_signed(const std::string& ip_text, const st
             break;
         }
         // The key first, 0600 from the start (never a moment world-readable), as "EC PRIVATE KEY".
-        const int key_fd = ::open(key_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        const int key_fd = create_new_file(key_path, 0600);
         if (key_fd < 0) {
-            problem = fmt::format("key {}: {}", key_path, std::strerror(errno));
+            problem = creation_problem("key", key_path, errno);
             break;
         }
+        key_created = true;
         BIO* key_file = BIO_new_fd(key_fd, BIO_CLOSE);
+        if (key_file == nullptr) {
+            ::close(key_fd);
+            problem = fmt::format("writing key {}: {}", key_path, openssl_errors());
+            break;
+        }
         const bool key_ok = PEM_write_bio_PrivateKey_traditional(key_file, key, nullptr, nullptr, 0, nullptr, nullptr) == 1;
         if (BIO_free(key_file) != 1 || !key_ok) {
             problem = fmt::format("writing key {}: {}", key_path, openssl_errors());
             break;
         }
-        const int cert_fd = ::open(cert_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        const int cert_fd = create_new_file(cert_path, 0644);
         if (cert_fd < 0) {
-            problem = fmt::format("certificate {}: {}", cert_path, std::strerror(errno));
+            problem = creation_problem("certificate", cert_path, errno);
             break;
         }
+        cert_created = true;
         FILE* cert_file = fdopen(cert_fd, "w");
+        if (cert_file == nullptr) {
+            problem = fmt::format("writing certificate {}: {}", cert_path, std::strerror(errno));
+            ::close(cert_fd);
+            break;
+        }
         const bool cert_ok = PEM_write_X509(cert_file, cert) == 1;
         if (std::fclose(cert_file) != 0 || !cert_ok) problem = fmt::format("writing certificate {}", cert_path);
     } while (false);
     X509_free(cert);
     EVP_PKEY_free(key);
-    if (!problem.empty()) return unexpected(problem);
+    if (!problem.empty()) {
+        // Half a pair would make the next start fail on files it did not write.
+        if (cert_created) ::unlink(cert_path.c_str());
+        if (key_created) ::unlink(key_path.c_str());
+        return unexpected(problem);
+    }
     return {};
 }
 

@@ -124,9 +124,11 @@ pin_verdict check_pinned_chain(const ssl_st* ssl, const std::array<std::uint8_t,
 // valid from 30 days ago for 60 days. DER bytes.
 result<std::vector<std::uint8_t>, std::string> make_meta_certificate(const node_key& server_key);
 
-// Writes a self-signed certificate for an IP hostname into certdir as derper does (ECDSA P-256,
-// CN and IP SAN = the address, one year; key 0600, cert 0644, directory 0700). Errors name
-// the path.
+// Writes a self-signed certificate for an IP hostname as derper does (ECDSA P-256, CN and IP
+// SAN = the address, one year; key 0600, cert 0644). The directory must exist (derpd makes and
+// checks it, server/files.hh). Neither file may exist: they are created with O_EXCL|O_NOFOLLOW,
+// so that a symlink planted in their place cannot send the private key elsewhere; on failure
+// what was created is removed. Errors name the path.
 result<void, std::string> write_self_signed(const std::string& ip_text, const std::string& cert_path,
                                             const std::string& key_path);
 
