@@ -12,6 +12,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
@@ -143,8 +144,8 @@ struct context::state {
 };
 
 struct session::secrets {
-    std::vector<std::uint8_t> client_traffic;  // CLIENT_TRAFFIC_SECRET_0
-    std::vector<std::uint8_t> server_traffic;  // SERVER_TRAFFIC_SECRET_0
+    secret_bytes client_traffic;  // CLIENT_TRAFFIC_SECRET_0
+    secret_bytes server_traffic;  // SERVER_TRAFFIC_SECRET_0
     io_window window;
     bool want_ktls = false;
     // The TX sequence number, from the message callback: every record OpenSSL writes is
@@ -166,18 +167,23 @@ void keylog_line(const SSL* ssl, const char* line) {
     auto* s = static_cast<session::secrets*>(SSL_get_ex_data(ssl, session_index()));
     if (s == nullptr || !s->want_ktls) return;
     std::string_view text(line);
-    std::vector<std::uint8_t>* target = nullptr;
+    secret_bytes* target = nullptr;
     if (text.starts_with("CLIENT_TRAFFIC_SECRET_0 ")) target = &s->client_traffic;
     else if (text.starts_with("SERVER_TRAFFIC_SECRET_0 ")) target = &s->server_traffic;
     if (target == nullptr) return;
     const auto last_space = text.rfind(' ');
     std::string_view hex = text.substr(last_space + 1);
+    // Decoded in place: no temporary string holds a copy of the secret.
+    auto nibble = [](char c) -> unsigned {
+        if (c >= '0' && c <= '9') return static_cast<unsigned>(c - '0');
+        if (c >= 'a' && c <= 'f') return static_cast<unsigned>(c - 'a' + 10);
+        if (c >= 'A' && c <= 'F') return static_cast<unsigned>(c - 'A' + 10);
+        return 0;
+    };
     target->clear();
-    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-        unsigned value = 0;
-        std::sscanf(std::string(hex.substr(i, 2)).c_str(), "%2x", &value);
-        target->push_back(static_cast<std::uint8_t>(value));
-    }
+    target->reserve(hex.size() / 2);
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+        target->push_back(static_cast<std::uint8_t>(nibble(hex[i]) << 4 | nibble(hex[i + 1])));
 }
 
 // Every record OpenSSL writes and every handshake message either way pass through here
@@ -250,6 +256,10 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* out_length, cons
 int accept_any_chain(int, X509_STORE_CTX*) { return 1; }
 
 }  // namespace
+
+void wipe_secret(void* data, std::size_t bytes) noexcept {
+    if (data != nullptr && bytes > 0) OPENSSL_cleanse(data, bytes);
+}
 
 std::array<std::uint8_t, 32> certificate_sha256(X509* cert) noexcept {
     std::array<std::uint8_t, 32> digest{};
@@ -788,6 +798,12 @@ std::optional<node_key> session::peer_meta_key() const noexcept {
 
 void session::note_tx_in_kernel() noexcept { _secrets->tx_in_kernel = true; }
 
+void session::forget_traffic_secrets() noexcept {
+    // secret_bytes wipes what it frees; clear() alone would keep the bytes in capacity.
+    secret_bytes().swap(_secrets->client_traffic);
+    secret_bytes().swap(_secrets->server_traffic);
+}
+
 namespace {
 
 // HKDF-Expand-Label (RFC 8446 7.1) with an empty context.
@@ -843,10 +859,11 @@ void put_be64(unsigned char* out, std::uint64_t value) {
 // Fills the kernel's crypto_info for one direction.
 void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span<const std::uint8_t> key,
                     std::span<const std::uint8_t> iv, std::uint64_t seq) {
-    auto put = [&d](const auto& info) {
+    auto put = [&d](auto& info) {
         static_assert(sizeof info <= sizeof d.crypto_info);
         std::memcpy(d.crypto_info.data(), &info, sizeof info);
         d.crypto_info_bytes = sizeof info;
+        wipe_secret(&info, sizeof info);  // the stack copy of the key
     };
     if (nid == NID_chacha20_poly1305) {
         tls12_crypto_info_chacha20_poly1305 info{};
@@ -903,7 +920,7 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
     ktls_keys keys;
     keys.version = static_cast<std::uint16_t>(SSL_version(_ssl));
     keys.cipher_name = SSL_CIPHER_get_name(cipher);
-    std::vector<std::uint8_t> client_key(key_bytes), server_key(key_bytes), client_iv, server_iv;
+    secret_bytes client_key(key_bytes), server_key(key_bytes), client_iv, server_iv;
     // Every record OpenSSL wrote under the server's application keys: its Finished in 1.2, and
     // in either version whatever it wrote by itself since (a no_renegotiation alert, say) or
     // as application data. The kernel must go on from there, or it reuses nonces.
@@ -928,8 +945,10 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
         std::memcpy(seed.data(), "key expansion", 13);
         SSL_get_server_random(_ssl, seed.data() + 13, 32);
         SSL_get_client_random(_ssl, seed.data() + 45, 32);
-        std::vector<std::uint8_t> block(2 * key_bytes + 2 * iv_bytes);
-        if (!key_block(md, std::span(master.data(), master_bytes), seed, block)) return std::nullopt;
+        secret_bytes block(2 * key_bytes + 2 * iv_bytes);
+        const bool derived = key_block(md, std::span(master.data(), master_bytes), seed, block);
+        wipe_secret(master.data(), master.size());
+        if (!derived) return std::nullopt;
         std::copy_n(block.begin(), key_bytes, client_key.begin());
         std::copy_n(block.begin() + static_cast<std::ptrdiff_t>(key_bytes), key_bytes, server_key.begin());
         client_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes),

@@ -23,6 +23,28 @@ struct x509_st;
 
 namespace derp::tls {
 
+// Overwrites key material before its memory is given back (OPENSSL_cleanse: a plain memset
+// before free may be optimised away).
+void wipe_secret(void* data, std::size_t bytes) noexcept;
+
+// An allocator that wipes what it frees, so that a vector of key bytes leaves nothing behind,
+// not even the buffers it outgrew.
+template <typename T>
+struct wiping_allocator {
+    using value_type = T;
+    wiping_allocator() = default;
+    template <typename U>
+    wiping_allocator(const wiping_allocator<U>&) noexcept {}
+    T* allocate(std::size_t n) { return std::allocator<T>{}.allocate(n); }
+    void deallocate(T* p, std::size_t n) noexcept {
+        wipe_secret(p, n * sizeof(T));
+        std::allocator<T>{}.deallocate(p, n);
+    }
+    template <typename U>
+    bool operator==(const wiping_allocator<U>&) const noexcept { return true; }
+};
+using secret_bytes = std::vector<std::uint8_t, wiping_allocator<std::uint8_t>>;
+
 // The server's certificate material (spec 4.2, manual mode).
 struct server_identity {
     std::string hostname;        // -hostname: a DNS name (SNI must equal it) or an IP (any SNI)
@@ -134,9 +156,14 @@ result<void, std::string> write_self_signed(const std::string& ip_text, const st
 
 // What kTLS needs for one direction: the kernel's crypto_info bytes (struct tls12_crypto_info_*
 // of linux/tls.h, sequence number included), ready for setsockopt(SOL_TLS, TLS_TX/TLS_RX).
+// The key inside is wiped when the struct goes.
 struct ktls_direction {
     std::array<std::uint8_t, 64> crypto_info{};
     std::uint32_t crypto_info_bytes = 0;
+    ktls_direction() = default;
+    ktls_direction(const ktls_direction&) = default;
+    ktls_direction& operator=(const ktls_direction&) = default;
+    ~ktls_direction() { wipe_secret(crypto_info.data(), crypto_info.size()); }
 };
 struct ktls_keys {
     ktls_direction tx;
@@ -147,7 +174,7 @@ struct ktls_keys {
     // (salt || implicit iv for GCM 1.2 as the kernel builds it), next sequence numbers. TX
     // counts every record OpenSSL wrote under the current keys (its Finished in 1.2, alerts,
     // application data), RX every record it read after the handshake.
-    std::vector<std::uint8_t> tx_key, tx_iv, rx_key, rx_iv;
+    secret_bytes tx_key, tx_iv, rx_key, rx_iv;
     std::uint64_t tx_seq = 0, rx_seq = 0;
 };
 
@@ -198,16 +225,18 @@ public:
     // over receiving (it cannot be handed half a record).
     bool at_record_boundary() const noexcept { return _scan_partial == 0 && _scan_header_bytes == 0; }
     // The keys and sequence numbers for kTLS (server side); RX is only usable when
-    // at_record_boundary(). Nothing when the kernel takes no such cipher, or after a TLS 1.3
-    // KeyUpdate either way: the traffic secrets this derives from are then no longer the ones
-    // in use, and the kernel would reuse nonces (TX) or fail to decrypt (RX). Such a
-    // connection stays on userspace records.
+    // at_record_boundary(). Nothing when the kernel takes no such cipher, when the secrets were
+    // forgotten, or after a TLS 1.3 KeyUpdate either way: the traffic secrets this derives
+    // from are then no longer the ones in use, and the kernel would reuse nonces (TX) or fail
+    // to decrypt (RX). Such a connection stays on userspace records.
     std::optional<ktls_keys> ktls_export() const noexcept;
     // TX is now the kernel's (its sequence numbers continue from the export). A record
     // OpenSSL would still write (the answer to a KeyUpdate, a no_renegotiation or fatal alert)
     // would then be encrypted with OpenSSL's stale state and sent by the kernel as data, so
     // feed() drops it and fails the session instead.
     void note_tx_in_kernel() noexcept;
+    // No further ktls_export() will be asked for: the captured traffic secrets are wiped.
+    void forget_traffic_secrets() noexcept;
 
     struct secrets;  // what OpenSSL's callbacks tell: TLS 1.3 traffic secrets, records written (tls.cc)
 
