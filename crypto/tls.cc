@@ -12,6 +12,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
@@ -114,18 +115,6 @@ bool is_ip_literal(std::string_view host) {
     return inet_pton(AF_INET, text.c_str(), &v4) == 1 || inet_pton(AF_INET6, text.c_str(), &v6) == 1;
 }
 
-std::array<std::uint8_t, 32> sha256_of_der(X509* cert) {
-    std::array<std::uint8_t, 32> digest{};
-    unsigned char* der = nullptr;
-    const int length = i2d_X509(cert, &der);
-    if (length > 0) {
-        unsigned int digest_length = 0;
-        EVP_Digest(der, static_cast<std::size_t>(length), digest.data(), &digest_length, EVP_sha256(), nullptr);
-    }
-    OPENSSL_free(der);
-    return digest;
-}
-
 std::int64_t not_after_unix(const X509* cert) {
     std::tm when{};
     if (ASN1_TIME_to_tm(X509_get0_notAfter(cert), &when) != 1) return 0;
@@ -155,11 +144,19 @@ struct context::state {
 };
 
 struct session::secrets {
-    std::vector<std::uint8_t> client_traffic;  // CLIENT_TRAFFIC_SECRET_0
-    std::vector<std::uint8_t> server_traffic;  // SERVER_TRAFFIC_SECRET_0
+    secret_bytes client_traffic;  // CLIENT_TRAFFIC_SECRET_0
+    secret_bytes server_traffic;  // SERVER_TRAFFIC_SECRET_0
     io_window window;
-    bool wrote_application_data = false;
     bool want_ktls = false;
+    // The TX sequence number, from the message callback: every record OpenSSL writes is
+    // counted, including those it writes on its own (a KeyUpdate answer, an alert), and the
+    // count at the switch to the server's application keys is remembered.
+    std::uint64_t records_written = 0;
+    std::uint64_t tx_epoch_start = 0;
+    bool tx_epoch_known = false;
+    bool key_update = false;    // a KeyUpdate went either way: the first traffic secrets are stale
+    bool key_update_owed = false;  // the peer asked for ours (OpenSSL sends it with its next write)
+    bool tx_in_kernel = false;  // session::note_tx_in_kernel()
     std::string refusal;  // why a callback refused the handshake, for the log
 };
 
@@ -170,18 +167,62 @@ void keylog_line(const SSL* ssl, const char* line) {
     auto* s = static_cast<session::secrets*>(SSL_get_ex_data(ssl, session_index()));
     if (s == nullptr || !s->want_ktls) return;
     std::string_view text(line);
-    std::vector<std::uint8_t>* target = nullptr;
+    secret_bytes* target = nullptr;
     if (text.starts_with("CLIENT_TRAFFIC_SECRET_0 ")) target = &s->client_traffic;
     else if (text.starts_with("SERVER_TRAFFIC_SECRET_0 ")) target = &s->server_traffic;
     if (target == nullptr) return;
     const auto last_space = text.rfind(' ');
     std::string_view hex = text.substr(last_space + 1);
+    // Decoded in place: no temporary string holds a copy of the secret.
+    auto nibble = [](char c) -> unsigned {
+        if (c >= '0' && c <= '9') return static_cast<unsigned>(c - '0');
+        if (c >= 'a' && c <= 'f') return static_cast<unsigned>(c - 'a' + 10);
+        if (c >= 'A' && c <= 'F') return static_cast<unsigned>(c - 'A' + 10);
+        return 0;
+    };
     target->clear();
-    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-        unsigned value = 0;
-        std::sscanf(std::string(hex.substr(i, 2)).c_str(), "%2x", &value);
-        target->push_back(static_cast<std::uint8_t>(value));
+    target->reserve(hex.size() / 2);
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2)
+        target->push_back(static_cast<std::uint8_t>(nibble(hex[i]) << 4 | nibble(hex[i + 1])));
+}
+
+// Every record OpenSSL writes and every handshake message either way pass through here
+// (SSL_CTX_set_msg_callback): the TX sequence number for kTLS and any KeyUpdate. OpenSSL
+// reports a record's header when it makes the record, before a handshake message's own
+// report, and before it switches keys after that message.
+void record_seen(int write_p, int, int content_type, const void* buf, std::size_t length, SSL* ssl, void*) {
+    auto* s = static_cast<session::secrets*>(SSL_get_ex_data(ssl, session_index()));
+    if (s == nullptr) return;
+    const auto* bytes = static_cast<const unsigned char*>(buf);
+    if (content_type == SSL3_RT_HEADER) {
+        if (write_p != 0) ++s->records_written;
+        return;
     }
+    const bool handshake = content_type == SSL3_RT_HANDSHAKE && length >= 1;
+    if (handshake && bytes[0] == SSL3_MT_KEY_UPDATE) {
+        s->key_update = true;
+        // type (1), length (3), request_update (1): 1 = update_requested.
+        if (write_p == 0 && length >= 5 && bytes[4] == SSL_KEY_UPDATE_REQUESTED) s->key_update_owed = true;
+    }
+    if (write_p == 0) return;
+    // The server's application keys begin after its Finished in TLS 1.3 (which is still under
+    // the handshake keys) and after its ChangeCipherSpec in TLS 1.2 (its Finished is then
+    // record 0). A 1.3 server may send a ChangeCipherSpec too (middlebox compatibility): that
+    // one changes nothing.
+    const int version = SSL_version(ssl);
+    if ((version == TLS1_3_VERSION && handshake && bytes[0] == SSL3_MT_FINISHED) ||
+        (version == TLS1_2_VERSION && content_type == SSL3_RT_CHANGE_CIPHER_SPEC)) {
+        s->tx_epoch_start = s->records_written;
+        s->tx_epoch_known = true;
+    }
+}
+
+// OpenSSL's default for an encrypted PEM key is to prompt on the terminal, which would block
+// the thread doing a reload (SIGHUP, the file poller) until someone types. derpd has no
+// passphrase to give: refuse, and remember that one was asked for, to say so.
+int refuse_passphrase(char*, int, int, void* asked) {
+    if (asked != nullptr) *static_cast<bool*>(asked) = true;
+    return -1;
 }
 
 int servername_check(SSL* ssl, int* alert, void* arg) {
@@ -214,16 +255,23 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* out_length, cons
 
 int accept_any_chain(int, X509_STORE_CTX*) { return 1; }
 
-bool is_meta_certificate(X509* cert, std::string* cn_out = nullptr) {
-    X509_NAME* subject = X509_get_subject_name(cert);
-    char cn[256] = {};
-    if (X509_NAME_get_text_by_NID(subject, NID_commonName, cn, sizeof cn) <= 0) return false;
-    if (std::strncmp(cn, "derpkey", 7) != 0) return false;
-    if (cn_out != nullptr) *cn_out = cn;
-    return true;
+}  // namespace
+
+void wipe_secret(void* data, std::size_t bytes) noexcept {
+    if (data != nullptr && bytes > 0) OPENSSL_cleanse(data, bytes);
 }
 
-}  // namespace
+std::array<std::uint8_t, 32> certificate_sha256(X509* cert) noexcept {
+    std::array<std::uint8_t, 32> digest{};
+    unsigned char* der = nullptr;
+    const int length = i2d_X509(cert, &der);
+    if (length > 0) {
+        unsigned int digest_length = 0;
+        EVP_Digest(der, static_cast<std::size_t>(length), digest.data(), &digest_length, EVP_sha256(), nullptr);
+    }
+    OPENSSL_free(der);
+    return digest;
+}
 
 context::~context() {
     if (_ctx != nullptr) SSL_CTX_free(_ctx);
@@ -244,6 +292,9 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     if (ctx == nullptr) return unexpected("SSL_CTX_new: " + openssl_errors());
     c->_ctx = ctx;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (SSL_CTX_set_cipher_list(ctx, tls12_ciphers_default) != 1)
+        return unexpected("TLS 1.2 ciphers: " + openssl_errors());
+    SSL_CTX_set_default_passwd_cb(ctx, refuse_passphrase);
     // No tickets and no session cache: nothing to resume, nothing after the handshake that
     // kTLS would have to count, and no per-connection memory for them.
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
@@ -254,9 +305,17 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     if (SSL_CTX_use_certificate_chain_file(ctx, identity.cert_path.c_str()) != 1)
         return unexpected(fmt::format("certificate {}: {}", identity.cert_path, openssl_errors()));
     {
-        FILE* key_file = std::fopen(identity.key_path.c_str(), "r");
-        EVP_PKEY* key = key_file == nullptr ? nullptr : PEM_read_PrivateKey(key_file, nullptr, nullptr, nullptr);
-        if (key_file != nullptr) std::fclose(key_file);
+        FILE* key_file = std::fopen(identity.key_path.c_str(), "re");
+        if (key_file == nullptr) return unexpected(fmt::format("key {}: {}", identity.key_path, std::strerror(errno)));
+        bool passphrase_asked = false;
+        EVP_PKEY* key = PEM_read_PrivateKey(key_file, nullptr, refuse_passphrase, &passphrase_asked);
+        std::fclose(key_file);
+        if (key == nullptr && passphrase_asked) {
+            ERR_clear_error();
+            return unexpected(fmt::format("key {} is encrypted; derpd cannot ask for a passphrase (store it decrypted, "
+                                          "mode 0600: openssl pkey -in {} -out <new file>)",
+                                          identity.key_path, identity.key_path));
+        }
         if (key == nullptr)
             return unexpected(fmt::format("key {}: not a PEM private key ({})", identity.key_path, openssl_errors()));
         const bool matches_leaf = X509_check_private_key(SSL_CTX_get0_certificate(ctx), key) == 1;
@@ -274,7 +333,7 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     if (!matches)
         return unexpected(fmt::format("certificate {} is not valid for hostname {}", identity.cert_path,
                                       identity.hostname));
-    c->_leaf_sha256 = sha256_of_der(leaf);
+    c->_leaf_sha256 = certificate_sha256(leaf);
     c->_leaf_not_after = not_after_unix(leaf);
     if (!identity.meta_cert_der.empty()) {
         const unsigned char* p = identity.meta_cert_der.data();
@@ -295,10 +354,15 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
 #pragma GCC diagnostic pop
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, nullptr);
     SSL_CTX_set_keylog_callback(ctx, keylog_line);
+    SSL_CTX_set_msg_callback(ctx, record_seen);
     return c;
 }
 
 result<std::shared_ptr<context>, std::string> context::make_client(const client_options& options) {
+    // OpenSSL checks a name only when one is set: verification without one accepts any
+    // certificate a public CA signed, for any host.
+    if (options.verify == verify_mode::system && options.server_name.empty())
+        return unexpected(std::string("a verified TLS client needs the server name to verify the certificate for"));
     std::shared_ptr<context> c(new context());
     c->_hostname = options.server_name;
     c->_state = std::make_unique<state>();
@@ -313,8 +377,12 @@ result<std::shared_ptr<context>, std::string> context::make_client(const client_
     if (options.max_version != 0) SSL_CTX_set_max_proto_version(ctx, options.max_version);
     if (!options.tls13_ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, options.tls13_ciphersuites.c_str()) != 1)
         return unexpected("TLS 1.3 cipher suites: " + openssl_errors());
-    if (!options.tls12_ciphers.empty() && SSL_CTX_set_cipher_list(ctx, options.tls12_ciphers.c_str()) != 1)
-        return unexpected("TLS 1.2 ciphers: " + openssl_errors());
+    const std::string& ciphers = options.tls12_ciphers.empty() ? std::string(tls12_ciphers_default) : options.tls12_ciphers;
+    if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) return unexpected("TLS 1.2 ciphers: " + openssl_errors());
+    SSL_CTX_set_default_passwd_cb(ctx, refuse_passphrase);
+    // A server's HelloRequest is refused: a second handshake mid-connection is attack surface
+    // that DERP never needs.
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
@@ -383,18 +451,29 @@ result<std::vector<std::uint8_t>, std::string> make_meta_certificate(const node_
     return der;
 }
 
+namespace {
+
+// A new file that did not exist: O_EXCL fails on anything already there, a dangling symlink
+// included, and O_NOFOLLOW on a symlink in the last component, so nobody who could write the
+// directory before us decides where (or with which mode) the bytes land.
+int create_new_file(const std::string& path, mode_t mode) {
+    return ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+}
+
+std::string creation_problem(const char* what, const std::string& path, int error) {
+    return fmt::format("{} {}: {}{}", what, path, std::strerror(error),
+                       error == EEXIST || error == ELOOP ? " (something is already there, a symlink perhaps; not replaced)" : "");
+}
+
+}  // namespace
+
 result<void, std::string> write_self_signed(const std::string& ip_text, const std::string& cert_path,
                                             const std::string& key_path) {
-    const auto slash = cert_path.rfind('/');
-    if (slash != std::string::npos) {
-        const std::string dir = cert_path.substr(0, slash);
-        if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
-            return unexpected(fmt::format("certdir {}: {}", dir, std::strerror(errno)));
-    }
     EVP_PKEY* key = EVP_PKEY_Q_keygen(nullptr, nullptr, "EC", "P-256");
     if (key == nullptr) return unexpected("P-256 key: " + openssl_errors());
     X509* cert = X509_new();
     std::string problem;
+    bool key_created = false, cert_created = false;
     do {
         X509_set_version(cert, 2);
         std::array<unsigned char, 16> serial{};
@@ -430,29 +509,46 @@ result<void, std::string> write_self_signed(const std::string& ip_text, const st
             break;
         }
         // The key first, 0600 from the start (never a moment world-readable), as "EC PRIVATE KEY".
-        const int key_fd = ::open(key_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        const int key_fd = create_new_file(key_path, 0600);
         if (key_fd < 0) {
-            problem = fmt::format("key {}: {}", key_path, std::strerror(errno));
+            problem = creation_problem("key", key_path, errno);
             break;
         }
+        key_created = true;
         BIO* key_file = BIO_new_fd(key_fd, BIO_CLOSE);
+        if (key_file == nullptr) {
+            ::close(key_fd);
+            problem = fmt::format("writing key {}: {}", key_path, openssl_errors());
+            break;
+        }
         const bool key_ok = PEM_write_bio_PrivateKey_traditional(key_file, key, nullptr, nullptr, 0, nullptr, nullptr) == 1;
         if (BIO_free(key_file) != 1 || !key_ok) {
             problem = fmt::format("writing key {}: {}", key_path, openssl_errors());
             break;
         }
-        const int cert_fd = ::open(cert_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        const int cert_fd = create_new_file(cert_path, 0644);
         if (cert_fd < 0) {
-            problem = fmt::format("certificate {}: {}", cert_path, std::strerror(errno));
+            problem = creation_problem("certificate", cert_path, errno);
             break;
         }
+        cert_created = true;
         FILE* cert_file = fdopen(cert_fd, "w");
+        if (cert_file == nullptr) {
+            problem = fmt::format("writing certificate {}: {}", cert_path, std::strerror(errno));
+            ::close(cert_fd);
+            break;
+        }
         const bool cert_ok = PEM_write_X509(cert_file, cert) == 1;
         if (std::fclose(cert_file) != 0 || !cert_ok) problem = fmt::format("writing certificate {}", cert_path);
     } while (false);
     X509_free(cert);
     EVP_PKEY_free(key);
-    if (!problem.empty()) return unexpected(problem);
+    if (!problem.empty()) {
+        // Half a pair would make the next start fail on files it did not write.
+        if (cert_created) ::unlink(cert_path.c_str());
+        if (key_created) ::unlink(key_path.c_str());
+        return unexpected(problem);
+    }
     return {};
 }
 
@@ -557,6 +653,23 @@ void session::scan_records(std::span<const std::uint8_t> cipher) noexcept {
 
 status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept {
     if (_status == status::failed || _status == status::closed) return _status;
+    const std::uint64_t written_before = _secrets->records_written;
+    const std::size_t out_before = cipher_out.size();
+    const status s = feed_records(cipher, plain, cipher_out);
+    if (_secrets->tx_in_kernel && (_secrets->records_written != written_before || _secrets->key_update_owed)) {
+        // Encrypted with OpenSSL's TX state, which stopped where the kernel's began: never sent.
+        // A KeyUpdate answer OpenSSL holds back until its next write must precede the next
+        // record the kernel sends (RFC 8446 4.6.3), which kTLS here cannot do: closing is the
+        // honest answer, as it is when kTLS RX meets a KeyUpdate.
+        cipher_out.resize(out_before);
+        if (s != status::failed)
+            return fail("the client wants a record (KeyUpdate answer or alert) that cannot be sent once the "
+                        "kernel encrypts: closing");
+    }
+    return s;
+}
+
+status session::feed_records(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept {
     io_window& w = _secrets->window;
     w = io_window{};
     w.in = cipher.data();
@@ -576,27 +689,10 @@ status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, s
             return fail("handshake: " + openssl_errors());
         }
         if (!_ctx->is_server() && _ctx->settings().verify == context::verify_mode::pinned) {
-            STACK_OF(X509)* chain = SSL_get_peer_cert_chain(_ssl);
-            // Spec 4.2, client side of sha256-raw: exactly one certificate besides the meta
-            // certificate, with that hash, valid for the dialled name, within its validity.
-            int others = 0;
-            X509* leaf = nullptr;
-            for (int k = 0; chain != nullptr && k < sk_X509_num(chain); ++k) {
-                X509* cert = sk_X509_value(chain, k);
-                if (is_meta_certificate(cert)) continue;
-                ++others;
-                leaf = cert;
-            }
-            if (others != 1 || leaf == nullptr || sha256_of_der(leaf) != _ctx->settings().pinned)
-                return fail("server certificate does not match the pinned sha256-raw hash");
-            const std::string& name = _ctx->hostname();
-            if (!name.empty()) {
-                const bool valid_for_name = is_ip_literal(name) ? X509_check_ip_asc(leaf, name.c_str(), 0) == 1
-                                                                : X509_check_host(leaf, name.data(), name.size(), 0, nullptr) == 1;
-                if (!valid_for_name) return fail("pinned server certificate is not valid for " + name);
-            }
-            if (X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0 || X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0)
-                return fail("pinned server certificate is outside its validity period");
+            // Before any application byte is written: the caller may not seal anything (the
+            // mesh key in ClientInfo) to a server the pin did not bind.
+            const pin_verdict verdict = check_pinned_chain(_ssl, _ctx->settings().pinned, _ctx->hostname());
+            if (verdict.problem != pin_problem::none) return fail(verdict.detail);
         }
         _status = status::open;
         _handshake_complete = true;
@@ -634,7 +730,6 @@ std::size_t session::write(std::span<const std::uint8_t> plain, std::span<std::u
     w.out = out.data();
     w.out_capacity = out.size();
     w.spill = &spill;
-    _secrets->wrote_application_data = true;
     ERR_clear_error();
     std::size_t done = 0;
     while (done < plain.size()) {
@@ -689,16 +784,24 @@ std::int64_t session::peer_leaf_not_after_unix() const noexcept {
 
 std::optional<node_key> session::peer_meta_key() const noexcept {
     if (_ssl == nullptr || version() != TLS1_3_VERSION) return std::nullopt;
+    // The meta certificate follows the leaf (spec 2.15); the peer's own certificate, whose
+    // key signed the handshake, is never it.
+    X509* peer = SSL_get0_peer_certificate(_ssl);
     STACK_OF(X509)* chain = SSL_get_peer_cert_chain(_ssl);
     for (int k = 0; chain != nullptr && k < sk_X509_num(chain); ++k) {
         X509* cert = sk_X509_value(chain, k);
-        std::string cn;
-        if (!is_meta_certificate(cert, &cn)) continue;
-        const long serial = ASN1_INTEGER_get(X509_get0_serialNumber(cert));
-        if (serial <= 0 || serial > 255) continue;
-        if (auto key = node_key::from_hex(std::string_view(cn).substr(7))) return *key;
+        if (peer != nullptr && X509_cmp(cert, peer) == 0) continue;
+        if (auto key = meta_certificate_key(cert)) return *key;
     }
     return std::nullopt;
+}
+
+void session::note_tx_in_kernel() noexcept { _secrets->tx_in_kernel = true; }
+
+void session::forget_traffic_secrets() noexcept {
+    // secret_bytes wipes what it frees; clear() alone would keep the bytes in capacity.
+    secret_bytes().swap(_secrets->client_traffic);
+    secret_bytes().swap(_secrets->server_traffic);
 }
 
 namespace {
@@ -756,10 +859,11 @@ void put_be64(unsigned char* out, std::uint64_t value) {
 // Fills the kernel's crypto_info for one direction.
 void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span<const std::uint8_t> key,
                     std::span<const std::uint8_t> iv, std::uint64_t seq) {
-    auto put = [&d](const auto& info) {
+    auto put = [&d](auto& info) {
         static_assert(sizeof info <= sizeof d.crypto_info);
         std::memcpy(d.crypto_info.data(), &info, sizeof info);
         d.crypto_info_bytes = sizeof info;
+        wipe_secret(&info, sizeof info);  // the stack copy of the key
     };
     if (nid == NID_chacha20_poly1305) {
         tls12_crypto_info_chacha20_poly1305 info{};
@@ -801,6 +905,9 @@ void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span
 
 std::optional<ktls_keys> session::ktls_export() const noexcept {
     if (_ssl == nullptr || _status != status::open || !_ctx->is_server()) return std::nullopt;
+    // After a KeyUpdate (either way) the keys below would be the first generation's, and no
+    // getter tells the current ones: refuse; the connection keeps userspace records.
+    if (_secrets->key_update || !_secrets->tx_epoch_known) return std::nullopt;
     const SSL_CIPHER* cipher = SSL_get_current_cipher(_ssl);
     if (cipher == nullptr) return std::nullopt;
     const int nid = SSL_CIPHER_get_cipher_nid(cipher);
@@ -813,7 +920,11 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
     ktls_keys keys;
     keys.version = static_cast<std::uint16_t>(SSL_version(_ssl));
     keys.cipher_name = SSL_CIPHER_get_name(cipher);
-    std::vector<std::uint8_t> client_key(key_bytes), server_key(key_bytes), client_iv, server_iv;
+    secret_bytes client_key(key_bytes), server_key(key_bytes), client_iv, server_iv;
+    // Every record OpenSSL wrote under the server's application keys: its Finished in 1.2, and
+    // in either version whatever it wrote by itself since (a no_renegotiation alert, say) or
+    // as application data. The kernel must go on from there, or it reuses nonces.
+    const std::uint64_t tx_records = _secrets->records_written - _secrets->tx_epoch_start;
     if (keys.version == TLS1_3_VERSION) {
         if (_secrets->client_traffic.empty() || _secrets->server_traffic.empty()) return std::nullopt;
         client_iv.resize(12);
@@ -824,7 +935,7 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
             !expand_label(md, _secrets->server_traffic, "iv", server_iv))
             return std::nullopt;
         // What the client sent behind its Finished has been counted by the scanner.
-        keys.tx_seq = 0;
+        keys.tx_seq = tx_records;
         keys.rx_seq = _records_after_handshake;
     } else if (keys.version == TLS1_2_VERSION) {
         const std::size_t iv_bytes = nid == NID_chacha20_poly1305 ? 12 : 4;
@@ -834,20 +945,21 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
         std::memcpy(seed.data(), "key expansion", 13);
         SSL_get_server_random(_ssl, seed.data() + 13, 32);
         SSL_get_client_random(_ssl, seed.data() + 45, 32);
-        std::vector<std::uint8_t> block(2 * key_bytes + 2 * iv_bytes);
-        if (!key_block(md, std::span(master.data(), master_bytes), seed, block)) return std::nullopt;
+        secret_bytes block(2 * key_bytes + 2 * iv_bytes);
+        const bool derived = key_block(md, std::span(master.data(), master_bytes), seed, block);
+        wipe_secret(master.data(), master.size());
+        if (!derived) return std::nullopt;
         std::copy_n(block.begin(), key_bytes, client_key.begin());
         std::copy_n(block.begin() + static_cast<std::ptrdiff_t>(key_bytes), key_bytes, server_key.begin());
         client_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes),
                          block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes + iv_bytes));
         server_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes + iv_bytes), block.end());
-        // Each side's Finished was record 0 under the new keys.
-        keys.tx_seq = 1;
+        // The client's Finished was record 0 under its new keys.
+        keys.tx_seq = tx_records;
         keys.rx_seq = 1 + _records_after_handshake;
     } else {
         return std::nullopt;
     }
-    keys.tx_valid = !_secrets->wrote_application_data;
     keys.tx_key = server_key;
     keys.tx_iv = server_iv;
     keys.rx_key = client_key;

@@ -19,8 +19,31 @@
 // OpenSSL's types, kept out of every includer's namespace.
 struct ssl_ctx_st;
 struct ssl_st;
+struct x509_st;
 
 namespace derp::tls {
+
+// Overwrites key material before its memory is given back (OPENSSL_cleanse: a plain memset
+// before free may be optimised away).
+void wipe_secret(void* data, std::size_t bytes) noexcept;
+
+// An allocator that wipes what it frees, so that a vector of key bytes leaves nothing behind,
+// not even the buffers it outgrew.
+template <typename T>
+struct wiping_allocator {
+    using value_type = T;
+    wiping_allocator() = default;
+    template <typename U>
+    wiping_allocator(const wiping_allocator<U>&) noexcept {}
+    T* allocate(std::size_t n) { return std::allocator<T>{}.allocate(n); }
+    void deallocate(T* p, std::size_t n) noexcept {
+        wipe_secret(p, n * sizeof(T));
+        std::allocator<T>{}.deallocate(p, n);
+    }
+    template <typename U>
+    bool operator==(const wiping_allocator<U>&) const noexcept { return true; }
+};
+using secret_bytes = std::vector<std::uint8_t, wiping_allocator<std::uint8_t>>;
 
 // The server's certificate material (spec 4.2, manual mode).
 struct server_identity {
@@ -45,16 +68,18 @@ public:
     enum class verify_mode : std::uint8_t {
         system,     // the system trust store (or ca_file), for server_name
         insecure,   // no verification (tests, --insecure)
-        pinned,     // sha256-raw: exactly one non-meta certificate with this SHA-256 (spec 4.2)
+        pinned,     // sha256-raw: the peer's own certificate has this SHA-256 (check_pinned_chain)
     };
     struct client_options {
-        std::string server_name;  // SNI (not sent for IP literals, as Go) and verification name
+        // SNI (not sent for IP literals, as Go) and verification name; required with
+        // verify_mode::system, where an empty name would verify the chain for any host.
+        std::string server_name;
         verify_mode verify = verify_mode::system;
         std::string ca_file;      // with verify_mode::system: trust only this PEM bundle
         std::array<std::uint8_t, 32> pinned_sha256{};
         int max_version = 0;      // 0 = TLS 1.3; TLS1_2_VERSION to cap
         std::string tls13_ciphersuites;  // OpenSSL syntax; empty = OpenSSL's default
-        std::string tls12_ciphers;
+        std::string tls12_ciphers;       // empty = tls12_ciphers_default
     };
     static result<std::shared_ptr<context>, std::string> make_client(const client_options& options);
 
@@ -79,21 +104,66 @@ private:
     std::unique_ptr<state> _state;
 };
 
+// TLS 1.2 suites for both sides: forward-secret key exchange and AEAD only, as Go's defaults
+// (no static-RSA key exchange, no CBC-SHA1). TLS 1.3 suites are all AEAD and forward secret.
+inline constexpr const char* tls12_ciphers_default =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+
+// SHA-256 over a certificate's DER bytes: what a `sha256-raw:` CertName pins.
+std::array<std::uint8_t, 32> certificate_sha256(x509_st* cert) noexcept;
+
+// The server key a derper meta certificate carries (spec 2.15): subject CN "derpkey" followed by
+// exactly 64 hex digits of a key, serial (the protocol version) 1..255. Nothing for any other
+// certificate, including one whose CN merely starts with "derpkey".
+std::optional<node_key> meta_certificate_key(x509_st* cert) noexcept;
+
+// Spec 4.2, client side of `sha256-raw:`, after a completed handshake. The pin must bind the
+// key that signed the handshake, so the certificate hashed is the peer's own (its key signed
+// CertificateVerify, or the 1.2 key exchange); every other certificate in the chain must be a
+// genuine meta certificate, whose server key the DERP handshake then has to confirm (a server
+// without that private key cannot open ClientInfo). A chain check that skipped "derpkey*"
+// certificates by name and hashed whatever was left would accept an attacker's certificate
+// named derpkey... followed by the real one, and hand the mesh key to the attacker.
+enum class pin_problem : std::uint8_t {
+    none,
+    no_certificate,       // the server presented none
+    mismatch,             // the peer certificate's SHA-256 is not the pin
+    foreign_certificate,  // the chain holds a certificate that is neither the pinned one nor meta
+    wrong_name,           // the pinned certificate is not valid for the dialled name
+    outside_validity,     // not yet or no longer valid
+};
+struct pin_verdict {
+    pin_problem problem = pin_problem::none;
+    x509_st* peer = nullptr;       // the peer certificate (owned by the SSL object), when there is one
+    x509_st* offending = nullptr;  // foreign_certificate: the certificate that is neither
+    std::string detail;            // what failed, as a sentence for the log
+};
+// `name`: the dialled name (IP literal or DNS name); empty skips the name check.
+pin_verdict check_pinned_chain(const ssl_st* ssl, const std::array<std::uint8_t, 32>& pin, std::string_view name) noexcept;
+
 // Derper's fast-start meta certificate (spec 2.15): Ed25519, serial 2, CN derpkey<hex key>,
 // valid from 30 days ago for 60 days. DER bytes.
 result<std::vector<std::uint8_t>, std::string> make_meta_certificate(const node_key& server_key);
 
-// Writes a self-signed certificate for an IP hostname into certdir as derper does (ECDSA P-256,
-// CN and IP SAN = the address, one year; key 0600, cert 0644, directory 0700). Errors name
-// the path.
+// Writes a self-signed certificate for an IP hostname as derper does (ECDSA P-256, CN and IP
+// SAN = the address, one year; key 0600, cert 0644). The directory must exist (derpd makes and
+// checks it, server/files.hh). Neither file may exist: they are created with O_EXCL|O_NOFOLLOW,
+// so that a symlink planted in their place cannot send the private key elsewhere; on failure
+// what was created is removed. Errors name the path.
 result<void, std::string> write_self_signed(const std::string& ip_text, const std::string& cert_path,
                                             const std::string& key_path);
 
 // What kTLS needs for one direction: the kernel's crypto_info bytes (struct tls12_crypto_info_*
 // of linux/tls.h, sequence number included), ready for setsockopt(SOL_TLS, TLS_TX/TLS_RX).
+// The key inside is wiped when the struct goes.
 struct ktls_direction {
     std::array<std::uint8_t, 64> crypto_info{};
     std::uint32_t crypto_info_bytes = 0;
+    ktls_direction() = default;
+    ktls_direction(const ktls_direction&) = default;
+    ktls_direction& operator=(const ktls_direction&) = default;
+    ~ktls_direction() { wipe_secret(crypto_info.data(), crypto_info.size()); }
 };
 struct ktls_keys {
     ktls_direction tx;
@@ -101,11 +171,11 @@ struct ktls_keys {
     std::uint16_t version = 0;      // TLS1_2_VERSION / TLS1_3_VERSION
     std::string cipher_name;        // OpenSSL's name, for the log
     // The raw material, for tests that decrypt a record with it: key, 12-byte nonce base
-    // (salt || implicit iv for GCM 1.2 as the kernel builds it), next sequence numbers.
-    std::vector<std::uint8_t> tx_key, tx_iv, rx_key, rx_iv;
+    // (salt || implicit iv for GCM 1.2 as the kernel builds it), next sequence numbers. TX
+    // counts every record OpenSSL wrote under the current keys (its Finished in 1.2, alerts,
+    // application data), RX every record it read after the handshake.
+    secret_bytes tx_key, tx_iv, rx_key, rx_iv;
     std::uint64_t tx_seq = 0, rx_seq = 0;
-    // TX is only right before the first write() (records OpenSSL sent are not counted).
-    bool tx_valid = false;
 };
 
 enum class status : std::uint8_t {
@@ -154,13 +224,24 @@ public:
     // Whether everything read so far ended on a record boundary: only then may the kernel take
     // over receiving (it cannot be handed half a record).
     bool at_record_boundary() const noexcept { return _scan_partial == 0 && _scan_header_bytes == 0; }
-    // The keys and sequence numbers for kTLS (server side): RX whenever at_record_boundary(),
-    // TX only before the first write(). Nothing when the kernel takes no such cipher.
+    // The keys and sequence numbers for kTLS (server side); RX is only usable when
+    // at_record_boundary(). Nothing when the kernel takes no such cipher, when the secrets were
+    // forgotten, or after a TLS 1.3 KeyUpdate either way: the traffic secrets this derives
+    // from are then no longer the ones in use, and the kernel would reuse nonces (TX) or fail
+    // to decrypt (RX). Such a connection stays on userspace records.
     std::optional<ktls_keys> ktls_export() const noexcept;
+    // TX is now the kernel's (its sequence numbers continue from the export). A record
+    // OpenSSL would still write (the answer to a KeyUpdate, a no_renegotiation or fatal alert)
+    // would then be encrypted with OpenSSL's stale state and sent by the kernel as data, so
+    // feed() drops it and fails the session instead.
+    void note_tx_in_kernel() noexcept;
+    // No further ktls_export() will be asked for: the captured traffic secrets are wiped.
+    void forget_traffic_secrets() noexcept;
 
-    struct secrets;  // TLS 1.3 traffic secrets from the keylog callback (tls.cc)
+    struct secrets;  // what OpenSSL's callbacks tell: TLS 1.3 traffic secrets, records written (tls.cc)
 
 private:
+    status feed_records(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept;
     void scan_records(std::span<const std::uint8_t> cipher) noexcept;
     status fail(std::string message) noexcept;
 

@@ -185,6 +185,7 @@ void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
         if (boundary && _shard.is_open(conn)) _shard.pause_recv(conn);
     }
     settle_path(conn, st);
+    maybe_forget_secrets(st);
     ring::log(log_level::debug, "shard {}: TLS {} {} sni \"{}\" on slot {}: {}", _shard.index(),
               st.tls ? st.tls->version_name() : "", st.tls ? st.tls->cipher_name() : "",
               st.tls ? st.tls->sni() : "", conn.slot, try_ktls ? "kTLS pending" : "userspace records");
@@ -192,8 +193,9 @@ void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
 
 std::string tls_layer::install_direction(conn_id conn, conn_tls& st, const std::optional<ktls_keys>& keys,
                                          bool transmit) noexcept {
-    if (!keys || (transmit && !keys->tx_valid))
-        return fmt::format("cipher {} cannot be offloaded", st.tls ? st.tls->cipher_name() : "?");
+    if (!keys)
+        return fmt::format("cipher {} cannot be offloaded, or the keys changed (KeyUpdate)",
+                           st.tls ? st.tls->cipher_name() : "?");
     const int fd = _shard.fd_of(conn);
     if (!st.ulp_attached) {
         if (auto attached = ktls_attach(fd); !attached) return attached.error();
@@ -209,12 +211,15 @@ bool tls_layer::install_tx(conn_id conn, conn_tls& st) noexcept {
     const std::string problem = install_direction(conn, st, keys, true);
     if (problem.empty()) {
         st.ktls_tx = true;
+        st.tls->note_tx_in_kernel();
+        maybe_forget_secrets(st);
         settle_path(conn, st);
         ring::log(log_level::debug, "shard {}: slot {}: kTLS TX installed ({} {})", _shard.index(), conn.slot,
                   version_label(keys->version), keys->cipher_name);
         return true;
     }
     _counters.ktls_install_failed.add();
+    maybe_forget_secrets(st);
     settle_path(conn, st);
     if (_config.ktls == ktls_mode::require) {
         fail(conn, st, "kTLS required (--ktls=require) but not installed: " + problem);
@@ -249,12 +254,21 @@ void tls_layer::on_recv_paused(conn_id conn) noexcept {
         ++st->rx_attempts;
     }
     settle_path(conn, *st);
+    maybe_forget_secrets(*st);
     if (!st->ktls_rx && _config.ktls == ktls_mode::require && st->rx_attempts >= rx_attempts_max) {
         fail(conn, *st, "kTLS required (--ktls=require) but RX could not be installed");
         return;
     }
     maybe_release_session(*st);
     _shard.resume_recv(conn);
+}
+
+void tls_layer::maybe_forget_secrets(conn_tls& st) noexcept {
+    // The traffic secrets serve ktls_export() only: once neither direction can still move to
+    // the kernel they are wiped, rather than kept for the life of the connection.
+    if (!st.tls || st.ktls_tx_pending || st.rx_pause_pending) return;
+    const bool rx_may_follow = st.ktls_tx && !st.ktls_rx && st.rx_attempts < rx_attempts_max;
+    if (!rx_may_follow) st.tls->forget_traffic_secrets();
 }
 
 void tls_layer::maybe_release_session(conn_tls& st) noexcept {
@@ -340,7 +354,9 @@ std::size_t tls_layer::on_writable(conn_id conn, std::span<std::uint8_t> out) no
         if (!install_tx(conn, st) && !_shard.is_open(conn)) return 0;
         maybe_release_session(st);
     }
-    if (st.ktls_tx) return _inner->on_writable(conn, out);
+    // The kernel encrypts what follows whatever was copied above (never expected: the
+    // session refuses to produce records once TX is in the kernel).
+    if (st.ktls_tx) return n + _inner->on_writable(conn, out.subspan(n));
     if (!st.tls || st.tls->state() != status::open || st.version == 0) return n;
     const auto room = out.subspan(n);
     const std::size_t records = room.size() / record_plaintext_max + 1;

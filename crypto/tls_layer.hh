@@ -118,6 +118,7 @@ private:
     std::string install_direction(ring::conn_id conn, conn_tls& st, const std::optional<ktls_keys>& keys,
                                   bool transmit) noexcept;
     void maybe_release_session(conn_tls& st) noexcept;
+    void maybe_forget_secrets(conn_tls& st) noexcept;
     void settle_path(ring::conn_id conn, conn_tls& st) noexcept;
 
     ring::shard& _shard;

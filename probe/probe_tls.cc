@@ -53,12 +53,8 @@ std::string subject_of(X509* cert) {
     return line;
 }
 
-// derper's fast-start certificate (spec 2.15): CN "derpkey" + the server key.
-bool is_meta_certificate(X509* cert) {
-    char cn[256] = {};
-    return X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, cn, sizeof cn) > 0 &&
-           std::strncmp(cn, "derpkey", 7) == 0;
-}
+// derper's fast-start certificate (spec 2.15), by the same test the DERP clients use.
+bool is_meta_certificate(X509* cert) { return tls::meta_certificate_key(cert).has_value(); }
 
 // derpprobe's test for "self-signed" (SubjectKeyId == AuthorityKeyId, both absent counting as
 // equal); it skips such certificates so that the meta certificate never raises an alert.
@@ -85,11 +81,6 @@ std::string sha256_hex(X509* cert) {
     if (length > 0) EVP_Digest(der, static_cast<std::size_t>(length), digest, &digest_length, EVP_sha256(), nullptr);
     OPENSSL_free(der);
     return hex_of(digest, digest_length);
-}
-
-bool valid_for_name(X509* cert, const std::string& name) {
-    if (is_ip_literal(name)) return X509_check_ip_asc(cert, name.c_str(), 0) == 1;
-    return X509_check_host(cert, name.data(), name.size(), 0, nullptr) == 1;
 }
 
 // "2 days" (whole days, rounded down: 2 days 23 hours is "2 days"), or hours and minutes under a
@@ -226,24 +217,30 @@ result<std::unique_ptr<tls_connection>, std::string> dial_tls(const derp_node& n
     if (t->leaf == nullptr || t->chain == nullptr || sk_X509_num(t->chain) == 0)
         return unexpected(fmt::format("TLS handshake with {}: the server presented no certificate", peer));
     if (t->policy.verify == tls_verify::pinned) {
-        // Spec 4.2, client side of sha256-raw: exactly one certificate besides the meta one.
-        std::vector<X509*> others;
-        for (int k = 0; k < sk_X509_num(t->chain); ++k)
-            if (X509* cert = sk_X509_value(t->chain, k); !is_meta_certificate(cert)) others.push_back(cert);
+        // Spec 4.2, client side of sha256-raw, by the check the DERP clients make: the pin
+        // must match the certificate whose key signed the handshake, and everything else in
+        // the chain must be a genuine meta certificate. Dates are checked below, for every
+        // certificate, with the probe's own words.
+        const tls::pin_verdict verdict = tls::check_pinned_chain(conn.ssl, t->policy.options.pinned_sha256, node.host_name);
         std::string want = node.cert_name.substr(11);
         for (char& c : want) c = static_cast<char>(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c);
-        if (others.size() != 1)
-            return unexpected(fmt::format("{} presented {} certificates besides the meta certificate; CertName {} pins "
-                                          "exactly one",
-                                          peer, others.size(), node.cert_name));
-        const std::string got = sha256_hex(others.front());
-        if (got != want)
-            return unexpected(fmt::format("certificate pin mismatch: {} presented {} with sha256-raw:{}, the DERP map's "
-                                          "CertName wants sha256-raw:{}",
-                                          peer, subject_of(others.front()), got, want));
-        if (!valid_for_name(others.front(), node.host_name))
-            return unexpected(fmt::format("pinned certificate {} is not valid for HostName {}",
-                                          subject_of(others.front()), node.host_name));
+        switch (verdict.problem) {
+            case tls::pin_problem::none:
+            case tls::pin_problem::outside_validity: break;
+            case tls::pin_problem::no_certificate:
+                return unexpected(fmt::format("TLS handshake with {}: the server presented no certificate", peer));
+            case tls::pin_problem::mismatch:
+                return unexpected(fmt::format("certificate pin mismatch: {} presented {} with sha256-raw:{}, the DERP "
+                                              "map's CertName wants sha256-raw:{}",
+                                              peer, subject_of(verdict.peer), sha256_hex(verdict.peer), want));
+            case tls::pin_problem::foreign_certificate:
+                return unexpected(fmt::format("{} presented {} besides the pinned certificate; CertName {} allows only "
+                                              "derper's meta certificate beside it",
+                                              peer, subject_of(verdict.offending), node.cert_name));
+            case tls::pin_problem::wrong_name:
+                return unexpected(fmt::format("pinned certificate {} is not valid for HostName {}",
+                                              subject_of(verdict.peer), node.host_name));
+        }
         t->pin_note = ", sha256-raw pin matched";
     }
     return t;

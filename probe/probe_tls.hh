@@ -1,9 +1,10 @@
 // derpprobe's tls probe (spec 8.1, `derp/<region>/<node>/tls`) and the TLS policy a node's map
 // entry implies, which the mesh probe's DERP clients share. The policy follows the Tailscale
 // client (spec 9.1 step 3, 4.2): InsecureForTests skips verification; CertName
-// "sha256-raw:<hex>" pins the leaf (exactly one certificate besides derper's meta certificate,
-// with that SHA-256, valid for HostName); another CertName is the name to verify; otherwise the
-// chain is verified for HostName against the system store or -ca-file.
+// "sha256-raw:<hex>" pins the certificate that signed the handshake (that SHA-256, valid for
+// HostName, nothing beside it but derper's meta certificate: tls::check_pinned_chain); another
+// CertName is the name to verify; otherwise the chain is verified for HostName against the
+// system store or -ca-file.
 #pragma once
 
 #include <optional>

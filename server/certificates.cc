@@ -12,6 +12,7 @@
 
 #include "core/http_endpoints.hh"
 #include "ring/log.hh"
+#include "server/files.hh"
 
 namespace derp::server {
 
@@ -39,11 +40,17 @@ result<certificate_setup, std::string> load_manual_certificate(const std::string
     setup.identity.cert_path = manual_cert_path(certdir, hostname, ".crt");
     setup.identity.key_path = manual_cert_path(certdir, hostname, ".key");
     const bool ip_hostname = parse_ip(hostname).has_value();
-    struct stat st{};
-    const bool cert_missing = ::stat(setup.identity.cert_path.c_str(), &st) != 0 && errno == ENOENT;
-    const bool key_missing = ::stat(setup.identity.key_path.c_str(), &st) != 0 && errno == ENOENT;
+    // lstat: a symlink is something that is there, even one that leads nowhere, never a
+    // missing file to create through it (reading through a symlink stays fine: certificates
+    // are often links into another tool's directory).
+    auto missing = [](const std::string& path) {
+        struct stat st{};
+        return ::lstat(path.c_str(), &st) != 0 && errno == ENOENT;
+    };
+    const bool cert_missing = missing(setup.identity.cert_path);
+    const bool key_missing = missing(setup.identity.key_path);
     if (cert_missing && key_missing && ip_hostname) {
-        ::mkdir(certdir.c_str(), 0700);
+        if (auto made = make_private_directory(certdir); !made) return unexpected("-certdir: " + made.error());
         auto written = tls::write_self_signed(hostname, setup.identity.cert_path, setup.identity.key_path);
         if (!written) return unexpected(written.error());
         setup.self_signed_written = true;

@@ -108,6 +108,31 @@ result<key_mesh, std::string> load_mesh_key_file(const std::string& path) {
     return *key;
 }
 
+result<void, std::string> make_private_directory(const std::string& path) {
+    if (path.empty()) return unexpected(std::string("directory: empty path"));
+    // Each prefix that ends before a slash, then the whole path; EEXIST is whatever is there
+    // already, judged below (for the last component) or by the next mkdir (ENOTDIR).
+    for (std::size_t slash = path.find('/', 1);; slash = path.find('/', slash + 1)) {
+        const std::string prefix = path.substr(0, slash);
+        if (!prefix.empty() && prefix.back() != '/' && ::mkdir(prefix.c_str(), 0700) != 0 && errno != EEXIST)
+            return unexpected(fmt::format("directory {}: cannot create {}: {}", path, prefix, std::strerror(errno)));
+        if (slash == std::string::npos) break;
+    }
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) return unexpected(fmt::format("directory {}: {}", path, std::strerror(errno)));
+    if (!S_ISDIR(st.st_mode)) return unexpected(fmt::format("directory {}: not a directory", path));
+    const uid_t me = ::geteuid();
+    if (st.st_uid != me && st.st_uid != 0)
+        return unexpected(fmt::format("directory {} belongs to uid {}, not to derpd's user (uid {}) or root: its owner "
+                                      "could replace the files derpd writes there",
+                                      path, st.st_uid, me));
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+        return unexpected(fmt::format("directory {} is writable by {} (mode {:04o}): anyone who can write there could "
+                                      "plant a symlink where derpd writes its private key; chmod go-w {}",
+                                      path, (st.st_mode & S_IWOTH) != 0 ? "others" : "its group", st.st_mode & 07777, path));
+    return {};
+}
+
 std::string default_mesh_psk_path() {
     std::error_code ec;
     if (std::filesystem::exists("/home/derp/keys/derp-mesh.key", ec))

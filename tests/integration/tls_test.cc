@@ -2,8 +2,9 @@
 // 127.0.0.1), the project's client library relaying DERP traffic over TLS 1.3 and 1.2,
 // certificate reload seen by new connections while an old one keeps relaying, and bad input
 // at the TLS layer (garbage, a stalled or truncated handshake, an oversized record), each
-// ending in a counted close and a log line while other clients carry on. This kernel has no
-// kTLS, so every connection here must report the userspace path (the VM suite covers kTLS).
+// ending in a counted close and a log line while other clients carry on; and the client
+// library's sha256-raw pin against a man in the middle on loopback. This kernel has no kTLS,
+// so every connection here must report the userspace path (the VM suite covers kTLS).
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
@@ -13,12 +14,16 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <regex>
 #include <thread>
 
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include "crypto/box.hh"
@@ -262,4 +267,120 @@ TEST_CASE("fast start over TLS 1.3: the meta certificate carries the server key"
     auto s12 = test::tls_socket::open(derpd.port(), test::insecure_client_context(TLS1_2_VERSION));
     REQUIRE(s12);
     CHECK(!s12.value()->session().peer_meta_key());
+}
+
+namespace {
+
+// A TLS server on loopback made of raw OpenSSL: it presents `cert` (signing with `key`) and
+// then `chain`, completes handshakes one connection at a time, reads what a client sends for
+// a moment and answers nothing. With an attacker's certificate first and the pinned one as the
+// chain, it is the man in the middle a pin must stop before the client writes anything.
+class chain_server {
+public:
+    chain_server(const std::string& cert, const std::string& key, const std::string& chain) {
+        _ctx = SSL_CTX_new(TLS_server_method());
+        REQUIRE(_ctx != nullptr);
+        REQUIRE(SSL_CTX_use_certificate_file(_ctx, cert.c_str(), SSL_FILETYPE_PEM) == 1);
+        REQUIRE(SSL_CTX_use_PrivateKey_file(_ctx, key.c_str(), SSL_FILETYPE_PEM) == 1);
+        if (!chain.empty()) REQUIRE(add_chain_file(chain));
+        _fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::bind(_fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+        REQUIRE(::listen(_fd, 16) == 0);
+        socklen_t length = sizeof addr;
+        REQUIRE(::getsockname(_fd, reinterpret_cast<sockaddr*>(&addr), &length) == 0);
+        _port = ntohs(addr.sin_port);
+        _thread = std::thread([this] { run(); });
+    }
+    ~chain_server() {
+        _stop = true;
+        _thread.join();
+        ::close(_fd);
+        SSL_CTX_free(_ctx);
+    }
+    chain_server(const chain_server&) = delete;
+    chain_server& operator=(const chain_server&) = delete;
+    std::uint16_t port() const noexcept { return _port; }
+
+private:
+    bool add_chain_file(const std::string& path) {
+        FILE* f = std::fopen(path.c_str(), "r");
+        if (f == nullptr) return false;
+        X509* cert = PEM_read_X509(f, nullptr, nullptr, nullptr);
+        std::fclose(f);
+        return cert != nullptr && SSL_CTX_add0_chain_cert(_ctx, cert) == 1;
+    }
+    void run() {
+        while (!_stop) {
+            pollfd p{_fd, POLLIN, 0};
+            if (::poll(&p, 1, 50) <= 0) continue;
+            const int conn = ::accept4(_fd, nullptr, nullptr, SOCK_CLOEXEC);
+            if (conn < 0) continue;
+            timeval timeout{0, 100'000};
+            ::setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+            SSL* ssl = SSL_new(_ctx);
+            SSL_set_fd(ssl, conn);
+            if (SSL_accept(ssl) == 1) {
+                char buffer[4096];
+                for (int i = 0; i < 10 && !_stop; ++i)
+                    if (SSL_read(ssl, buffer, sizeof buffer) <= 0 && SSL_get_error(ssl, -1) != SSL_ERROR_WANT_READ) break;
+            }
+            SSL_free(ssl);
+            ::close(conn);
+            ERR_clear_error();
+        }
+    }
+
+    SSL_CTX* _ctx = nullptr;
+    int _fd = -1;
+    std::uint16_t _port = 0;
+    std::atomic<bool> _stop{false};
+    std::thread _thread;
+};
+
+}  // namespace
+
+TEST_CASE("client library: a sha256-raw pin refuses a man in the middle whose own certificate comes first") {
+    REQUIRE(crypto_init());
+    if (std::system("command -v openssl >/dev/null") != 0) test::skip("openssl not installed");
+    char pattern[] = "/tmp/derpd-tls-mitm-XXXXXX";
+    REQUIRE(mkdtemp(pattern) != nullptr);
+    const std::filesystem::path dir = pattern;
+    const auto real_crt = (dir / "real.crt").string(), real_key = (dir / "real.key").string();
+    const auto att_crt = (dir / "att.crt").string(), att_key = (dir / "att.key").string();
+    // The pinned certificate is derpd's kind; the attacker's is self-made and named like a
+    // meta certificate to a check that looks only at the "derpkey" prefix.
+    REQUIRE(tls::write_self_signed("127.0.0.1", real_crt, real_key));
+    const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=derpkey00 "
+                            "-keyout " + att_key + " -out " + att_crt + " 2>/dev/null";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    const auto pin = cert_sha256(real_crt, real_key);
+    for (int max : {0, TLS1_2_VERSION}) {
+        CAPTURE(max);
+        tls::context::client_options o;
+        o.server_name = "127.0.0.1";
+        o.verify = tls::context::verify_mode::pinned;
+        o.pinned_sha256 = pin;
+        o.max_version = max;
+        auto setup = client::make_client_tls(o, 1);
+        REQUIRE(setup);
+        {
+            chain_server mitm(att_crt, att_key, real_crt);
+            const auto r = test::run_relay_pair(mitm.port(), setup.value(), {100}, 1, 3000);
+            skip_if_no_io_uring(r);
+            CHECK(!r.ok);
+            CHECK_MESSAGE(r.problem.find("tls_handshake") != std::string::npos, r.problem);
+        }
+        {
+            // The control: the pinned certificate itself passes TLS (the relay then fails at
+            // HTTP, since this server is not DERP).
+            chain_server genuine(real_crt, real_key, "");
+            const auto r = test::run_relay_pair(genuine.port(), setup.value(), {100}, 1, 3000);
+            CHECK(!r.ok);
+            CHECK_MESSAGE(r.problem.find("tls_handshake") == std::string::npos, r.problem);
+        }
+    }
+    std::filesystem::remove_all(dir);
 }

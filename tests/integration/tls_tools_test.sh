@@ -3,9 +3,10 @@
 # `openssl s_client` verify a certificate from a private CA for a DNS hostname over TLS 1.3 and
 # 1.2, fetch the side doors over keep-alive, upgrade /derp and read the ServerKey frame, see
 # derper's meta certificate in the chain, and are refused with internal_error for any other SNI
-# (or none), as derper refuses them; the port-80 listener redirects to HTTPS; /debug/varz counts
-# all of it and passes `promtool check metrics`. tls_test.cc covers the same ground with derpd's
-# own client library; this test is about clients derpd did not write.
+# (or none), as derper refuses them; TLS 1.2 without forward secrecy or AEAD is refused; the
+# port-80 listener redirects to HTTPS; /debug/varz counts all of it and passes `promtool check
+# metrics`. tls_test.cc covers the same ground with derpd's own client library; this test is
+# about clients derpd did not write.
 set -uo pipefail
 derpd="${DERP_BUILD_ROOT:?}/server/derpd"
 command -v openssl >/dev/null || { echo "SKIP: openssl not installed"; exit 77; }
@@ -158,6 +159,21 @@ for sni in "-servername other.internal" "-noservername"; do
     fail "s_client $sni: $(grep -E 'alert|peer certificate|^HTTP/|Cipher is' <<<"$out" | tr '\n' ' ')"
   fi
 done
+# --- TLS 1.2 takes forward-secret AEAD suites only, as Go's defaults: s_client offering just a
+# CBC suite (SHA-1 or SHA-384 MAC) is refused; offering just an AEAD suite is served.
+for cipher in ECDHE-ECDSA-AES128-SHA ECDHE-ECDSA-AES256-SHA384 ECDHE-ECDSA-AES128-GCM-SHA256; do
+  out=$(printf '' | timeout 10 openssl s_client -connect "127.0.0.1:$port" -servername "$host" -CAfile "$tmp/ca.pem" \
+    -tls1_2 -cipher "$cipher" 2>&1)
+  if [[ $cipher == *GCM* ]]; then
+    grep -q "Cipher is $cipher$" <<<"$out" && echo "ok: s_client -tls1_2 -cipher $cipher is served" ||
+      fail "s_client -tls1_2 -cipher $cipher: $(grep -E 'alert|Cipher is' <<<"$out" | tr '\n' ' ')"
+  else
+    grep -q "handshake failure" <<<"$out" && ! grep -q "Cipher is $cipher$" <<<"$out" &&
+      echo "ok: s_client -tls1_2 -cipher $cipher is refused" ||
+      fail "s_client -tls1_2 -cipher $cipher: $(grep -E 'alert|Cipher is' <<<"$out" | tr '\n' ' ')"
+  fi
+done
+
 out=$(curl -sS -k --resolve "other.internal:$port:127.0.0.1" "https://other.internal:$port/derp/probe" 2>&1)
 rc=$?
 ((rc == 35)) && grep -q "alert internal error" <<<"$out" && echo "ok: curl -k with SNI other.internal fails the handshake (exit 35)" ||
