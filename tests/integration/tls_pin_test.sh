@@ -8,7 +8,7 @@
 # TLS 1.3 and 1.2. The same s_server presenting the pinned certificate itself is accepted: the
 # control that shows the setup would let a broken check through.
 set -uo pipefail
-derpprobe="${DERP_BUILD_ROOT:?}/bench/derpprobe"
+derpprobe="${DERP_BUILD_ROOT:?}/probe/derpprobe"
 command -v openssl >/dev/null || { echo "SKIP: openssl not installed"; exit 77; }
 tmp=$(mktemp -d)
 failures=0
