@@ -212,7 +212,7 @@ void client_output::drop_all(drop_reason reason, output_events& events) noexcept
 
 bool client_output::drain_control(std::span<std::uint8_t> out, std::size_t& n) noexcept {
     const std::size_t take = std::min(out.size() - n, _control.size() - _control_sent);
-    std::memcpy(out.data() + n, _control.data() + _control_sent, take);
+    if (take > 0) std::memcpy(out.data() + n, _control.data() + _control_sent, take);
     n += take;
     _control_sent += take;
     if (_control_sent < _control.size()) {
@@ -229,7 +229,7 @@ bool client_output::drain_control(std::span<std::uint8_t> out, std::size_t& n) n
 bool client_output::drain_staged(std::span<std::uint8_t> out, std::size_t& n, write_result& result,
                                  output_events& events) noexcept {
     const std::size_t take = std::min(out.size() - n, _staged.size() - _staged_sent);
-    std::memcpy(out.data() + n, _staged.data() + _staged_sent, take);
+    if (take > 0) std::memcpy(out.data() + n, _staged.data() + _staged_sent, take);
     n += take;
     _staged_sent += take;
     while (_staged_frames_head < _staged_frames.size() && _staged_frames[_staged_frames_head].end <= _staged_sent) {
@@ -258,7 +258,7 @@ bool client_output::drain_queue_head(std::size_t q, std::span<std::uint8_t> out,
                                      write_result& result, output_events& events) noexcept {
     const queued_frame& f = head_of(q);
     const std::size_t take = std::min<std::size_t>(out.size() - n, f.frame_bytes - _head_sent);
-    std::memcpy(out.data() + n, f.data + _head_sent, take);
+    if (take > 0) std::memcpy(out.data() + n, f.data + _head_sent, take);  // out may be empty
     n += take;
     _head_sent += static_cast<std::uint32_t>(take);
     if (_head_sent < f.frame_bytes) {

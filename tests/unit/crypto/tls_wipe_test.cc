@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <span>
 #include <string_view>
@@ -74,6 +75,23 @@ std::span<const std::uint8_t> bytes_of(const std::string& s) {
 
 }  // namespace
 
+// Every non-aligned form of new and delete is replaced, so that allocation and release pair up
+// through malloc and free (AddressSanitizer reports a replaced delete freeing its own new).
+void* operator new(std::size_t n) {
+    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+    throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return ::operator new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept { return std::malloc(n == 0 ? 1 : n); }
+void* operator new[](std::size_t n, const std::nothrow_t&) noexcept { return std::malloc(n == 0 ? 1 : n); }
+void operator delete(void* p, const std::nothrow_t&) noexcept {
+    inspect(p);
+    std::free(p);
+}
+void operator delete[](void* p, const std::nothrow_t&) noexcept {
+    inspect(p);
+    std::free(p);
+}
 void operator delete(void* p) noexcept {
     inspect(p);
     std::free(p);
