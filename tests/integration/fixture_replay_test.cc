@@ -24,7 +24,7 @@ using namespace derp;
 using namespace derp::test;
 using json = nlohmann::json;
 
-constexpr milliseconds read_timeout{5000};
+constexpr milliseconds read_timeout{10'000};
 
 struct replay_conn {
     tcp_conn conn;
@@ -182,8 +182,10 @@ TEST_CASE("fixture 01: handshake, two clients, packets both ways, PeerGone on le
 }
 
 TEST_CASE("fixture 02: Ping/Pong and KeepAlive") {
-    // A 2 s interval (jitter up to 1/12 of it) brings the recorded KeepAlive within ~2.2 s.
-    replay("02-ping-pong-keepalive", false, "2s");
+    // A 3 s interval (jitter up to 1/12 of it) brings the recorded KeepAlive within ~3.3 s, long
+    // after the two Pings are answered (the replay would read a KeepAlive in a Pong's place if
+    // the interval were shorter than a slow machine's replay), and well inside the read timeout.
+    replay("02-ping-pong-keepalive", false, "3s");
 }
 
 TEST_CASE("fixture 03: mesh watcher, ForwardPacket, ClosePeer") {
