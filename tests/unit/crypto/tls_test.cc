@@ -102,6 +102,17 @@ void exchange(session& client, session& server) {
     }
 }
 
+// A self-signed certificate made with the openssl tool in p's directory: `newkey` as `openssl req
+// -newkey` takes it, with one subjectAltName. Returns the certificate and key paths.
+std::pair<std::string, std::string> openssl_self_signed(const pki& p, const std::string& stem, const std::string& newkey,
+                                                         const std::string& cn, const std::string& san) {
+    const std::string cert = p.dir + "/" + stem + ".crt", key = p.dir + "/" + stem + ".key";
+    const std::string cmd = "openssl req -x509 -newkey " + newkey + " -nodes -days 2 -subj /CN=" + cn +
+                            " -addext subjectAltName=" + san + " -keyout " + key + " -out " + cert + " 2>/dev/null";
+    REQUIRE(std::system(cmd.c_str()) == 0);
+    return {cert, key};
+}
+
 std::string seal(session& s, const std::string& text) {
     std::string spill;
     std::vector<std::uint8_t> out(64);  // small: most of the record spills, which must work too
@@ -141,10 +152,8 @@ TEST_CASE("tls: handshake, data both ways, meta certificate on TLS 1.3 only") {
 TEST_CASE("tls: a DNS hostname requires that SNI; an IP hostname takes any") {
     pki p;
     // A certificate for a DNS name, made with the openssl tool.
-    const std::string cert = p.dir + "/derp.example.test.crt", key = p.dir + "/derp.example.test.key";
-    const std::string cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=derp.example.test "
-                            "-addext subjectAltName=DNS:derp.example.test -keyout " + key + " -out " + cert + " 2>/dev/null";
-    REQUIRE(std::system(cmd.c_str()) == 0);
+    const auto [cert, key] = openssl_self_signed(p, "derp.example.test", "ec -pkeyopt ec_paramgen_curve:P-256",
+                                                 "derp.example.test", "DNS:derp.example.test");
     auto server_ctx = context::make_server({"derp.example.test", cert, key, {}});
     REQUIRE(server_ctx);
     {
@@ -565,10 +574,7 @@ TEST_CASE("tls: once TX is in the kernel, a record OpenSSL would still write is 
 
 TEST_CASE("tls: TLS 1.2 takes forward-secret AEAD suites only, on both sides, with an RSA certificate too") {
     pki p;
-    const std::string cert = p.dir + "/rsa.crt", key = p.dir + "/rsa.key";
-    const std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext "
-                            "subjectAltName=IP:127.0.0.1 -keyout " + key + " -out " + cert + " 2>/dev/null";
-    REQUIRE(std::system(cmd.c_str()) == 0);
+    const auto [cert, key] = openssl_self_signed(p, "rsa", "rsa:2048", "127.0.0.1", "IP:127.0.0.1");
     auto server_ctx = context::make_server({"127.0.0.1", cert, key, {}});
     REQUIRE_MESSAGE(server_ctx, (server_ctx ? "" : server_ctx.error()));
     struct offer {
