@@ -18,6 +18,14 @@ registry_effects key_registry::add(const node_key& key, conn_ref conn, const pre
     const bool had_active = e.active.has_value();
     e.conns.push_back({conn, info});
     ++_conn_count;
+    // Duplicate counts kept as they change: a registration must not walk every key (a
+    // reconnect storm of N clients would cost O(N^2)).
+    if (e.conns.size() == 2) {
+        ++_dup_keys;
+        _dup_conns += 2;
+    } else if (e.conns.size() > 2) {
+        ++_dup_conns;
+    }
     if (e.conns.size() == 2) {
         // First duplicate: both become duplicates; history starts with the old one.
         e.send_history = {e.conns[0].conn};
@@ -57,6 +65,12 @@ registry_effects key_registry::remove(const node_key& key, conn_ref conn) {
     const std::optional<conn_ref> previous_active =
         e.active ? std::optional<conn_ref>(e.conns[*e.active].conn) : std::nullopt;
     e.conns.erase(e.conns.begin() + static_cast<std::ptrdiff_t>(*index));
+    if (e.conns.size() == 1) {
+        --_dup_keys;
+        _dup_conns -= 2;
+    } else {
+        --_dup_conns;
+    }
     // Drop it from the history and collapse runs that became adjacent.
     std::vector<conn_ref> history;
     for (const auto& h : e.send_history)
@@ -99,18 +113,6 @@ registry_effects key_registry::activity(const node_key& key, conn_ref conn) {
         fx.active = conn;
     }
     return fx;
-}
-
-std::size_t key_registry::dup_key_count() const noexcept {
-    return static_cast<std::size_t>(std::count_if(
-        _entries.begin(), _entries.end(), [](const auto& kv) { return kv.second.conns.size() > 1; }));
-}
-
-std::size_t key_registry::dup_conn_count() const noexcept {
-    std::size_t n = 0;
-    for (const auto& [key, e] : _entries)
-        if (e.conns.size() > 1) n += e.conns.size();
-    return n;
 }
 
 std::optional<conn_ref> key_registry::active_of(const node_key& key) const {

@@ -67,8 +67,8 @@ public:
 
     std::size_t key_count() const noexcept { return _entries.size(); }
     std::size_t conn_count() const noexcept { return _conn_count; }
-    std::size_t dup_key_count() const noexcept;  // keys with more than one connection
-    std::size_t dup_conn_count() const noexcept;  // connections of those keys
+    std::size_t dup_key_count() const noexcept { return _dup_keys; }   // keys with more than one connection
+    std::size_t dup_conn_count() const noexcept { return _dup_conns; }  // connections of those keys
     std::optional<conn_ref> active_of(const node_key& key) const;
 
 private:
@@ -86,6 +86,8 @@ private:
 
     std::unordered_map<node_key, entry> _entries;
     std::size_t _conn_count = 0;
+    std::size_t _dup_keys = 0;   // kept by add and remove: O(1) per registration
+    std::size_t _dup_conns = 0;
 };
 
 }  // namespace derp
