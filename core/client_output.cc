@@ -59,9 +59,9 @@ bool output_stream_checker::feed(std::span<const std::uint8_t> bytes) noexcept {
         _header[_header_have++] = bytes[i++];
         if (_header_have < frame_header_bytes) continue;
         _header_have = 0;
-        const std::uint8_t type = _header[0];
-        const std::uint64_t length = (std::uint64_t{_header[1]} << 24) | (std::uint64_t{_header[2]} << 16) |
-                                     (std::uint64_t{_header[3]} << 8) | std::uint64_t{_header[4]};
+        const frame_header header = *parse_frame_header(_header);  // five bytes: always a header
+        const auto type = static_cast<std::uint8_t>(header.type);
+        const std::uint64_t length = header.payload_bytes;
         if (!server_frame_ok(type, length)) return fail("a frame of a type or length the server never sends");
         if (_frames == 0 && type != static_cast<std::uint8_t>(frame_type::server_key))
             return fail("the first frame is not ServerKey");
@@ -86,12 +86,12 @@ client_output::client_output(std::uint32_t queue_depth_max, std::uint32_t staged
 
 void client_output::push_http(std::string_view text) {
     _control.append(text);
-    _control_pushed += text.size();
+    _http_bytes += text.size();
 }
 
 void client_output::push_frames(std::span<const std::uint8_t> frames) {
 #ifndef NDEBUG
-    _checker.frames_start_at(_control_pushed);
+    _checker.frames_start_at(_http_bytes);  // all HTTP precedes the first frame
 #endif
     const auto* p = reinterpret_cast<const char*>(frames.data());
     if (_holding && !_relay) {
@@ -99,7 +99,6 @@ void client_output::push_frames(std::span<const std::uint8_t> frames) {
         return;
     }
     _control.append(p, frames.size());
-    _control_pushed += frames.size();
 }
 
 void client_output::open_relay(std::span<const std::uint8_t> server_info) {
@@ -108,7 +107,6 @@ void client_output::open_relay(std::span<const std::uint8_t> server_info) {
     _holding = false;
     _control.append(reinterpret_cast<const char*>(server_info.data()), server_info.size());
     _control += _held;
-    _control_pushed += server_info.size() + _held.size();
     std::string().swap(_held);
 }
 
@@ -305,7 +303,6 @@ client_output::write_result client_output::write(std::span<std::uint8_t> out, ou
         std::array<std::uint8_t, pong_frame_bytes> frame{};
         encode_pong(frame, *_pong);
         _control.append(reinterpret_cast<const char*>(frame.data()), frame.size());
-        _control_pushed += frame.size();
         _pong.reset();
         result.pong = true;
         if (!drain_control(out, n)) return finish();

@@ -173,7 +173,7 @@ private:
     // not a deque: libstdc++'s deque allocates on construction, and idle clients must not).
     std::vector<staged_frame> _staged_frames;
     std::size_t _staged_frames_head = 0;
-    std::uint64_t _control_pushed = 0;  // stream bytes pushed to control so far (checker)
+    std::uint64_t _http_bytes = 0;  // HTTP pushed before the first frame: where the checker starts
 #ifndef NDEBUG
     output_stream_checker _checker;
 #endif

@@ -95,15 +95,13 @@ public:
             _past_http = true;
         }
         for (;;) {
-            if (_buffer.size() < frame_header_bytes) return true;
-            const std::uint32_t length = (std::uint32_t{_buffer[1]} << 24) | (std::uint32_t{_buffer[2]} << 16) |
-                                         (std::uint32_t{_buffer[3]} << 8) | _buffer[4];
-            if (length > key_bytes + packet_bytes_max) return fail("frame too long");
-            if (_buffer.size() < frame_header_bytes + length) return true;
+            const frame_parse p = parse_frame(_buffer, key_bytes + packet_bytes_max);
+            if (p.status == frame_parse_status::need_more) return true;
+            if (p.status == frame_parse_status::too_large) return fail("frame too long");
             parsed_frame f;
-            f.type = _buffer[0];
-            f.payload.assign(_buffer.begin() + frame_header_bytes, _buffer.begin() + frame_header_bytes + length);
-            _buffer.erase(_buffer.begin(), _buffer.begin() + frame_header_bytes + length);
+            f.type = static_cast<std::uint8_t>(p.header.type);
+            f.payload.assign(p.payload.begin(), p.payload.end());
+            _buffer.erase(_buffer.begin(), _buffer.begin() + static_cast<std::ptrdiff_t>(p.frame_bytes));
             if (f.type == static_cast<std::uint8_t>(frame_type::recv_packet)) {
                 if (f.payload.size() < key_bytes) return fail("short RecvPacket");
                 const std::uint64_t id = id_of_key(node_key(key_span(f.payload.data(), key_bytes)));
