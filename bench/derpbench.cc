@@ -20,6 +20,7 @@
 #include <optional>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cerrno>
 #include <cstring>
@@ -316,6 +317,7 @@ struct options {
     std::optional<key_mesh> mesh_key;
     std::int64_t pairs = 4, size = 1400, rate = 0, count = 1000, server_pid = -1;
     std::int64_t duration_ns = 5'000'000'000, warmup_ns = 500'000'000, pace_ns = 250'000;
+    std::int64_t hold_ns = 0;  // connections: keep the clients open this long after the report
     std::int64_t probe_interval_ns = 1'000'000;
     bool json = false, csv = false;
     std::string sizes = "64,570,1400";     // sweep
@@ -629,6 +631,14 @@ int run_connections(const options& o, const targets& ts) {
             fmt::print("  server RSS {} KiB -> {} KiB: {:.0f} bytes per connection\n", rss_before >> 10, rss_after >> 10,
                        per_conn);
     }
+    if (o.hold_ns > 0) {
+        std::fflush(stdout);
+        static volatile std::sig_atomic_t stop_holding = 0;
+        std::signal(SIGTERM, [](int) { stop_holding = 1; });
+        std::signal(SIGINT, [](int) { stop_holding = 1; });
+        const auto until = clock_type::now() + std::chrono::nanoseconds(o.hold_ns);
+        while (stop_holding == 0 && clock_type::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     rt.value()->request_stop();
     rt.value()->wait();
     return failed > 0 || ready < static_cast<std::uint64_t>(o.count) ? 1 : 0;
@@ -652,6 +662,7 @@ int main(int argc, char** argv) {
     flags.add_int("rate", &o.rate, "throughput: offered packets/s over all senders (0 = as fast as possible)");
     flags.add_duration("pace", &o.pace_ns, "throughput: each sender sends its accumulated packets this often");
     flags.add_duration("duration", &o.duration_ns, "measured time (connections: the time allowed)");
+    flags.add_duration("hold", &o.hold_ns, "connections: after the report, keep the clients connected this long (SIGTERM or SIGINT ends it early): load for a region's scale test");
     flags.add_duration("warmup", &o.warmup_ns, "throughput: sending time before the measured window");
     flags.add_int("count", &o.count, "connections: idle clients to open");
     flags.add_string("sizes", &o.sizes, "sweep: comma-separated packet sizes (\"mix\" for the realistic mix)");
