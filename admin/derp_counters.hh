@@ -38,6 +38,9 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter current_notideal_connections;  // gauge
     counter watchers;                      // gauge
     counter clients_local;                 // gauge: keys this shard owns with a connection
+    counter clients_remote;                // gauge: keys this shard owns reachable only via a mesh peer
+    counter multiforwarder_created, multiforwarder_deleted;  // owner side (region table)
+    counter packet_forwarder_delete_other_value;
     counter current_dup_client_keys;       // gauge (owner side)
     counter current_dup_client_conns;      // gauge (owner side)
     counter total_dup_client_conns;
@@ -83,6 +86,21 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter bootstrap_dns_queried_domains;  // gauge: this shard's set of queried names
 };
 
+// Why a mesh link failed (derpd_mesh_failures_total{peer,reason}).
+inline constexpr std::array<std::string_view, 9> mesh_failure_labels = {
+    "resolve", "connect", "tls", "http_status", "server_key", "server_info", "protocol", "closed", "timeout"};
+
+// One -mesh-with entry's link, written only by the shard that hosts it.
+struct alignas(ring::cache_line_bytes) mesh_peer_counters {
+    counter up;           // gauge: 1 while the link is ready (handshake done)
+    counter connects;     // handshakes completed
+    counter reconnects;   // of which after an earlier connection of this link
+    counter keys;         // gauge: keys the peer announces now
+    counter forwarded;    // ForwardPacket frames written to the peer
+    counter dropped;      // frames dropped: link down or queue full
+    std::array<counter, mesh_failure_labels.size()> failures;
+};
+
 // Everything /debug/varz, /debug/vars, /debug/check and the /debug/ index read: set up by main
 // before the runtime starts, read-only after (counters apart, which are per shard and
 // single-writer, loaded with relaxed atomics).
@@ -101,6 +119,9 @@ struct metric_sources {
     const stun::stun_counters* stun = nullptr;  // the admin thread's, when STUN runs
     const tls::tls_counters* tls = nullptr;     // per shard, in TLS mode
     std::vector<std::string> cmdline;           // argv, for /debug/vars
+    // The mesh links, by -mesh-with entry (host as written), when -mesh-with is set.
+    std::vector<std::string> mesh_peer_names;
+    std::unique_ptr<mesh_peer_counters[]> mesh_peers;
 };
 
 }  // namespace derp::admin

@@ -119,8 +119,9 @@ std::string render_varz(const metric_sources& shared) {
     metric(out, "derp_bytes_sent", "counter", derp_sum(&derp_counters::bytes_sent));
     const std::uint64_t local_keys = derp_sum(&derp_counters::clients_local);
     metric(out, "derp_clients_local", "gauge", local_keys);
-    metric(out, "derp_clients_remote", "gauge", 0);  // no mesh peers yet: every key is local
-    metric(out, "derp_clients_total", "gauge", local_keys);
+    const std::uint64_t remote_keys = derp_sum(&derp_counters::clients_remote);
+    metric(out, "derp_clients_remote", "gauge", remote_keys);
+    metric(out, "derp_clients_total", "gauge", local_keys + remote_keys);
     metric(out, "derp_current_connections", "gauge", derp_sum(&derp_counters::current_connections));
     metric(out, "derp_current_dup_client_conns", "gauge", derp_sum(&derp_counters::current_dup_client_conns));
     metric(out, "derp_current_dup_client_keys", "gauge", derp_sum(&derp_counters::current_dup_client_keys));
@@ -131,6 +132,10 @@ std::string render_varz(const metric_sources& shared) {
     metric(out, "derp_got_ping", "counter", derp_sum(&derp_counters::got_ping));
     metric(out, "derp_home_moves_in", "counter", derp_sum(&derp_counters::home_moves_in));
     metric(out, "derp_home_moves_out", "counter", derp_sum(&derp_counters::home_moves_out));
+    metric(out, "derp_multiforwarder_created", "counter", derp_sum(&derp_counters::multiforwarder_created));
+    metric(out, "derp_multiforwarder_deleted", "counter", derp_sum(&derp_counters::multiforwarder_deleted));
+    metric(out, "derp_packet_forwarder_delete_other_value", "counter",
+           derp_sum(&derp_counters::packet_forwarder_delete_other_value));
     metric(out, "derp_packets_forwarded_in", "counter", derp_sum(&derp_counters::packets_forwarded_in));
     metric(out, "derp_packets_forwarded_out", "counter", derp_sum(&derp_counters::packets_forwarded_out));
     metric(out, "derp_packets_received", "counter", derp_sum(&derp_counters::packets_received));
@@ -262,10 +267,38 @@ std::string render_varz(const metric_sources& shared) {
     out += "# HELP derpd_packets_dropped_total Packets dropped for derpd-only reasons.\n";
     out += "# TYPE derpd_packets_dropped_total counter\n";
     for (const auto& entry : {std::pair{"transfer_pool_exhausted", derpd_drop_reason::transfer_pool_exhausted},
-                              std::pair{"ring_backlog_full", derpd_drop_reason::ring_backlog_full}}) {
+                              std::pair{"ring_backlog_full", derpd_drop_reason::ring_backlog_full},
+                              std::pair{"mesh_unavailable", derpd_drop_reason::mesh_unavailable}}) {
         const auto reason = static_cast<std::size_t>(entry.second);
         out += fmt::format("derpd_packets_dropped_total{{reason=\"{}\"}} {}\n", entry.first,
                            sum_derp(shared, [&](const derp_counters& c) { return c.derpd_packets_dropped[reason].get(); }));
+    }
+    if (!shared.mesh_peer_names.empty()) {
+        // One series per -mesh-with entry, labelled with the entry as written (names are
+        // checked to hold only host characters, so no label escaping is needed).
+        const auto& names = shared.mesh_peer_names;
+        const auto per_peer = [&](const char* name, const char* type, const char* help, auto member) {
+            out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+            for (std::size_t p = 0; p < names.size(); ++p)
+                out += fmt::format("{}{{peer=\"{}\"}} {}\n", name, names[p], (shared.mesh_peers[p].*member).get());
+        };
+        per_peer("derpd_mesh_peer_up", "gauge", "1 while the mesh link to the peer is connected.",
+                 &mesh_peer_counters::up);
+        per_peer("derpd_mesh_connects_total", "counter", "Mesh link handshakes completed.",
+                 &mesh_peer_counters::connects);
+        per_peer("derpd_mesh_reconnects_total", "counter", "Mesh link handshakes after an earlier connection.",
+                 &mesh_peer_counters::reconnects);
+        per_peer("derpd_mesh_peer_keys", "gauge", "Keys the peer announces (its local clients).",
+                 &mesh_peer_counters::keys);
+        per_peer("derpd_mesh_forwarded_total", "counter", "ForwardPacket frames written to the peer.",
+                 &mesh_peer_counters::forwarded);
+        per_peer("derpd_mesh_dropped_total", "counter", "Packets for the peer dropped: link down or queue full.",
+                 &mesh_peer_counters::dropped);
+        out += "# HELP derpd_mesh_failures_total Mesh link failures by reason.\n# TYPE derpd_mesh_failures_total counter\n";
+        for (std::size_t p = 0; p < names.size(); ++p)
+            for (std::size_t r = 0; r < mesh_failure_labels.size(); ++r)
+                out += fmt::format("derpd_mesh_failures_total{{peer=\"{}\",reason=\"{}\"}} {}\n", names[p],
+                                   mesh_failure_labels[r], shared.mesh_peers[p].failures[r].get());
     }
     metric(out, "derpd_http_requests_total", "counter", "HTTP requests parsed on the main listener.",
            derp_sum(&derp_counters::http_requests));
@@ -370,8 +403,9 @@ std::string render_debug_vars(const metric_sources& shared) {
         sum_derp(shared, [](const derp_counters& c) { return c.packets_received_kind[1].get(); }));
     derp["counter_total_dup_client_conns"] = std::to_string(derp_sum(&derp_counters::total_dup_client_conns));
     derp["gauge_clients_local"] = std::to_string(keys);
-    derp["gauge_clients_remote"] = "0";
-    derp["gauge_clients_total"] = std::to_string(keys);
+    const std::uint64_t remote = derp_sum(&derp_counters::clients_remote);
+    derp["gauge_clients_remote"] = std::to_string(remote);
+    derp["gauge_clients_total"] = std::to_string(keys + remote);
     derp["gauge_current_connections"] = std::to_string(derp_sum(&derp_counters::current_connections));
     derp["gauge_current_dup_client_conns"] = std::to_string(derp_sum(&derp_counters::current_dup_client_conns));
     derp["gauge_current_dup_client_keys"] = std::to_string(derp_sum(&derp_counters::current_dup_client_keys));
@@ -381,6 +415,10 @@ std::string render_debug_vars(const metric_sources& shared) {
     derp["got_ping"] = std::to_string(derp_sum(&derp_counters::got_ping));
     derp["home_moves_in"] = std::to_string(derp_sum(&derp_counters::home_moves_in));
     derp["home_moves_out"] = std::to_string(derp_sum(&derp_counters::home_moves_out));
+    derp["multiforwarder_created"] = std::to_string(derp_sum(&derp_counters::multiforwarder_created));
+    derp["multiforwarder_deleted"] = std::to_string(derp_sum(&derp_counters::multiforwarder_deleted));
+    derp["packet_forwarder_delete_other_value"] =
+        std::to_string(derp_sum(&derp_counters::packet_forwarder_delete_other_value));
     derp["packets_forwarded_in"] = std::to_string(derp_sum(&derp_counters::packets_forwarded_in));
     derp["packets_forwarded_out"] = std::to_string(derp_sum(&derp_counters::packets_forwarded_out));
     derp["packets_received"] = std::to_string(derp_sum(&derp_counters::packets_received));

@@ -47,6 +47,7 @@ struct target {
     std::string host;  // the Host header and TLS name
     bool tls = false;
     ring::socket_address address;
+    std::shared_ptr<tls::context> context;  // https: this node's name (SNI, verification)
 };
 
 // The servers of one run: every --url, and the TLS setup they share.
@@ -62,6 +63,12 @@ struct targets {
         std::vector<ring::socket_address> out;
         for (const auto& t : list) out.push_back(t.address);
         return out;
+    }
+    // The client options for node i: its Host header and TLS context.
+    client::client_options for_node(client::client_options base, std::size_t i) const {
+        base.host = list[i].host;
+        base.tls_context = list[i].context;
+        return base;
     }
 };
 
@@ -110,8 +117,8 @@ struct idle_stats {
 class idle_clients final : public client::handler {
 public:
     idle_clients(idle_stats& st, std::vector<ring::socket_address> servers, std::uint64_t count,
-                 client::client_options base)
-        : _st(st), _servers(std::move(servers)), _count(count), _base(std::move(base)) {}
+                 std::vector<client::client_options> per_server)
+        : _st(st), _servers(std::move(servers)), _count(count), _per_server(std::move(per_server)) {}
     void attach(client::client_pool& pool) { _pool = &pool; }
     void on_ready(ring::conn_id, const node_key&) noexcept override { _st.ready++; }
     void on_packet(ring::conn_id, const node_key&, std::span<const std::uint8_t>) noexcept override {}
@@ -121,7 +128,7 @@ public:
         if (_dialled) return false;
         _dialled = true;
         for (std::uint64_t i = 0; i < _count; ++i) {
-            client::client_options options = _base;
+            client::client_options options = _per_server[i % _servers.size()];
             options.key = generate_private_key();
             if (!_pool->dial(_servers[i % _servers.size()], options)) _st.failed++;
         }
@@ -133,7 +140,7 @@ private:
     idle_stats& _st;
     std::vector<ring::socket_address> _servers;
     std::uint64_t _count;
-    client::client_options _base;
+    std::vector<client::client_options> _per_server;
     client::client_pool* _pool = nullptr;
     bool _dialled = false;
 };
@@ -152,9 +159,9 @@ struct latency_stats {
 class latency_probe final : public client::handler {
 public:
     latency_probe(latency_stats& st, ring::socket_address server_a, ring::socket_address server_b, std::size_t size,
-                  std::uint64_t interval_ns, client::client_options base)
+                  std::uint64_t interval_ns, client::client_options base_a, client::client_options base_b)
         : _st(st), _server_a(server_a), _server_b(server_b), _size(std::max<std::size_t>(size, 16)),
-          _interval_ns(interval_ns), _base(std::move(base)) {}
+          _interval_ns(interval_ns), _base_a(std::move(base_a)), _base_b(std::move(base_b)) {}
     void attach(client::client_pool& pool) { _pool = &pool; }
     std::vector<double>& rtts_us() { return _rtts_us; }
 
@@ -200,7 +207,7 @@ public:
     bool on_turn() noexcept override {
         if (!_dialled) {
             _dialled = true;
-            client::client_options a = _base, b = _base;
+            client::client_options a = _base_a, b = _base_b;
             a.key = generate_private_key();
             b.key = generate_private_key();
             _a_key = public_key_of(a.key);
@@ -232,7 +239,7 @@ private:
     ring::socket_address _server_a, _server_b;
     std::size_t _size;
     std::uint64_t _interval_ns;
-    client::client_options _base;
+    client::client_options _base_a, _base_b;
     client::client_pool* _pool = nullptr;
     ring::conn_id _a{}, _b{};
     node_key _a_key, _b_key;
@@ -343,6 +350,10 @@ struct options {
         p.host = ts.list.front().host;
         p.mesh_key = mesh_key;
         p.cross_node = cross_node;
+        for (const auto& t : ts.list) {
+            p.hosts.push_back(t.host);
+            p.contexts.push_back(t.context);
+        }
         p.stop_reading_after_s = stop_reading_after_ns < 0 ? -1 : static_cast<double>(stop_reading_after_ns) / 1e9;
         if (live)
             p.progress = [](const bench::pair_progress& g) {
@@ -440,8 +451,10 @@ int run_sweep(const options& o, const targets& ts) {
 int run_latency(const options& o, const targets& ts) {
     latency_stats st;
     const auto servers = ts.addresses();
-    latency_probe probe(st, servers.front(), servers[o.cross_node ? 1 % servers.size() : 0], static_cast<std::size_t>(o.size),
-                        static_cast<std::uint64_t>(o.probe_interval_ns), o.client_base(ts));
+    const std::size_t node_b = o.cross_node ? 1 % servers.size() : 0;
+    latency_probe probe(st, servers.front(), servers[node_b], static_cast<std::size_t>(o.size),
+                        static_cast<std::uint64_t>(o.probe_interval_ns), ts.for_node(o.client_base(ts), 0),
+                        ts.for_node(o.client_base(ts), node_b));
     ring::runtime_config cfg;
     cfg.shard_count = 1;
     cfg.pin_threads = false;
@@ -569,7 +582,9 @@ int run_throughput(const options& o, const targets& ts) {
 
 int run_connections(const options& o, const targets& ts) {
     idle_stats st;
-    idle_clients load(st, ts.addresses(), static_cast<std::uint64_t>(o.count), o.client_base(ts));
+    std::vector<client::client_options> per_server;
+    for (std::size_t i = 0; i < ts.list.size(); ++i) per_server.push_back(ts.for_node(o.client_base(ts), i));
+    idle_clients load(st, ts.addresses(), static_cast<std::uint64_t>(o.count), std::move(per_server));
     ring::runtime_config cfg;
     cfg.shard_count = 1;
     cfg.pin_threads = false;
@@ -684,12 +699,8 @@ int main(int argc, char** argv) {
     }
     if (ts.list.empty()) return std::fprintf(stderr, "derpbench: no --url\n"), 2;
     const bool tls = ts.list.front().tls;
-    for (const auto& t : ts.list) {
+    for (const auto& t : ts.list)
         if (t.tls != tls) return std::fprintf(stderr, "derpbench: every --url must use the same scheme\n"), 2;
-        if (t.host != ts.list.front().host && tls && o.cert_name.empty() && !o.insecure)
-            std::fprintf(stderr, "derpbench: note: the TLS name is %s for every node (from the first --url)\n",
-                         ts.list.front().host.c_str());
-    }
     if (tls) {
         tls::context::client_options c;
         c.server_name = ts.list.front().host;
@@ -705,6 +716,13 @@ int main(int argc, char** argv) {
         auto setup = client::make_client_tls(c, 1);
         if (!setup) return std::fprintf(stderr, "derpbench: TLS: %s\n", setup.error().c_str()), 2;
         ts.tls = setup.value();
+        // Each node of a region is verified (and named in SNI) by its own name.
+        for (auto& t : ts.list) {
+            c.server_name = t.host;
+            auto ctx = tls::context::make_client(c);
+            if (!ctx) return std::fprintf(stderr, "derpbench: TLS for %s: %s\n", t.host.c_str(), ctx.error().c_str()), 2;
+            t.context = ctx.value();
+        }
     }
     if (o.workload == "throughput") return run_throughput(o, ts);
     if (o.workload == "connections") return run_connections(o, ts);

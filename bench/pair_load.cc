@@ -159,6 +159,14 @@ private:
             tx.mesh_key = rx.mesh_key = _options.mesh_key;
             const std::size_t home = i % _servers.size();
             const std::size_t away = _options.cross_node ? (home + 1) % _servers.size() : home;
+            if (_options.hosts.size() == _servers.size()) {
+                rx.host = _options.hosts[away];
+                tx.host = _options.hosts[home];
+            }
+            if (_options.contexts.size() == _servers.size()) {
+                rx.tls_context = _options.contexts[away];
+                tx.tls_context = _options.contexts[home];
+            }
             auto rx_conn = _pool->dial(_servers[away], rx);
             auto tx_conn = _pool->dial(_servers[home], tx);
             if (!rx_conn || !tx_conn) {

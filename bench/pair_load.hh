@@ -50,6 +50,10 @@ struct pair_options {
     // Several servers (a region): pair i uses servers[i % n]; with cross_node its receiver is
     // on the next server, so every packet crosses the region's mesh.
     bool cross_node = false;
+    // Per server (when not empty): its Host header and TLS context (its name), for regions
+    // whose nodes have names of their own.
+    std::vector<std::string> hosts;
+    std::vector<std::shared_ptr<tls::context>> contexts;
     std::function<void(const pair_progress&)> progress;  // called about every 250 ms
     double stop_reading_after_s = -1;     // fault injection: receivers stop reading this long after sending starts
 };

@@ -42,6 +42,7 @@ std::optional<conn_id> client_pool::dial(const ring::socket_address& server,
                                          const client_options& options) noexcept {
     auto conn = _shard.connect(server.storage, server.length);
     if (!conn) return std::nullopt;
+    if (_tls != nullptr && options.tls_context) _tls->use_context(*conn, options.tls_context);
     if (_conns.size() <= conn->slot) _conns.resize(conn->slot + 1);
     conn_state& c = _conns[conn->slot];
     c = conn_state{};
@@ -157,10 +158,13 @@ std::size_t client_pool::handle_frames(conn_id conn, conn_state& c, std::span<co
                 fail(conn, c, client_failure::bad_server_key);
                 return in.size();
             }
-            std::vector<std::uint8_t> frame_bytes(client_info_frame_bytes(*n) + note_preferred_frame_bytes);
+            std::vector<std::uint8_t> frame_bytes(client_info_frame_bytes(*n) + note_preferred_frame_bytes +
+                                                  watch_conns_frame_bytes);
             std::size_t at = encode_client_info(frame_bytes, c.public_key, {sealed.data(), *n});
             if (c.options.note_preferred)
                 at += encode_note_preferred(std::span(frame_bytes).subspan(at), true);
+            // Pipelined behind ClientInfo, as derper's mesh client does (spec 5).
+            if (c.options.watch_conns) at += encode_watch_conns(std::span(frame_bytes).subspan(at));
             c.out.append(reinterpret_cast<const char*>(frame_bytes.data()), at);
             c.stage = phase::server_info;
             _shard.want_write(conn);
@@ -195,7 +199,7 @@ std::size_t client_pool::handle_frames(conn_id conn, conn_state& c, std::span<co
         }
         case frame_type::peer_present: {
             const auto view = decode_peer_present(payload);
-            if (view) _handler.on_peer_present(conn, view->key);
+            if (view) _handler.on_peer_present_info(conn, *view);
             break;
         }
         case frame_type::pong: {

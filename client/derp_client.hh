@@ -3,7 +3,8 @@
 // upgrading, doing the NaCl handshake and then exchanging frames. The application sees events
 // through a handler and writes its frames straight into the connection's send buffer (over
 // plain TCP with no intermediate copy), which is what lets derpbench drive a server harder
-// than the server drives itself. Not here yet: WebSocket.
+// than the server drives itself; derpd's mesh links are clients of this library too. Not here
+// yet: WebSocket.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,11 @@ struct client_options {
     bool can_ack_pings = false;
     bool is_prober = false;
     bool note_preferred = false;  // send NotePreferred(true) right after ClientInfo
+    bool watch_conns = false;     // send WatchConns right after ClientInfo (a mesh watcher, spec 5)
     std::string host = "127.0.0.1";  // Host header
+    // Over TLS: this connection's context (its SNI and verification name) instead of the
+    // runtime's, for clients of several servers with different names (a region).
+    std::shared_ptr<tls::context> tls_context;
 };
 
 enum class client_failure : std::uint8_t {
@@ -51,6 +56,10 @@ public:
     virtual void on_packet(conn_id conn, const node_key& src, std::span<const std::uint8_t> packet) noexcept = 0;
     virtual void on_peer_gone(conn_id, const node_key&, peer_gone_reason) noexcept {}
     virtual void on_peer_present(conn_id, const node_key&) noexcept {}
+    // PeerPresent with the fields a watcher learns (spec 1.3); the default calls on_peer_present.
+    virtual void on_peer_present_info(conn_id conn, const peer_present_view& view) noexcept {
+        on_peer_present(conn, view.key);
+    }
     virtual void on_pong(conn_id, const ping_data&) noexcept {}
     virtual void on_keep_alive(conn_id) noexcept {}
     // The connection is gone; `failure` says why (closed for an orderly end by either side).
@@ -72,6 +81,8 @@ public:
 
     // Starts one client. Nothing when the shard's slot table is full.
     std::optional<conn_id> dial(const ring::socket_address& server, const client_options& options) noexcept;
+    // The TLS layer under this pool, when there is one (client_options::tls_context needs it).
+    void set_tls_layer(tls::tls_layer* layer) noexcept { _tls = layer; }
     void want_send(conn_id conn) noexcept { _shard.want_write(conn); }
     void close(conn_id conn) noexcept { _shard.close(conn); }
     // Stops reading from the server (fault injection: a stuck client whose socket fills up).
@@ -112,6 +123,7 @@ private:
 
     ring::shard& _shard;
     handler& _handler;
+    tls::tls_layer* _tls = nullptr;
     std::vector<conn_state> _conns;  // by slot
 };
 
@@ -137,11 +149,13 @@ result<std::unique_ptr<ring::runtime>, std::string> start_client_runtime(ring::r
             auto pool = std::make_unique<client_pool>(sh, handler);
             handler.attach(*pool);
             if (!tls) return pool;
+            client_pool* pool_view = pool.get();
             tls::tls_layer_config layer;
             layer.client = true;
             layer.contexts = tls->contexts;
             layer.handshake_timeout_ns = tls->handshake_timeout_ns;
             auto wrapped = std::make_unique<tls::tls_layer>(sh, std::move(pool), layer, tls->counters[sh.index()]);
+            pool_view->set_tls_layer(wrapped.get());
             return wrapped;
         },
         nullptr);

@@ -41,7 +41,8 @@ enum class packet_kind : std::uint8_t { disco = 0, other = 1 };
 enum class derpd_drop_reason : std::uint8_t {
     transfer_pool_exhausted,  // no transfer buffer free on the sending shard
     ring_backlog_full,        // the ring to the destination shard and its backlog were full
+    mesh_unavailable,         // for a remote key: the mesh link was down or its queue full
 };
-inline constexpr std::size_t derpd_drop_reason_count = 2;
+inline constexpr std::size_t derpd_drop_reason_count = 3;
 
 }  // namespace derp

@@ -25,7 +25,39 @@ region_effects region_table::finish(const node_key& key, entry& e, std::optional
     return fx;
 }
 
+bool region_table::remote(const node_key& key) const {
+    const auto it = _entries.find(key);
+    return it != _entries.end() && !it->second.local && !it->second.forwarders.empty();
+}
+
+void region_table::recount(bool was_remote, const node_key& key) {
+    const bool now_remote = remote(key);
+    if (now_remote && !was_remote) ++_remote_keys;
+    if (!now_remote && was_remote) --_remote_keys;
+}
+
 region_effects region_table::peer_present(const node_key& key, mesh_peer peer) {
+    const bool was_remote = remote(key);
+    const region_effects fx = peer_present_inner(key, peer);
+    recount(was_remote, key);
+    return fx;
+}
+
+region_effects region_table::peer_gone(const node_key& key, mesh_peer peer) {
+    const bool was_remote = remote(key);
+    const region_effects fx = peer_gone_inner(key, peer);
+    recount(was_remote, key);
+    return fx;
+}
+
+region_effects region_table::set_local(const node_key& key, bool local) {
+    const bool was_remote = remote(key);
+    const region_effects fx = set_local_inner(key, local);
+    recount(was_remote, key);
+    return fx;
+}
+
+region_effects region_table::peer_present_inner(const node_key& key, mesh_peer peer) {
     const auto [it, inserted] = _entries.try_emplace(key);
     entry& e = it->second;
     if (std::find(e.forwarders.begin(), e.forwarders.end(), peer) != e.forwarders.end()) return {};  // again: ignored
@@ -36,7 +68,7 @@ region_effects region_table::peer_present(const node_key& key, mesh_peer peer) {
     return finish(key, e, before, !inserted);
 }
 
-region_effects region_table::peer_gone(const node_key& key, mesh_peer peer) {
+region_effects region_table::peer_gone_inner(const node_key& key, mesh_peer peer) {
     auto it = _entries.find(key);
     if (it == _entries.end()) return {};
     entry& e = it->second;
@@ -67,7 +99,7 @@ std::vector<std::pair<node_key, region_effects>> region_table::peer_down(mesh_pe
     return out;
 }
 
-region_effects region_table::set_local(const node_key& key, bool local) {
+region_effects region_table::set_local_inner(const node_key& key, bool local) {
     if (!local) {
         auto it = _entries.find(key);
         if (it == _entries.end() || !it->second.local) return {};
@@ -95,11 +127,5 @@ bool region_table::is_local(const node_key& key) const {
     return it != _entries.end() && it->second.local;
 }
 
-std::size_t region_table::remote_key_count() const noexcept {
-    std::size_t n = 0;
-    for (const auto& [key, e] : _entries)
-        if (!e.local && !e.forwarders.empty()) ++n;
-    return n;
-}
 
 }  // namespace derp

@@ -53,7 +53,8 @@ public:
     // The forwarder for a key without a local connection, if any (the preferred one).
     std::optional<mesh_peer> forwarder_of(const node_key& key) const;
     bool is_local(const node_key& key) const;
-    std::size_t remote_key_count() const noexcept;  // keys reachable only through a forwarder
+    bool known(const node_key& key) const { return _entries.count(key) != 0; }
+    std::size_t remote_key_count() const noexcept { return _remote_keys; }  // reachable only through a forwarder
     std::size_t key_count() const noexcept { return _entries.size(); }
     const region_counters& counters() const noexcept { return _counters; }
 
@@ -65,11 +66,17 @@ private:
         std::vector<mesh_peer> forwarders;
     };
     std::optional<mesh_peer> preferred(const entry& e) const;
+    region_effects peer_present_inner(const node_key& key, mesh_peer peer);
+    region_effects peer_gone_inner(const node_key& key, mesh_peer peer);
+    region_effects set_local_inner(const node_key& key, bool local);
+    bool remote(const node_key& key) const;
+    void recount(bool was_remote, const node_key& key);  // keeps _remote_keys: O(1) per change
     region_effects finish(const node_key& key, entry& e, std::optional<mesh_peer> before, bool was_known);
 
     std::unordered_map<node_key, entry> _entries;
     std::unordered_map<mesh_peer, std::unordered_set<node_key>> _announced;  // by peer, for peer_down
     region_counters _counters;
+    std::size_t _remote_keys = 0;
 };
 
 }  // namespace derp

@@ -34,6 +34,7 @@ enum class route_state : std::uint8_t {
     active,       // packets for the key go to `active`
     none_active,  // duplicates exist but none is active: drop as dup_client
     gone,         // the key's last connection left: drop as unknown_dest; PeerGone to senders
+    forward,      // no local connection; a mesh peer announced it: ForwardPacket to that peer
 };
 
 struct registry_effects {
@@ -70,6 +71,7 @@ public:
     std::size_t dup_key_count() const noexcept { return _dup_keys; }   // keys with more than one connection
     std::size_t dup_conn_count() const noexcept { return _dup_conns; }  // connections of those keys
     std::optional<conn_ref> active_of(const node_key& key) const;
+    bool contains(const node_key& key) const { return _entries.count(key) != 0; }  // any connection
 
 private:
     struct member {

@@ -365,6 +365,7 @@ result<std::shared_ptr<context>, std::string> context::make_client(const client_
         return unexpected(std::string("a verified TLS client needs the server name to verify the certificate for"));
     std::shared_ptr<context> c(new context());
     c->_hostname = options.server_name;
+    c->_sni = options.sni.empty() ? options.server_name : options.sni;
     c->_state = std::make_unique<state>();
     c->_state->hostname = options.server_name;
     c->_state->verify = options.verify;
@@ -454,7 +455,8 @@ session::session(std::shared_ptr<context> ctx, bool want_ktls)
             // Go sends no SNI for an IP literal; verification is against the name either way.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wold-style-cast"
-            if (!is_ip_literal(host)) SSL_set_tlsext_host_name(_ssl, host.c_str());
+            const std::string& sni = _ctx->sni();
+            if (!sni.empty() && !is_ip_literal(sni)) SSL_set_tlsext_host_name(_ssl, sni.c_str());
 #pragma GCC diagnostic pop
             if (_ctx->settings().verify == context::verify_mode::system) {
                 if (is_ip_literal(host)) {

@@ -74,6 +74,9 @@ public:
         // SNI (not sent for IP literals, as Go) and verification name; required with
         // verify_mode::system, where an empty name would verify the chain for any host.
         std::string server_name;
+        // SNI to send instead of server_name (not sent for IP literals either): derper's mesh
+        // clients send a -mesh-with entry as written, port included.
+        std::string sni;
         verify_mode verify = verify_mode::system;
         std::string ca_file;      // with verify_mode::system: trust only this PEM bundle
         std::array<std::uint8_t, 32> pinned_sha256{};
@@ -86,6 +89,7 @@ public:
     ssl_ctx_st* native() const noexcept { return _ctx; }
     bool is_server() const noexcept { return _server; }
     const std::string& hostname() const noexcept { return _hostname; }
+    const std::string& sni() const noexcept { return _sni; }  // client: the name sent as SNI
     // SHA-256 of the leaf certificate's DER: derper's `sha256-raw:` CertName.
     const std::array<std::uint8_t, 32>& leaf_sha256() const noexcept { return _leaf_sha256; }
     // Seconds since the epoch when the leaf expires (0 when unknown).
@@ -99,6 +103,7 @@ private:
     ssl_ctx_st* _ctx = nullptr;
     bool _server = false;
     std::string _hostname;
+    std::string _sni;
     std::array<std::uint8_t, 32> _leaf_sha256{};
     std::int64_t _leaf_not_after = 0;
     std::unique_ptr<state> _state;

@@ -88,8 +88,20 @@ void tls_layer::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
     _inner->on_accept(conn, peer);
 }
 
+void tls_layer::use_context(conn_id conn, std::shared_ptr<context> ctx) noexcept {
+    if (_conns.size() <= conn.slot) _conns.resize(conn.slot + 1);
+    conn_tls& st = _conns[conn.slot];
+    st = conn_tls{};
+    st.gen = conn.gen;
+    st.connect_context = std::move(ctx);
+}
+
 void tls_layer::on_connect(conn_id conn, int error) noexcept {
-    if (!_config.client || error != 0 || _config.contexts == nullptr) {
+    std::shared_ptr<context> chosen;
+    if (conn.slot < _conns.size() && _conns[conn.slot].gen == conn.gen)
+        chosen = std::move(_conns[conn.slot].connect_context);
+    if (!chosen && _config.contexts != nullptr) chosen = _config.contexts->current.load();
+    if (!_config.client || error != 0 || chosen == nullptr) {
         _inner->on_connect(conn, error);
         return;
     }
@@ -98,7 +110,7 @@ void tls_layer::on_connect(conn_id conn, int error) noexcept {
     st = conn_tls{};
     st.gen = conn.gen;
     st.active = true;
-    st.tls = std::make_unique<session>(_config.contexts->current.load(), false);
+    st.tls = std::make_unique<session>(std::move(chosen), false);
     _shard.arm_timer(conn, timer_handshake, _shard.now_ns() + static_cast<std::uint64_t>(_config.handshake_timeout_ns));
     if (st.tls->start(st.cipher_out) == status::failed) {
         fail(conn, st, st.tls->error());

@@ -70,6 +70,10 @@ public:
     // Client side: the server key from the meta certificate (fast start), if any.
     std::optional<node_key> peer_meta_key(ring::conn_id conn) const noexcept;
     std::int64_t peer_leaf_not_after_unix(ring::conn_id conn) const noexcept;
+    // Client side: the context an outgoing connection handshakes with instead of the
+    // configured one (the mesh dials several names, each its own SNI and verification name).
+    // Call right after shard::connect(), before the connection completes.
+    void use_context(ring::conn_id conn, std::shared_ptr<context> ctx) noexcept;
 
     void on_accept(ring::conn_id conn, const sockaddr_storage& peer) noexcept override;
     void on_connect(ring::conn_id conn, int error) noexcept override;
@@ -105,6 +109,7 @@ private:
         std::unique_ptr<session> tls;  // null once both directions are in the kernel
         std::string plain;             // decrypted, not yet taken by the service above
         std::string cipher_out;        // records waiting for a send buffer
+        std::shared_ptr<context> connect_context;  // use_context(), until the connect completes
     };
 
     conn_tls* find(ring::conn_id conn) noexcept;

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "core/flags.hh"
+#include "core/mesh_with.hh"
 
 namespace derp::server {
 
@@ -37,6 +38,7 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_bool("stun", &c.stun, "whether to run a STUN server. It will bind to the same IP (if any) as the --addr flag value.");
     flags.add_int("stun-port", &c.stun_port, "The UDP port on which to serve STUN. The listener is bound to the same IP (if any) as specified in the -a flag.");
     flags.add_string("mesh-psk-file", &c.mesh_psk_file, "if non-empty, path to file containing the mesh pre-shared key file. It should contain some hex string; whitespace is trimmed.");
+    flags.add_string("mesh-with", &c.mesh_with, "optional comma-separated list of hostnames to mesh with; the server's own hostname can be in the list. If an entry contains a slash, the second part names a hostname to be used when dialing the target.");
     flags.add_string("bootstrap-dns-names", &c.bootstrap_dns_names, "optional comma-separated list of hostnames to make available at /bootstrap-dns");
     flags.add_string("unpublished-bootstrap-dns-names", &c.unpublished_bootstrap_dns_names, "like --bootstrap-dns-names but not published in the main JSON; each may be name/txtname, whose TXT record gives the percentage of clients that get it");
     flags.add_duration("tcp-keepalive-time", &c.tcp_keepalive_time_ns, "TCP keepalive time");
@@ -54,6 +56,7 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_string("ktls", &c.ktls, "derpd: kernel TLS offload after the handshake: auto (where the kernel has it), off, or require (refuse to start without it, close connections that cannot use it)");
     flags.add_int("recv-buffers", &c.recv_buffers, "derpd: receive buffers (16 KiB each) per shard, a power of two from 8 to 4096; they bound what one loop turn reads, which keeps an overloaded shard sending instead of reading what it would drop");
     flags.add_duration("memory-trim-interval", &c.memory_trim_interval_ns, "derpd: how often freed heap memory is returned to the kernel (malloc_trim); a burst of TLS handshakes frees tens of KiB per connection that RSS would otherwise keep; 0 = never");
+    flags.add_duration("mesh-retry-interval", &c.mesh_retry_interval_ns, "derpd: how long a mesh link waits before dialling again after a failure (derper: 5s); up to 1s of jitter is added");
     flags.add_duration("cert-poll-interval", &c.cert_poll_interval_ns, "derpd: how often -certmode manual checks the certificate files for changes and reloads them (SIGHUP reloads at once); 0 = only on SIGHUP");
 
     auto parsed = flags.parse(args);
@@ -91,6 +94,9 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
         return unexpected(fmt::format("invalid value {} for flag -stun-port", c.stun_port));
     if (c.http_port < -1 || c.http_port > 65535)
         return unexpected(fmt::format("invalid value {} for flag -http-port", c.http_port));
+    if (auto mesh = parse_mesh_with(c.mesh_with); !mesh) return unexpected(mesh.error());
+    if (c.mesh_retry_interval_ns < 100'000'000)
+        return unexpected(std::string("invalid value for flag -mesh-retry-interval: at least 100ms"));
     if (c.handshake_timeout_ns <= 0)
         return unexpected(std::string("invalid value for flag -handshake-timeout: must be positive"));
     if (c.keepalive_interval_ns < 1'000'000'000)

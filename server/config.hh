@@ -29,6 +29,7 @@ struct config {
     bool stun = true;                     // -stun
     std::int64_t stun_port = 3478;        // -stun-port
     std::string mesh_psk_file;            // -mesh-psk-file
+    std::string mesh_with;                // -mesh-with
     std::string bootstrap_dns_names;      // -bootstrap-dns-names
     std::string unpublished_bootstrap_dns_names;  // -unpublished-bootstrap-dns-names
     std::int64_t tcp_keepalive_time_ns = 600'000'000'000;  // -tcp-keepalive-time (10m)
@@ -46,6 +47,7 @@ struct config {
     std::int64_t recv_buffers = 32;       // --recv-buffers: per shard, 16 KiB each, a power of two
     std::int64_t cert_poll_interval_ns = 5'000'000'000;  // --cert-poll-interval: 0 = SIGHUP only
     std::int64_t memory_trim_interval_ns = 10'000'000'000;  // --memory-trim-interval: 0 = never
+    std::int64_t mesh_retry_interval_ns = 5'000'000'000;    // --mesh-retry-interval (derper: 5s)
 
     // Derived by validate().
     bool tls = false;                     // the main listener would serve TLS (spec 3.1)

@@ -26,9 +26,13 @@ inline constexpr std::uint16_t kind_buffer_return = ring::message_kind_service_b
 //   ptr = frame bytes; u64b = buffer index | class << 32
 inline constexpr std::uint16_t kind_control = ring::message_kind_service_base + 2;
 //   ptr = derp_service::control*, freed by the receiver
+inline constexpr std::uint16_t kind_forward = ring::message_kind_service_base + 3;
+//   to the shard hosting mesh link u32: ptr = a ForwardPacket frame in the sender's transfer
+//   buffer; u64 = frame_bytes | disco << 63; u64b = buffer index | class << 32
 
 inline constexpr std::size_t small_frame_bytes_max = 2048;
-inline constexpr std::size_t large_frame_bytes_max = recv_packet_frame_bytes(packet_bytes_max);
+// The largest frame a transfer buffer holds: a ForwardPacket (two keys) of a full packet.
+inline constexpr std::size_t large_frame_bytes_max = forward_packet_frame_bytes(packet_bytes_max);
 // Packets waiting for space in a full ring, over all destinations, before new ones are dropped.
 inline constexpr std::uint64_t backlog_packets_max = 8192;
 // Payload accepted for frames the server reads (SendPacket/ForwardPacket are the largest).
@@ -60,6 +64,9 @@ struct derp_service::control {
         close_key,  // mesh shard -> every shard: ClosePeer
         traffic_request,  // streamer's shard -> every shard: send me your clients' counters
         traffic_reply,    // every shard -> streamer's shard: rows (in `rows`)
+        mesh_present,     // mesh link's shard -> owner: mesh peer `peer` announced `key`
+        mesh_gone,        // mesh link's shard -> owner: peer withdrew `key`
+        mesh_down,        // mesh link's shard -> every shard: the link to `peer` broke
     };
     type kind;
     node_key key;
@@ -68,6 +75,7 @@ struct derp_service::control {
     route_state state = route_state::gone;
     presence_info info;
     bool flag = false;  // dup_flag: is duplicate; presence: present (else gone)
+    std::uint32_t peer = 0;  // route (forward) and mesh_*: the -mesh-with entry
     std::vector<traffic_row> rows;  // traffic_reply
 };
 

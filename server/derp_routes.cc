@@ -1,6 +1,7 @@
 // The DERP service's messages between shards: packets handed over the SPSC rings, transfer
 // buffers going home, and the registry: each key's owner shard applies derper's duplicate rules
-// (core/registry) and publishes routes, watcher presence and ClosePeer to every shard.
+// (core/registry) and the region's mesh forwarders (core/region_table), and publishes routes,
+// watcher presence and ClosePeer to every shard.
 #include "server/derp_service.hh"
 
 #include <netinet/in.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 
 #include "server/derp_internal.hh"
+#include "server/mesh.hh"
 
 namespace derp::server {
 
@@ -20,7 +22,7 @@ void derp_service::post_or_backlog(std::uint32_t to_shard, const message& m) noe
     // Once anything waits for this ring, everything after it waits too: order is kept.
     if (backlog.empty() && _shard.post(to_shard, m)) return;
     backlog.push_back(m);
-    if (m.kind == kind_packet) ++_backlog_packets;
+    if (m.kind == kind_packet || m.kind == kind_forward) ++_backlog_packets;
     _counters.control_backlog.set(backlog.size());
 }
 
@@ -79,7 +81,7 @@ bool derp_service::on_turn_end() noexcept {
     for (std::uint32_t to = 0; to < _backlog.size(); ++to) {
         auto& backlog = _backlog[to];
         while (!backlog.empty() && _shard.post(to, backlog.front())) {
-            if (backlog.front().kind == kind_packet) --_backlog_packets;
+            if (backlog.front().kind == kind_packet || backlog.front().kind == kind_forward) --_backlog_packets;
             backlog.pop_front();
         }
         waiting = waiting || !backlog.empty();
@@ -108,6 +110,22 @@ void derp_service::on_message(const message& m) noexcept {
         enqueue(target, *to, frame, kind);
         return;
     }
+    case kind_forward: {
+        queued_frame frame;
+        frame.data = static_cast<std::uint8_t*>(m.ptr);
+        frame.frame_bytes = static_cast<std::uint32_t>(m.u64 & 0x7fffffff);
+        frame.buffer_index = static_cast<std::uint32_t>(m.u64b);
+        frame.size_class = static_cast<std::uint8_t>(m.u64b >> 32);
+        frame.owner = m.from_thread;
+        frame.enqueued_ns = _shard.now_ns();
+        if (_mesh) {
+            _mesh->enqueue(m.u32, frame);
+        } else {
+            _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::mesh_unavailable)].add();
+            release_transfer(frame);
+        }
+        return;
+    }
     case kind_buffer_return: {
         const auto size_class = static_cast<std::uint8_t>(m.u64b >> 32);
         _transfer[size_class]->release(static_cast<std::uint32_t>(m.u64b));
@@ -130,7 +148,7 @@ void derp_service::discard_message(const message& m) noexcept {
     if (m.kind == kind_control) delete static_cast<control*>(m.ptr);
 }
 
-void derp_service::apply_route(const node_key& key, route_state state, conn_ref active) noexcept {
+void derp_service::apply_route(const node_key& key, route_state state, conn_ref active, std::uint32_t peer) noexcept {
     if (state == route_state::gone) {
         _routes.erase(key);
         // The key left the region: every local client it sent packets to hears PeerGone.
@@ -145,7 +163,7 @@ void derp_service::apply_route(const node_key& key, route_state state, conn_ref 
             _peer_gone_subscribers.erase(it);
         }
     } else {
-        _routes[key] = route{state, active};
+        _routes[key] = route{state, active, peer};
     }
     // A duplicate on this shard may report activity again after any route change.
     if (_local_dups > 0)
@@ -153,16 +171,56 @@ void derp_service::apply_route(const node_key& key, route_state state, conn_ref 
             if (c.open && c.is_dup && c.key == key) c.activity_reported = false;
 }
 
+void derp_service::publish_route(const node_key& key, route_state state, conn_ref active, std::uint32_t peer) noexcept {
+    for (std::uint32_t s = 0; s < _shared.shards; ++s) {
+        auto* m = new control{};
+        m->kind = control::type::route;
+        m->key = key;
+        m->state = state;
+        m->active = active;
+        m->peer = peer;
+        send_control(s, m);
+    }
+}
+
+void derp_service::count_region() noexcept {
+    const region_counters& rc = _region.counters();
+    _counters.clients_remote.set(_region.remote_key_count());
+    _counters.multiforwarder_created.set(rc.multiforwarder_created);
+    _counters.multiforwarder_deleted.set(rc.multiforwarder_deleted);
+    _counters.packet_forwarder_delete_other_value.set(rc.delete_other_value);
+}
+
+void derp_service::apply_region(const node_key& key, const region_effects& fx) noexcept {
+    // Local clients come first: while the key has a connection here, the registry's route
+    // stands and a forwarder is only a fall-back for when it leaves.
+    if (fx.route_changed && !_registry.contains(key)) {
+        if (fx.forwarder) publish_route(key, route_state::forward, conn_ref{}, *fx.forwarder);
+        else if (fx.gone_from_region) publish_route(key, route_state::gone, conn_ref{}, 0);
+    }
+    count_region();
+}
+
 void derp_service::apply_effects(const node_key& key, conn_ref conn, const registry_effects& fx) noexcept {
     if (fx.route) {
-        for (std::uint32_t s = 0; s < _shared.shards; ++s) {
-            auto* m = new control{};
-            m->kind = control::type::route;
-            m->key = key;
-            m->state = *fx.route;
-            m->active = fx.active;
-            send_control(s, m);
+        route_state state = *fx.route;
+        std::uint32_t peer = 0;
+        if (state == route_state::gone) {
+            // The last local connection left: a mesh peer that announces the key takes over
+            // and nobody hears PeerGone (spec 2.7); else the key leaves the region.
+            if (_region.known(key)) {
+                _region.set_local(key, false);
+                if (const auto forwarder = _region.forwarder_of(key)) {
+                    state = route_state::forward;
+                    peer = *forwarder;
+                }
+                count_region();
+            }
+        } else if (_region.known(key)) {
+            _region.set_local(key, true);
+            count_region();
         }
+        publish_route(key, state, fx.active, peer);
     }
     for (const auto& [ref, is_dup] : fx.dup_flags) {
         auto* m = new control{};
@@ -233,7 +291,20 @@ void derp_service::handle_control(control& m) noexcept {
         return;
     }
     case control::type::route:
-        apply_route(m.key, m.state, m.active);
+        apply_route(m.key, m.state, m.active, m.peer);
+        return;
+    case control::type::mesh_present:
+        // The table learns that the key is local only when a peer announces it too: keys
+        // nobody else announces cost the table nothing.
+        if (!_region.known(m.key) && _registry.contains(m.key)) _region.set_local(m.key, true);
+        apply_region(m.key, _region.peer_present(m.key, m.peer));
+        return;
+    case control::type::mesh_gone:
+        apply_region(m.key, _region.peer_gone(m.key, m.peer));
+        return;
+    case control::type::mesh_down:
+        for (const auto& [key, fx] : _region.peer_down(m.peer)) apply_region(key, fx);
+        count_region();
         return;
     case control::type::dup_flag: {
         if (client* c = find(m.conn)) {

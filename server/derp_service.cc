@@ -13,6 +13,7 @@
 
 #include "core/http_request.hh"
 #include "server/derp_internal.hh"
+#include "server/mesh.hh"
 
 namespace derp::server {
 
@@ -415,6 +416,12 @@ void derp_service::relay_packet(client& from, const node_key& src, const node_ke
                                 std::span<const std::uint8_t> packet, bool forwarded) noexcept {
     const packet_kind kind = looks_like_disco(packet) ? packet_kind::disco : packet_kind::other;
     auto it = _routes.find(dst);
+    // A key only a mesh peer holds: forwarded, one hop only (a ForwardPacket is never
+    // forwarded again: spec 2.5, 5).
+    if (!forwarded && it != _routes.end() && it->second.state == route_state::forward) {
+        forward_packet(src, dst, packet, it->second.peer, kind);
+        return;
+    }
     if (it == _routes.end() || it->second.state != route_state::active) {
         const bool dup = it != _routes.end() && it->second.state == route_state::none_active;
         count_drop(dup ? drop_reason::dup_client
@@ -472,6 +479,53 @@ void derp_service::relay_packet(client& from, const node_key& src, const node_ke
     m.ptr = data;
     _counters.cross_shard_packets.add();
     post_or_backlog(target.shard, m);
+}
+
+void derp_service::forward_packet(const node_key& src, const node_key& dst, std::span<const std::uint8_t> packet,
+                                  std::uint32_t peer, packet_kind kind) noexcept {
+    _counters.packets_forwarded_out.add();
+    const std::size_t frame_bytes = forward_packet_frame_bytes(packet.size());
+    const std::uint8_t size_class = frame_bytes <= small_frame_bytes_max ? 0 : 1;
+    auto index = _transfer[size_class]->acquire();
+    if (!index) {
+        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::transfer_pool_exhausted)].add();
+        return;
+    }
+    // The one copy, as for local delivery: the finished ForwardPacket frame.
+    std::uint8_t* data = _transfer[size_class]->data(*index).data();
+    encode_forward_packet({data, frame_bytes}, src, dst, packet);
+    queued_frame frame{data, static_cast<std::uint32_t>(frame_bytes), *index,
+                       static_cast<std::uint16_t>(_shard.index()), size_class, _shard.now_ns()};
+    const std::uint32_t host = mesh_shard_of(peer, _shared.shards);
+    if (host == _shard.index()) {
+        if (_mesh) {
+            _mesh->enqueue(peer, frame);
+        } else {
+            _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::mesh_unavailable)].add();
+            _transfer[size_class]->release(*index);
+        }
+        return;
+    }
+    if (_backlog_packets >= backlog_packets_max && !_backlog[host].empty()) {
+        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::ring_backlog_full)].add();
+        _transfer[size_class]->release(*index);
+        return;
+    }
+    _transfer[size_class]->lend(*index);
+    message m;
+    m.kind = kind_forward;
+    m.u32 = peer;
+    m.u64 = std::uint64_t{frame.frame_bytes} | (kind == packet_kind::disco ? std::uint64_t{1} << 63 : 0);
+    m.u64b = std::uint64_t{*index} | (std::uint64_t{size_class} << 32);
+    m.ptr = data;
+    _counters.cross_shard_packets.add();
+    post_or_backlog(host, m);
+}
+
+void derp_service::adopt_mesh(std::unique_ptr<mesh_links> links) noexcept { _mesh = std::move(links); }
+
+void derp_service::on_stop() noexcept {
+    if (_mesh) _mesh->stop();
 }
 
 }  // namespace derp::server

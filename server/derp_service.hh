@@ -25,6 +25,7 @@
 #include "core/handshake.hh"
 #include "core/http_endpoints.hh"
 #include "core/key.hh"
+#include "core/region_table.hh"
 #include "core/registry.hh"
 #include "crypto/box.hh"
 #include "crypto/tls_layer.hh"
@@ -39,6 +40,9 @@ using admin::buffered_write_frames_bounds;
 using admin::derp_counters;
 using admin::tcp_rtt_bounds_us;
 using admin::tcp_rtt_labels;
+
+class mesh_links;   // server/mesh.hh
+struct mesh_config;
 
 // What every shard's service shares, read-only once the runtime runs (counters apart, which
 // are per shard and single-writer).
@@ -69,6 +73,7 @@ struct derp_shared : admin::metric_sources {
         : metric_sources(shard_count, s.mesh_key.has_value()), settings(std::move(s)) {}
     derp_settings settings;
     const bootstrap_resolver* bootstrap = nullptr;  // when bootstrap DNS names are configured
+    const mesh_config* mesh = nullptr;              // when -mesh-with names peers
 };
 
 // One client connection's line of /debug/traffic.
@@ -92,6 +97,7 @@ public:
     void on_message(const ring::message& m) noexcept override;
     void discard_message(const ring::message& m) noexcept override;
     bool on_turn_end() noexcept override;
+    void on_stop() noexcept override;
 
     // Listener tags (ring::shard::listener_tag): the main listener, TLS or not, and the
     // port-80 listener of a TLS server.
@@ -100,6 +106,12 @@ public:
     static constexpr std::uint8_t listener_port80 = 2;
     // The TLS layer below this service, asked for a connection's TLS version.
     void set_tls_layer(const tls::tls_layer* layer) noexcept { _tls = layer; }
+    // This shard's mesh links (the peers it dials), kept alive as long as this service.
+    void adopt_mesh(std::unique_ptr<mesh_links> links) noexcept;
+    // The shard that hosts the link to mesh peer `peer`.
+    static std::uint32_t mesh_shard_of(std::uint32_t peer, std::uint32_t shard_count) noexcept {
+        return peer % shard_count;
+    }
 
     // The owner shard of a key: every shard computes the same one.
     static std::uint32_t owner_of(const node_key& key, std::uint32_t shard_count) noexcept;
@@ -107,6 +119,7 @@ public:
     struct control;  // a registry or presence message between shards (derp_service.cc)
 
 private:
+    friend class mesh_links;
     // traffic: the connection streams /debug/traffic and reads nothing more.
     enum class phase : std::uint8_t { http, handshake, registering, relay, traffic };
     static constexpr std::uint8_t timer_deadline = 0;   // HTTP header / handshake deadline
@@ -147,6 +160,7 @@ private:
     struct route {
         route_state state = route_state::gone;
         conn_ref conn;
+        std::uint32_t peer = 0;  // forward: the mesh peer
     };
 
     client* find(ring::conn_id conn) noexcept;
@@ -164,6 +178,9 @@ private:
                       std::span<const std::uint8_t> payload) noexcept;
     void relay_packet(client& from, const node_key& src, const node_key& dst,
                       std::span<const std::uint8_t> packet, bool forwarded) noexcept;
+    // A packet for a key another node of the region holds: ForwardPacket to the mesh link.
+    void forward_packet(const node_key& src, const node_key& dst, std::span<const std::uint8_t> packet,
+                        std::uint32_t peer, packet_kind kind) noexcept;
     void protocol_close(ring::conn_id conn, client& c, close_reason reason) noexcept;
     void queue_control(ring::conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept;
     void queue_http(ring::conn_id conn, client& c, std::string_view text) noexcept;
@@ -181,7 +198,12 @@ private:
     void post_or_backlog(std::uint32_t to_shard, const ring::message& m) noexcept;
     void handle_control(control& message) noexcept;
     void apply_effects(const node_key& key, conn_ref conn, const registry_effects& fx) noexcept;
-    void apply_route(const node_key& key, route_state state, conn_ref active) noexcept;
+    void apply_route(const node_key& key, route_state state, conn_ref active, std::uint32_t peer) noexcept;
+    // Owner side: publishes a key's route to every shard.
+    void publish_route(const node_key& key, route_state state, conn_ref active, std::uint32_t peer) noexcept;
+    // Owner side: carries out what a region table change means for the key's route.
+    void apply_region(const node_key& key, const region_effects& fx) noexcept;
+    void count_region() noexcept;
 
     ring::shard& _shard;
     derp_shared& _shared;
@@ -195,6 +217,8 @@ private:
     std::unordered_map<node_key, route> _routes;                      // this shard's cache
     std::unordered_map<node_key, std::vector<conn_ref>> _peer_gone_subscribers;
     key_registry _registry;                                           // keys this shard owns
+    region_table _region;                                             // their mesh forwarders
+    std::unique_ptr<mesh_links> _mesh;                                // links this shard dials
     std::vector<conn_ref> _watchers;                                  // owner side: all watchers
     // Sealed ServerInfo frames of connections waiting for their owner's reg_ack, by slot.
     std::unordered_map<std::uint32_t, std::array<std::uint8_t, server_info_frame_bytes_v2>> _pending_server_info;

@@ -23,7 +23,9 @@
 #include "crypto/box.hh"
 #include "ring/log.hh"
 #include "ring/runtime.hh"
+#include "ring/service_mux.hh"
 #include "server/config.hh"
+#include "server/mesh.hh"
 #include "server/derp_service.hh"
 #include "admin/admin_service.hh"
 #include "server/files.hh"
@@ -215,6 +217,24 @@ int main(int argc, char** argv) {
     settings.keepalive_ns = cfg.keepalive_interval_ns;
     settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
     server::derp_shared shared(settings, shards);
+    // The region (spec 5): one link per -mesh-with entry, spread over the shards.
+    std::optional<server::mesh_config> mesh;
+    if (!cfg.mesh_with.empty()) {
+        if (!cfg.mesh_key) return fail("-mesh-with needs the region's mesh key (-mesh-psk-file)");
+        auto made = server::make_mesh_config(cfg.mesh_with);
+        if (!made) return fail(made.error());
+        mesh = std::move(made.value());
+        mesh->retry_ns = cfg.mesh_retry_interval_ns;
+        shared.mesh = &*mesh;
+        std::string names;
+        for (const auto& e : mesh->entries) {
+            shared.mesh_peer_names.push_back(e.host);
+            names += (names.empty() ? "" : ", ") + e.host;
+        }
+        shared.mesh_peers = std::make_unique<admin::mesh_peer_counters[]>(mesh->entries.size());
+        ring::log(log_level::info, "mesh: {} peer(s): {}", mesh->entries.size(), names);
+    }
+    auto mesh_tls_counters = std::make_unique<tls::tls_counters[]>(shards);
     auto tls_counters = std::make_unique<tls::tls_counters[]>(shards);
     if (cfg.tls) shared.tls = tls_counters.get();
     shared.cmdline.assign(argv, argv + argc);
@@ -273,17 +293,34 @@ int main(int argc, char** argv) {
         std::move(rc),
         [&](ring::shard& sh) -> std::unique_ptr<ring::service> {
             auto derp = std::make_unique<server::derp_service>(sh, shared);
-            if (!cfg.tls) return derp;
             server::derp_service* derp_view = derp.get();
-            tls::tls_layer_config layer;
-            layer.tls_listener_tag = server::derp_service::listener_main_tls;
-            layer.contexts = tls_contexts;
-            layer.ktls = ktls_mode;
-            layer.kernel_has_ktls = ktls.available;
-            layer.handshake_timeout_ns = cfg.handshake_timeout_ns;
-            auto wrapped = std::make_unique<tls::tls_layer>(sh, std::move(derp), layer, tls_counters[sh.index()]);
-            derp_view->set_tls_layer(wrapped.get());
-            return wrapped;
+            std::unique_ptr<ring::service> server_side = std::move(derp);
+            if (cfg.tls) {
+                tls::tls_layer_config layer;
+                layer.tls_listener_tag = server::derp_service::listener_main_tls;
+                layer.contexts = tls_contexts;
+                layer.ktls = ktls_mode;
+                layer.kernel_has_ktls = ktls.available;
+                layer.handshake_timeout_ns = cfg.handshake_timeout_ns;
+                auto wrapped = std::make_unique<tls::tls_layer>(sh, std::move(server_side), layer, tls_counters[sh.index()]);
+                derp_view->set_tls_layer(wrapped.get());
+                server_side = std::move(wrapped);
+            }
+            if (!mesh) return server_side;
+            // The mesh links this shard dials sit beside the server: service_mux gives them
+            // the connections this shard opened, the server those it accepted.
+            auto links = std::make_unique<server::mesh_links>(sh, *derp_view, shared, *mesh);
+            auto pool = std::make_unique<client::client_pool>(sh, *links);
+            links->attach(*pool);
+            client::client_pool* pool_view = pool.get();
+            tls::tls_layer_config client_layer;
+            client_layer.client = true;
+            client_layer.handshake_timeout_ns = mesh->dial_timeout_ns;
+            auto client_side = std::make_unique<tls::tls_layer>(sh, std::move(pool), client_layer,
+                                                                mesh_tls_counters[sh.index()]);
+            pool_view->set_tls_layer(client_side.get());
+            derp_view->adopt_mesh(std::move(links));
+            return std::make_unique<ring::service_mux>(std::move(server_side), std::move(client_side));
         },
         [&shared, &stun_counters, stun_accept_standard](ring::shard& sh) -> std::unique_ptr<ring::service> {
             return std::make_unique<admin::admin_service>(sh, shared, stun_counters, stun_accept_standard);
