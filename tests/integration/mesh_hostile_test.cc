@@ -149,19 +149,6 @@ private:
     std::thread _thread;
 };
 
-// Lines of the log that mention `needle` and also `also`.
-std::size_t count_lines(const std::string& log, std::string_view needle, std::string_view also) {
-    std::size_t count = 0, at = 0;
-    while (at < log.size()) {
-        auto end = log.find('\n', at);
-        if (end == std::string::npos) end = log.size();
-        const std::string_view line(log.data() + at, end - at);
-        if (line.find(needle) != std::string_view::npos && line.find(also) != std::string_view::npos) ++count;
-        at = end + 1;
-    }
-    return count;
-}
-
 }  // namespace
 
 TEST_SUITE("integration") {
@@ -215,13 +202,25 @@ TEST_CASE("hostile mesh peers are retried and counted while local relaying carri
     const std::string log = region.node(0).log_text();
     for (const hostile_peer* p : peers) {
         const std::string mention = "mesh " + p->ip();
-        CHECK_MESSAGE(count_lines(log, mention, "retrying in") >= 2, "fewer than two \"" << mention
+        CHECK_MESSAGE(count_log_lines(log, mention, "retrying in") >= 2, "fewer than two \"" << mention
                                                                        << ": ... retrying in\" lines:\n"
                                                                        << region.node(0).log_tail(60));
         CHECK(region.metric(0, "derpd_mesh_peer_up", peer_label(p->ip())) == 0);
+        MESSAGE(first_log_line(log, mention, "retrying in"));
         MESSAGE(p->entry() << ": dialled " << p->accepted() << " times, failures "
                            << region.metric(0, "derpd_mesh_failures_total", peer_label(p->ip())));
     }
+    const std::string page = region.varz(0);
+    MESSAGE("failure series above 0:\n" << [&] {
+        std::string lines;
+        std::size_t at = 0;
+        while ((at = page.find("\nderpd_mesh_failures_total{", at)) != std::string::npos) {
+            const auto end = page.find('\n', at + 1);
+            if (page.compare(end - 2, 2, " 0") != 0) lines += page.substr(at + 1, end - at);
+            at = end;
+        }
+        return lines;
+    }());
     std::error_code ec;
     std::filesystem::remove_all(scratch, ec);
 }

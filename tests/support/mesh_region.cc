@@ -146,6 +146,36 @@ std::chrono::milliseconds wait_until(const std::function<bool()>& done, millisec
 
 namespace {
 
+// Calls each(line) for the lines holding both needle and also, until it returns false.
+template <typename Each>
+void for_matching_lines(std::string_view log, std::string_view needle, std::string_view also, Each each) {
+    std::size_t at = 0;
+    while (at < log.size()) {
+        auto end = log.find('\n', at);
+        if (end == std::string_view::npos) end = log.size();
+        const std::string_view line = log.substr(at, end - at);
+        at = end + 1;
+        if (line.find(needle) != std::string_view::npos && line.find(also) != std::string_view::npos && !each(line))
+            return;
+    }
+}
+
+}  // namespace
+
+std::size_t count_log_lines(std::string_view log, std::string_view needle, std::string_view also) {
+    std::size_t count = 0;
+    for_matching_lines(log, needle, also, [&](std::string_view) { return ++count, true; });
+    return count;
+}
+
+std::string first_log_line(std::string_view log, std::string_view needle, std::string_view also) {
+    std::string out;
+    for_matching_lines(log, needle, also, [&](std::string_view line) { return out = line, false; });
+    return out;
+}
+
+namespace {
+
 constexpr std::string_view probe_prefix = "mesh-test-probe:";
 
 bool is_recv_packet(const frame& f) {
@@ -317,7 +347,13 @@ derp_client mesh_region::connect(std::size_t i, client_options options) {
 }
 
 std::string mesh_region::varz(std::size_t i) {
-    return http_get_body(ip(i), node(i).admin_port(), "/debug/varz");
+    try {
+        return http_get_body(ip(i), node(i).admin_port(), "/debug/varz");
+    } catch (const std::runtime_error& e) {
+        const bool up = node(i).running();
+        fail("node " + ip(i) + " (" + (up ? "running" : "exited") + "): /debug/varz: " + e.what() + "\n--- node " +
+             ip(i) + " log tail ---\n" + node(i).log_tail(60));
+    }
 }
 
 double mesh_region::metric(std::size_t i, std::string_view name,

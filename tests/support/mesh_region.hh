@@ -43,6 +43,11 @@ std::vector<std::pair<std::string, std::string>> peer_label(std::string_view hos
 std::chrono::milliseconds wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout,
                                      std::string_view what, const std::function<std::string()>& describe = {});
 
+// The lines of a log that contain both needle and also.
+std::size_t count_log_lines(std::string_view log, std::string_view needle, std::string_view also = {});
+// The first such line, or "".
+std::string first_log_line(std::string_view log, std::string_view needle, std::string_view also = {});
+
 // ---- Packets between test clients ---------------------------------------------------------------
 // These wait for readable input first and then read a whole frame with a 5 s deadline, so that a
 // short window never ends inside a frame and leaves the stream out of step.
