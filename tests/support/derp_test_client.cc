@@ -12,6 +12,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
@@ -74,12 +75,21 @@ std::string_view to_string(io_status status) noexcept {
 
 // ---- tcp_conn ---------------------------------------------------------------------------------
 
-tcp_conn::tcp_conn(tcp_conn&& other) noexcept : _fd(std::exchange(other._fd, -1)) {}
+tcp_conn::tcp_conn(tcp_conn&& other) noexcept
+    : _fd(std::exchange(other._fd, -1)),
+      _tls(std::move(other._tls)),
+      _plain(std::move(other._plain)),
+      _tls_closed(other._tls_closed),
+      _tls_failed(other._tls_failed) {}
 
 tcp_conn& tcp_conn::operator=(tcp_conn&& other) noexcept {
     if (this != &other) {
         close();
         _fd = std::exchange(other._fd, -1);
+        _tls = std::move(other._tls);
+        _plain = std::move(other._plain);
+        _tls_closed = other._tls_closed;
+        _tls_failed = other._tls_failed;
     }
     return *this;
 }
@@ -89,6 +99,17 @@ tcp_conn::~tcp_conn() {
 }
 
 tcp_conn tcp_conn::connect_loopback(std::uint16_t port, int rcvbuf_bytes) {
+    return connect_to("127.0.0.1", port, rcvbuf_bytes);
+}
+
+tcp_conn tcp_conn::connect_to(std::string_view ipv4, std::uint16_t port, int rcvbuf_bytes,
+                              std::shared_ptr<tls::context> tls) {
+    const std::string where = std::string(ipv4) + ":" + std::to_string(port);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    if (::inet_pton(AF_INET, std::string(ipv4).c_str(), &addr.sin_addr) != 1)
+        fail("connect: not an IPv4 address: " + std::string(ipv4));
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) fail(std::string("socket: ") + std::strerror(errno));
     tcp_conn conn(fd);
@@ -96,16 +117,33 @@ tcp_conn tcp_conn::connect_loopback(std::uint16_t port, int rcvbuf_bytes) {
     // Linux bounds a blocking connect by SO_SNDTIMEO.
     timeval tv{5, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
-        fail("connect to 127.0.0.1:" + std::to_string(port) + ": " + std::strerror(errno));
+        fail("connect to " + where + ": " + std::strerror(errno));
     const int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     const int flags = ::fcntl(fd, F_GETFL);
     ::fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+    if (!tls) return conn;
+
+    // The handshake, driven as tls_socket does: every flight the session produces is written,
+    // then one read is fed back, until the session is open or has failed.
+    const auto deadline = clock_type::now() + default_io_timeout;
+    conn._tls = std::make_unique<tls::session>(std::move(tls), false);
+    std::string out;
+    conn._tls->start(out);
+    while (conn._tls->state() == tls::status::handshaking) {
+        if (!out.empty()) {
+            const io_status st =
+                conn.write_raw({reinterpret_cast<const std::uint8_t*>(out.data()), out.size()}, deadline);
+            if (st != io_status::ok) fail("TLS handshake with " + where + ": write: " + std::string(to_string(st)));
+            out.clear();
+        }
+        const io_status st = conn.pull(deadline);
+        if (st != io_status::ok && conn._tls->state() == tls::status::handshaking)
+            fail("TLS handshake with " + where + ": " + std::string(to_string(st)));
+    }
+    if (conn._tls->state() != tls::status::open || !conn._tls->handshake_complete())
+        fail("TLS handshake with " + where + " failed: " + conn._tls->error());
     return conn;
 }
 
@@ -117,8 +155,7 @@ std::uint16_t tcp_conn::local_port() const {
     return ntohs(addr.sin_port);
 }
 
-io_status tcp_conn::write_all(std::span<const std::uint8_t> data, milliseconds timeout) {
-    const auto deadline = clock_type::now() + timeout;
+io_status tcp_conn::write_raw(std::span<const std::uint8_t> data, clock_type::time_point deadline) {
     std::size_t done = 0;
     while (done < data.size()) {
         const ssize_t n = ::send(_fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
@@ -137,12 +174,65 @@ io_status tcp_conn::write_all(std::span<const std::uint8_t> data, milliseconds t
     return io_status::ok;
 }
 
+io_status tcp_conn::pull(clock_type::time_point deadline) {
+    std::array<std::uint8_t, 65536> buf;
+    for (;;) {
+        const ssize_t n = ::recv(_fd, buf.data(), buf.size(), 0);
+        if (n == 0) return io_status::eof;
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!wait_for(_fd, POLLIN, deadline)) return io_status::timeout;
+                continue;
+            }
+            if (is_reset_errno(errno)) return io_status::reset;
+            fail(std::string("recv: ") + std::strerror(errno));
+        }
+        std::string answer;
+        const tls::status st = _tls->feed({buf.data(), static_cast<std::size_t>(n)}, _plain, answer);
+        if (!answer.empty()) {
+            // Alerts or handshake flights; a peer that is gone is seen by the next read.
+            (void)write_raw({reinterpret_cast<const std::uint8_t*>(answer.data()), answer.size()}, deadline);
+        }
+        if (st == tls::status::closed) _tls_closed = true;
+        if (st == tls::status::failed) {
+            _tls_closed = true;
+            _tls_failed = true;
+        }
+        return io_status::ok;
+    }
+}
+
+io_status tcp_conn::write_all(std::span<const std::uint8_t> data, milliseconds timeout) {
+    const auto deadline = clock_type::now() + timeout;
+    if (!_tls) return write_raw(data, deadline);
+    if (_tls_failed || _tls->state() != tls::status::open) return io_status::reset;
+    // Records of at most 16 KiB plaintext, each with under 256 bytes of header, padding and tag;
+    // anything the buffer misses goes to spill and is written right after it.
+    std::vector<std::uint8_t> records(data.size() + (data.size() / 16384 + 1) * 256);
+    std::string spill;
+    const std::size_t n = _tls->write(data, records, spill);
+    const io_status st = write_raw({records.data(), n}, deadline);
+    if (st != io_status::ok || spill.empty()) return st;
+    return write_raw({reinterpret_cast<const std::uint8_t*>(spill.data()), spill.size()}, deadline);
+}
+
 io_status tcp_conn::write_all(std::string_view text, milliseconds timeout) {
     return write_all({reinterpret_cast<const std::uint8_t*>(text.data()), text.size()}, timeout);
 }
 
 io_status tcp_conn::read_exact(std::span<std::uint8_t> out, milliseconds timeout) {
     const auto deadline = clock_type::now() + timeout;
+    if (_tls) {
+        while (_plain.size() < out.size()) {
+            if (_tls_closed) return _tls_failed ? io_status::reset : io_status::eof;
+            const io_status st = pull(deadline);
+            if (st != io_status::ok) return st;
+        }
+        std::memcpy(out.data(), _plain.data(), out.size());
+        _plain.erase(0, out.size());
+        return io_status::ok;
+    }
     std::size_t done = 0;
     while (done < out.size()) {
         const ssize_t n = ::recv(_fd, out.data() + done, out.size() - done, 0);
@@ -179,13 +269,33 @@ io_status tcp_conn::read_http_head(std::string& head, milliseconds timeout) {
 tcp_conn::close_wait tcp_conn::wait_closed(milliseconds timeout) {
     const auto deadline = clock_type::now() + timeout;
     close_wait out{io_status::timeout, {}, 0};
+    const auto keep = [&out](const std::uint8_t* data, std::size_t n) {
+        out.bytes_before += n;
+        if (out.data_before.size() < (1u << 20)) out.data_before.insert(out.data_before.end(), data, data + n);
+    };
+    if (_tls) {
+        for (;;) {
+            keep(reinterpret_cast<const std::uint8_t*>(_plain.data()), _plain.size());
+            _plain.clear();
+            if (_tls_closed) {
+                out.status = _tls_failed ? io_status::reset : io_status::eof;
+                return out;
+            }
+            const io_status st = pull(deadline);
+            if (st == io_status::timeout) return out;
+            if (st != io_status::ok) {
+                keep(reinterpret_cast<const std::uint8_t*>(_plain.data()), _plain.size());
+                _plain.clear();
+                out.status = st;
+                return out;
+            }
+        }
+    }
     std::vector<std::uint8_t> buf(65536);
     for (;;) {
         const ssize_t n = ::recv(_fd, buf.data(), buf.size(), 0);
         if (n > 0) {
-            out.bytes_before += static_cast<std::size_t>(n);
-            if (out.data_before.size() < (1u << 20))
-                out.data_before.insert(out.data_before.end(), buf.begin(), buf.begin() + n);
+            keep(buf.data(), static_cast<std::size_t>(n));
             continue;
         }
         if (n == 0) {
@@ -206,11 +316,25 @@ tcp_conn::close_wait tcp_conn::wait_closed(milliseconds timeout) {
 }
 
 bool tcp_conn::quiet_for(milliseconds timeout) {
-    return !wait_for(_fd, POLLIN, clock_type::now() + timeout);
+    const auto deadline = clock_type::now() + timeout;
+    if (!_tls) return !wait_for(_fd, POLLIN, deadline);
+    // Records that carry no plaintext (TLS 1.3 session tickets) do not break the quiet.
+    for (;;) {
+        if (!_plain.empty() || _tls_closed) return false;
+        const io_status st = pull(deadline);
+        if (st == io_status::timeout) return true;
+        if (st != io_status::ok) return false;
+    }
 }
 
 void tcp_conn::shutdown_write() noexcept {
-    if (_fd >= 0) ::shutdown(_fd, SHUT_WR);
+    if (_fd < 0) return;
+    if (_tls && _tls->state() == tls::status::open) {
+        std::string alert;
+        _tls->shutdown(alert);
+        (void)::send(_fd, alert.data(), alert.size(), MSG_NOSIGNAL);
+    }
+    ::shutdown(_fd, SHUT_WR);
 }
 
 void tcp_conn::reset() noexcept {
@@ -223,6 +347,10 @@ void tcp_conn::reset() noexcept {
 void tcp_conn::close() noexcept {
     if (_fd >= 0) ::close(_fd);
     _fd = -1;
+    _tls.reset();
+    _plain.clear();
+    _tls_closed = false;
+    _tls_failed = false;
 }
 
 // ---- Frames -----------------------------------------------------------------------------------
@@ -251,10 +379,10 @@ frame_read read_frame(tcp_conn& conn, milliseconds timeout) {
     return out;
 }
 
-std::string upgrade_request(bool fast_start, std::string_view extra_headers) {
+std::string upgrade_request(bool fast_start, std::string_view extra_headers, std::string_view host) {
     std::string out =
         "GET /derp HTTP/1.1\r\n"
-        "Host: 127.0.0.1\r\n"
+        "Host: " + std::string(host) + "\r\n"
         "User-Agent: Go-http-client/1.1\r\n"
         "Connection: Upgrade\r\n"
         "Upgrade: DERP\r\n";
@@ -328,8 +456,9 @@ derp_client::derp_client(tcp_conn conn, const private_key& secret, const node_ke
 derp_client derp_client::begin(std::uint16_t port, const node_key& server, client_options options) {
     ensure_crypto();
     const private_key secret = options.key ? *options.key : generate_private_key();
-    derp_client c(tcp_conn::connect_loopback(port, options.rcvbuf_bytes), secret, server, options);
-    std::string request = upgrade_request(options.fast_start, options.extra_headers);
+    derp_client c(tcp_conn::connect_to(options.address, port, options.rcvbuf_bytes, options.tls), secret, server,
+                  options);
+    std::string request = upgrade_request(options.fast_start, options.extra_headers, options.address);
     bytes out(request.begin(), request.end());
     if (options.fast_start) {
         const bytes info =

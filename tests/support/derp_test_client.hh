@@ -1,6 +1,6 @@
 // Blocking DERP test client for the integration tests (sockets, handshake, frames).
-// Loopback TCP with poll deadlines, the HTTP upgrade and handshake, frame reading, and the frames
-// a client sends. Test code only: it throws std::runtime_error when a step it was asked to
+// Loopback TCP with poll deadlines (plain, or TLS through the project's engine in crypto/tls), the
+// HTTP upgrade and handshake, frame reading, and the frames a client sends. Test code only: it throws std::runtime_error when a step it was asked to
 // complete fails, which doctest reports as a failure with the message; steps that a test expects
 // to fail return a status instead.
 #pragma once
@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include "core/frame.hh"
 #include "core/key.hh"
+#include "crypto/tls.hh"
 #include "tests/unit/fixture_util.hh"
 
 namespace derp::test {
@@ -34,7 +36,9 @@ enum class io_status : std::uint8_t {
 };
 std::string_view to_string(io_status status) noexcept;
 
-// One non-blocking TCP connection to 127.0.0.1 driven with poll(2) deadlines.
+// One non-blocking TCP connection to a loopback address driven with poll(2) deadlines. In TLS mode
+// (connect_to with a context) the reads and writes below carry plaintext: the session's records
+// are decrypted into a buffer and written sealed, so that the DERP code above is the same.
 class tcp_conn {
 public:
     tcp_conn() noexcept = default;
@@ -48,8 +52,13 @@ public:
     // Connects (TCP_NODELAY); throws when the connect fails or takes over 5 s. A positive
     // rcvbuf_bytes shrinks SO_RCVBUF first, so that a client that never reads fills up quickly.
     static tcp_conn connect_loopback(std::uint16_t port, int rcvbuf_bytes = 0);
+    // Connects to ipv4:port the same way; with a TLS context, then completes the handshake
+    // (verified as the context says) within 5 s, or throws with the session's error.
+    static tcp_conn connect_to(std::string_view ipv4, std::uint16_t port, int rcvbuf_bytes = 0,
+                               std::shared_ptr<tls::context> tls = nullptr);
 
     int fd() const noexcept { return _fd; }
+    bool is_tls() const noexcept { return _tls != nullptr; }
     bool is_open() const noexcept { return _fd >= 0; }
     std::uint16_t local_port() const;
 
@@ -70,12 +79,22 @@ public:
     // True when nothing (no byte, no EOF) becomes readable within the timeout.
     bool quiet_for(milliseconds timeout);
 
-    void shutdown_write() noexcept;
+    void shutdown_write() noexcept;  // TLS: a close_notify first
     void reset() noexcept;  // SO_LINGER 0, then close: the kernel sends RST
     void close() noexcept;
 
 private:
+    // Plain socket I/O; the public calls use these directly or through the TLS session.
+    io_status write_raw(std::span<const std::uint8_t> data, std::chrono::steady_clock::time_point deadline);
+    // TLS: one read from the socket fed to the session (plaintext to _plain, its answers
+    // written back). ok when something was read, even if no plaintext came of it.
+    io_status pull(std::chrono::steady_clock::time_point deadline);
+
     int _fd = -1;
+    std::unique_ptr<tls::session> _tls;
+    std::string _plain;           // TLS: decrypted bytes not yet consumed
+    bool _tls_closed = false;     // TLS: close_notify came, or the session failed
+    bool _tls_failed = false;
 };
 
 struct frame {
@@ -93,7 +112,8 @@ struct frame_read {
 frame_read read_frame(tcp_conn& conn, milliseconds timeout = default_io_timeout);
 
 // The upgrade request a Go client sends; extra_headers is "Name: value\r\n" lines.
-std::string upgrade_request(bool fast_start = false, std::string_view extra_headers = {});
+std::string upgrade_request(bool fast_start = false, std::string_view extra_headers = {},
+                            std::string_view host = "127.0.0.1");
 // A ClientInfo frame sealing json from client to server with a fresh random nonce.
 bytes client_info_frame(const private_key& client, const node_key& server, std::string_view json);
 // The plaintext of a ServerInfo frame, or nullopt when it is not one or does not open.
@@ -111,6 +131,8 @@ struct client_options {
     bool fast_start = false;
     std::string extra_headers;
     int rcvbuf_bytes = 0;
+    std::string address = "127.0.0.1";   // the server's IPv4 address (also the Host header)
+    std::shared_ptr<tls::context> tls;   // TLS (made with tls::context::make_client) when set
 };
 
 // A DERP client after a complete handshake.
