@@ -72,7 +72,12 @@ std::size_t admin_service::on_data(ring::conn_id conn, std::span<const std::uint
         }
         _shard.want_write(conn);
         _shard.arm_timer(conn, timer_idle, _shard.now_ns() + idle_timeout_ns);
-        if (http_request_body(request).kind != http_body_kind::none) {  // no bodies here: done
+        // As Go's server: HTTP/1.1 stays open unless the client says "Connection: close";
+        // HTTP/1.0 closes after the answer.
+        const auto connection = request.header("Connection");
+        const bool keep_alive =
+            request.version_minor >= 1 && !(connection && ascii_iequals(*connection, "close"));
+        if (!keep_alive || http_request_body(request).kind != http_body_kind::none) {  // no bodies here: done
             _shard.close_after_flush(conn);
             return bytes.size();
         }

@@ -315,7 +315,9 @@ int main(int argc, char** argv) {
             client::client_pool* pool_view = pool.get();
             tls::tls_layer_config client_layer;
             client_layer.client = true;
-            client_layer.handshake_timeout_ns = mesh->dial_timeout_ns;
+            // The link's own dial deadline covers TLS too and names the failure a timeout; the
+            // layer's deadline is only a backstop behind it.
+            client_layer.handshake_timeout_ns = mesh->dial_timeout_ns + 1'000'000'000;
             auto client_side = std::make_unique<tls::tls_layer>(sh, std::move(pool), client_layer,
                                                                 mesh_tls_counters[sh.index()]);
             pool_view->set_tls_layer(client_side.get());

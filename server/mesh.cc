@@ -380,6 +380,8 @@ void mesh_links::on_tick(conn_id conn) noexcept {
 void mesh_links::on_closed(conn_id conn, client::client_failure failure) noexcept {
     link* l = find(conn);
     if (l == nullptr) return;
+    // A dial that ran out of time is a timeout, whichever layer's deadline closed it.
+    if (!l->ready && !l->failure && _shard.now_ns() >= l->dial_deadline_ns) l->failure = failure_timeout;
     const std::size_t reason = l->failure.value_or(failure_index(failure));
     auto& c = counters(*l);
     c.failures[reason].add();
@@ -405,8 +407,10 @@ void mesh_links::on_closed(conn_id conn, client::client_failure failure) noexcep
     std::string why;
     if (reason == failure_timeout)
         why = was_ready ? "nothing heard from the peer in time" : "connection not ready in time";
-    else if (was_ready && !was_accepted && !l->self)
-        why = fmt::format("closed by the peer right after the handshake ({}): is the mesh key the same?", label);
+    else if (reason == 7 && !was_accepted && !l->self)
+        // A peer without our mesh key closes at our WatchConns (spec 2.8): say so.
+        why = fmt::format("closed by the peer {} the handshake ({}): does it have the same mesh key?",
+                          was_ready ? "right after" : "during", label);
     else
         why = fmt::format("{} ({})", was_ready ? "connection lost" : "connection failed", label);
     if (was_ready && !l->self) why += fmt::format("; {} keys withdrawn", keys);
