@@ -1,14 +1,17 @@
 // Fuzz target for the small text parsers of operator input: Go durations, IP addresses and
-// prefixes (TS_DEBUG_TRUSTED_CIDRS), bootstrap DNS name lists and TXT percentages. Each must
+// prefixes (TS_DEBUG_TRUSTED_CIDRS), bootstrap DNS name lists and TXT percentages, -mesh-with
+// lists. Each must
 // return a verdict for any bytes, and what it accepts must be self-consistent.
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "core/assert.hh"
 #include "core/bootstrap_dns.hh"
 #include "core/flags.hh"
 #include "core/http_endpoints.hh"
+#include "core/mesh_with.hh"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size);
 
@@ -28,5 +31,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const int percent = derp::parse_rollout_percent(text);
     DERP_ASSERT(percent >= 0 && percent <= 100);
     for (const auto& entry : derp::parse_unpublished_names(text)) DERP_ASSERT(!entry.name.empty());
+    if (auto mesh = derp::parse_mesh_with(text)) {
+        // Every entry names something to dial and verify; the hosts as written parse back to
+        // the same hosts and names.
+        std::string hosts;
+        for (const auto& e : *mesh) {
+            DERP_ASSERT(!e.host.empty() && !e.verify_name.empty() && !e.dial_host.empty() && e.port != 0);
+            hosts += (hosts.empty() ? "" : ",") + e.host;
+        }
+        const auto again = derp::parse_mesh_with(hosts);
+        DERP_ASSERT(again.has_value() && again->size() == mesh->size());
+        for (std::size_t i = 0; i < mesh->size(); ++i)
+            DERP_ASSERT((*again)[i].host == (*mesh)[i].host && (*again)[i].verify_name == (*mesh)[i].verify_name);
+    }
     return 0;
 }
