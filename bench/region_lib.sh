@@ -2,7 +2,8 @@
 # openssl, one certificate per node (IP SAN), a shared mesh PSK, and nodes 127.0.0.1..N on one
 # port, each meshed with all the others (itself included, as operators list it).
 #   region_init DIR N PORT          certificates and keys for N nodes under DIR
-#   region_start I [derpd flags]    starts node I (log in DIR/nI/log, pid in REGION_PID[I])
+#   region_start I [derpd flags]    starts node I (log in DIR/nI/log, pid in REGION_PID[I]);
+#                                   with REGION_CPUS set, inside `taskset -c $REGION_CPUS`
 #   region_wait_mesh I              waits until node I's links to every other node are up
 #   region_varz I NAME              the value of a metric on node I (admin listener)
 #   region_stop I / region_stop_all
@@ -33,7 +34,9 @@ region_init() {
 region_start() {
     local i=$1; shift
     local d="$REGION_DIR/n$i" ip=127.0.0.$i
-    SSL_CERT_FILE="$REGION_DIR/ca.pem" "$REGION_DERPD" -c "$d/key" -a "$ip:$REGION_PORT" -certmode manual \
+    local pin=()
+    [ -n "${REGION_CPUS:-}" ] && pin=(taskset -c "$REGION_CPUS")
+    SSL_CERT_FILE="$REGION_DIR/ca.pem" "${pin[@]}" "$REGION_DERPD" -c "$d/key" -a "$ip:$REGION_PORT" -certmode manual \
         -certdir "$d/certs" -hostname "$ip" -http-port -1 -stun=false -mesh-psk-file "$REGION_DIR/psk" \
         -mesh-with "$REGION_MESH_WITH" --admin-addr "$ip:$((REGION_PORT + 1))" --mesh-retry-interval 1s \
         "$@" >>"$d/log" 2>&1 &

@@ -56,6 +56,7 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_string("ktls", &c.ktls, "derpd: kernel TLS offload after the handshake: auto (where the kernel has it), off, or require (refuse to start without it, close connections that cannot use it)");
     flags.add_int("recv-buffers", &c.recv_buffers, "derpd: receive buffers (16 KiB each) per shard, a power of two from 8 to 4096; they bound what one loop turn reads, which keeps an overloaded shard sending instead of reading what it would drop");
     flags.add_duration("memory-trim-interval", &c.memory_trim_interval_ns, "derpd: how often freed heap memory is returned to the kernel (malloc_trim); a burst of TLS handshakes frees tens of KiB per connection that RSS would otherwise keep; 0 = never");
+    flags.add_bool("pin-threads", &c.pin_threads, "derpd: pin shard i to core i and the admin thread to the last core; false leaves placement to the kernel (several derpd on one machine, a CPU set from taskset or systemd's CPUAffinity)");
     flags.add_duration("mesh-retry-interval", &c.mesh_retry_interval_ns, "derpd: how long a mesh link waits before dialling again after a failure (derper: 5s); up to 1s of jitter is added");
     flags.add_duration("cert-poll-interval", &c.cert_poll_interval_ns, "derpd: how often -certmode manual checks the certificate files for changes and reloads them (SIGHUP reloads at once); 0 = only on SIGHUP");
 

@@ -48,6 +48,7 @@ struct config {
     std::int64_t cert_poll_interval_ns = 5'000'000'000;  // --cert-poll-interval: 0 = SIGHUP only
     std::int64_t memory_trim_interval_ns = 10'000'000'000;  // --memory-trim-interval: 0 = never
     std::int64_t mesh_retry_interval_ns = 5'000'000'000;    // --mesh-retry-interval (derper: 5s)
+    bool pin_threads = true;              // --pin-threads: shard i on core i, admin on the last
 
     // Derived by validate().
     bool tls = false;                     // the main listener would serve TLS (spec 3.1)

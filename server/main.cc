@@ -247,6 +247,7 @@ int main(int argc, char** argv) {
 
     ring::runtime_config rc;
     rc.shard_count = shards;
+    rc.pin_threads = cfg.pin_threads;
     rc.listen = addresses.value();
     const std::size_t port80_first = rc.listen.size();
     rc.listen_tags.assign(rc.listen.size(), cfg.tls ? server::derp_service::listener_main_tls
