@@ -260,7 +260,7 @@ void mesh_links::dial(link& l, const ring::socket_address& address) noexcept {
     l.conn = conn;
     l.ready = l.accepted = l.self = l.logged_connected = false;
     l.failure.reset();
-    l.keys = 0;
+    l.keys.clear();
     l.dial_deadline_ns = _shard.now_ns() + static_cast<std::uint64_t>(_config.dial_timeout_ns);
     arm(l);
     ring::log(log_level::debug, "mesh {}: dialling {}", e.host, address.to_string());
@@ -330,8 +330,8 @@ void mesh_links::on_peer_present_info(conn_id conn, const peer_present_view& vie
         l->accepted = true;
         counters(*l).up.set(1);
     }
-    ++l->keys;
-    counters(*l).keys.set(l->keys);
+    l->keys.insert(view.key);
+    counters(*l).keys.set(l->keys.size());
     tell_owner(view.key, l->peer, true);
     if (!l->logged_connected) {
         // derper logs 200 ms after the last announcement of the snapshot, 2 s at the latest.
@@ -348,8 +348,8 @@ void mesh_links::on_peer_gone(conn_id conn, const node_key& key, peer_gone_reaso
         ring::log(log_level::info, "mesh {}: PeerGone for {} with unknown reason {}", entry(*l).host,
                   key.to_string(), static_cast<unsigned>(reason));
     // NotHere comes back for a forward to a key the peer no longer has: withdraw it as well.
-    if (l->keys > 0) --l->keys;
-    counters(*l).keys.set(l->keys);
+    l->keys.erase(key);
+    counters(*l).keys.set(l->keys.size());
     tell_owner(key, l->peer, false);
 }
 
@@ -366,7 +366,7 @@ void mesh_links::on_tick(conn_id conn) noexcept {
     } else {
         if (!l->self && !l->logged_connected && now >= l->log_at_ns) {
             l->logged_connected = true;
-            ring::log(log_level::info, "mesh {}: connected; {} peers", entry(*l).host, l->keys);
+            ring::log(log_level::info, "mesh {}: connected; {} peers", entry(*l).host, l->keys.size());
         }
         if (now >= l->last_heard_ns + static_cast<std::uint64_t>(_config.silence_timeout_ns)) {
             l->failure = failure_timeout;
@@ -389,7 +389,8 @@ void mesh_links::on_closed(conn_id conn, client::client_failure failure) noexcep
     c.keys.set(0);
     const bool was_ready = l->ready;
     const bool was_accepted = l->accepted;
-    const std::uint32_t keys = l->keys;
+    const std::size_t keys = l->keys.size();
+    l->keys.clear();
     l->conn.reset();
     l->ready = l->accepted = false;
     drop_queue(*l);

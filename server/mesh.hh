@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "client/derp_client.hh"
@@ -83,7 +84,9 @@ private:
         std::uint64_t ready_ns = 0;
         std::uint64_t last_heard_ns = 0;
         std::uint64_t log_at_ns = 0;     // "connected; N peers" is due
-        std::uint32_t keys = 0;          // keys the peer announces on this connection
+        // Keys the peer announces on this connection: a set, since derper announces a key again
+        // for each duplicate connection but withdraws it once (spec 2.8).
+        std::unordered_set<node_key> keys;
         std::uint32_t failures_in_row = 0;
         std::deque<queued_frame> out;    // ForwardPacket frames, oldest first
         std::size_t out_offset = 0;      // bytes of out.front() already written
