@@ -17,16 +17,13 @@ derpbench=${DERPBENCH:-build/bench/derpbench}
 . "$(dirname "$0")/region_lib.sh"
 tmp=$(mktemp -d)
 loads=()
+storm_cpu=()
 cleanup() { for p in "${loads[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; region_stop_all; rm -rf "$tmp"; }
 trap cleanup EXIT
 port=$(( 10000 + RANDOM % 20000 ))  # below the ephemeral range
 region_init "$tmp" "$nodes" "$port" || exit 1
-# Nodes 1 and 2 (the healthy ones of phase 3) and the pair's load generator share core 0;
-# nodes 3-5 and the idle clients' generators core 1. On one machine the storm's TLS handshakes
-# would otherwise starve the healthy nodes of CPU, which nodes on machines of their own never
-# are; what the healthy nodes still get from the storm is the region's traffic: presence.
-cpu_of() { [ "$1" -le 2 ] && echo 0 || echo 1; }
-for i in $(seq $nodes); do REGION_CPUS=$(cpu_of "$i") region_start "$i" --shards 1 --pin-threads=false || exit 1; done
+# The kernel places every thread (five derpd pinning their shard to core 0 would share it).
+for i in $(seq $nodes); do region_start "$i" --shards 1 --pin-threads=false || exit 1; done
 for i in $(seq $nodes); do region_wait_mesh "$i" || exit 1; done
 url() { echo "https://127.0.0.$1:$port/derp"; }
 
@@ -48,7 +45,7 @@ wait_remote() {
     return 1
 }
 hold() {  # hold NODE: idle clients on the node, in the background
-    taskset -c "$(cpu_of "$1")" nice -n 19 "$derpbench" connections --url "$(url "$1")" --ca "$tmp/ca.pem" --count "$per_node" --duration 300s \
+    "${storm_cpu[@]}" "$derpbench" connections --url "$(url "$1")" --ca "$tmp/ca.pem" --count "$per_node" --duration 300s \
         --hold 3600s --json >"$tmp/load$1.json" 2>"$tmp/load$1.err" &
     loads[$1]=$!
 }
@@ -89,6 +86,14 @@ wantall() { echo $(( per_node * (nodes - 1) + $(extra "$1") )); }
 conv=$(wait_remote wantall "$t_loaded")
 echo "phase 2: $((per_node * nodes)) clients; all dialled in $(awk -v a="$t0" -v b="$t_loaded" 'BEGIN{printf "%.1f", b-a}') s; every node knows every remote key $conv s after the last handshake"
 for i in $(seq $nodes); do echo "  node $i: local $(region_varz "$i" derp_clients_local) remote $(region_varz "$i" derp_clients_remote) RSS $(( $(rss_kib "$i") / 1024 )) MiB"; done
+# For phase 3, nodes 1 and 2 (the healthy ones) and the pair's load generator get core 0, and
+# nodes 3-5 with every idle client's generator core 1: on one machine the storm's TLS
+# handshakes would otherwise starve the healthy nodes of CPU, which nodes on machines of their
+# own never are. What the healthy nodes still get from the storm is the region's traffic.
+taskset -a -p -c 0 "${REGION_PID[1]}" >/dev/null && taskset -a -p -c 0 "${REGION_PID[2]}" >/dev/null || exit 1
+for i in 3 4 5; do taskset -a -p -c 1 "${REGION_PID[$i]}" >/dev/null || exit 1; done
+for i in $(seq $nodes); do taskset -a -p -c 1 "${loads[$i]}" >/dev/null || exit 1; done
+storm_cpu=(taskset -c 1)
 # 3. Under a cross-node pair (node 1 <-> node 2): node 5's clients leave and come back (18,000
 # PeerGone then PeerPresent through every watcher), then node 5 itself restarts (every link to
 # it breaks: its keys are withdrawn at once) and its clients reconnect.
