@@ -45,12 +45,19 @@ wait_remote() {
     return 1
 }
 hold() {  # hold NODE: idle clients on the node, in the background
-    "${storm_cpu[@]}" "$derpbench" connections --url "$(url "$1")" --ca "$tmp/ca.pem" --count "$per_node" --duration 300s \
+    "${storm_cpu[@]}" "$derpbench" connections --url "$(url "$1")" --ca "$tmp/ca.pem" --count "$per_node" --duration 300s --connect-concurrency 200 \
         --hold 3600s --json >"$tmp/load$1.json" 2>"$tmp/load$1.err" &
     loads[$1]=$!
 }
-wait_loaded() {  # until derpbench on NODE reported
-    for _ in $(seq 6000); do [ -s "$tmp/load$1.json" ] && return 0; sleep 0.05; done; return 1
+wait_loaded() {  # until derpbench on NODE reported every client connected
+    for _ in $(seq 6000); do
+        if [ -s "$tmp/load$1.json" ]; then
+            grep -q "\"connected\":$per_node," "$tmp/load$1.json" && return 0
+            echo "node $1: not every client connected: $(cat "$tmp/load$1.json")"; return 1
+        fi
+        sleep 0.05
+    done
+    return 1
 }
 
 echo "region: $nodes nodes on port $port, $per_node idle clients per node"
@@ -107,10 +114,18 @@ wait_remote wantall "$t0" >/dev/null || exit 1
 cpu_all() { local c=0 i; for i in $(seq $nodes); do c=$(( c + $(region_cpu_ticks "$i") )); done; echo $c; }
 secs() { awk -v c="$1" -v t="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", c / t}'; }
 want_down() { [ "$1" = 5 ] && wantall 5 || echo $(( per_node * (nodes - 2) + $(extra "$1") )); }
+# Idle cost first, to tell the storms' CPU from what 90,000 idle clients cost anyway.
+cpu0=$(cpu_all)
+sleep 20
+echo "phase 3: idle region (with the pair): CPU of all nodes $(secs $(( $(cpu_all) - cpu0 ))) s in 20 s"
 cpu0=$(cpu_all)
 t0=$(now)
-kill "${loads[5]}" 2>/dev/null; wait "${loads[5]}" 2>/dev/null
-echo "phase 3a: node 5's clients left; nodes 1-4 dropped their keys $(wait_remote want_down "$t0") s later"
+kill "${loads[5]}" 2>/dev/null
+# Timed from the moment derpbench starts closing its clients (it takes a while to close
+# them all over TLS); the nodes withdraw each key as its connection goes.
+down=$(wait_remote want_down "$t0")
+wait "${loads[5]}" 2>/dev/null
+echo "phase 3a: node 5's clients left; nodes 1-4 dropped their keys $down s after derpbench began closing them (it took $(since "$t0") s to close all)"
 rm -f "$tmp/load5.json"
 t0=$(now)
 hold 5
@@ -119,13 +134,15 @@ echo "phase 3a: they reconnected; region re-converged $(wait_remote wantall "$t0
 cpu14() { local c=0 i; for i in $(seq 4); do c=$(( c + $(region_cpu_ticks "$i") )); done; echo $c; }
 c0=$(cpu14)
 t0=$(now)
-region_stop 5
-kill "${loads[5]}" 2>/dev/null; wait "${loads[5]}" 2>/dev/null
+kill "${REGION_PID[5]}"  # SIGTERM: derpd closes every connection, the mesh links among them
 want_gone() { echo $(( per_node * 3 + $(extra "$1") )); }
 REGION_N=4  # wait_remote and the varz polls look at nodes 1-4 only while node 5 is down
 nodes=4
-echo "phase 3b: node 5 stopped; its keys left nodes 1-4 in $(wait_remote want_gone "$t0") s"
+gone=$(wait_remote want_gone "$t0")
 nodes=5; REGION_N=5
+region_stop 5
+echo "phase 3b: node 5 stopped (SIGTERM; it exited after $(since "$t0") s); its keys left nodes 1-4 $gone s after the signal"
+kill "${loads[5]}" 2>/dev/null; wait "${loads[5]}" 2>/dev/null
 REGION_CPUS=1 region_start 5 --shards 1 --pin-threads=false || exit 1
 rm -f "$tmp/load5.json"
 t_restart=$(now)
