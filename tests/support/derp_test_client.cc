@@ -229,7 +229,7 @@ io_status tcp_conn::read_exact(std::span<std::uint8_t> out, milliseconds timeout
             const io_status st = pull(deadline);
             if (st != io_status::ok) return st;
         }
-        std::memcpy(out.data(), _plain.data(), out.size());
+        if (!out.empty()) std::memcpy(out.data(), _plain.data(), out.size());  // (an empty span's data may be null)
         _plain.erase(0, out.size());
         return io_status::ok;
     }
