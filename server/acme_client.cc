@@ -160,6 +160,11 @@ void acme_client::run() {
         }
         if (got.error().what == "stopped") return;
         _counters.orders_failed.add();
+        // The next attempt starts from the directory and the account again: the server may
+        // have moved its endpoints or forgotten the account (accountDoesNotExist).
+        _directory.reset();
+        _kid.clear();
+        _nonce.clear();
         ++failures;
         std::int64_t delay_ns = acme::backoff_ns(failures, _settings.retry_base_ns,
                                                  std::max(_settings.retry_base_ns, _settings.retry_cap_ns));
