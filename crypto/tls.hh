@@ -55,7 +55,7 @@ struct server_identity {
     std::vector<std::uint8_t> meta_cert_der;  // the derpkey certificate appended to the chain
     // -certmode letsencrypt: a ClientHello offering ALPN "acme-tls/1" for a name with a
     // TLS-ALPN-01 challenge in flight gets that challenge's context instead (RFC 8737).
-    std::shared_ptr<const acme_challenges> acme;
+    std::shared_ptr<const acme_challenges> acme = nullptr;
 };
 
 // A configured SSL_CTX, shared by every connection made from it; replaced, not mutated, on a
