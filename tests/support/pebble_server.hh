@@ -20,9 +20,9 @@ namespace derp::test {
 struct pebble_options {
     std::uint16_t http_port = 0;   // where pebble validates HTTP-01 (derpd's -http-port)
     std::uint16_t tls_port = 0;    // where it validates TLS-ALPN-01 (derpd's TLS listener)
-    std::optional<std::uint64_t> validity_s;  // certificateValidityPeriod (pebble's default: 5 years)
-    std::vector<std::string> blocklist;       // domainBlocklist: names pebble refuses to order
-    std::vector<std::string> env;             // NAME=value added to pebble's environment
+    std::optional<std::uint64_t> validity_s = std::nullopt;  // certificateValidityPeriod (pebble's default: 5 years)
+    std::vector<std::string> blocklist = {};  // domainBlocklist: names pebble refuses to order
+    std::vector<std::string> env = {};        // NAME=value added to pebble's environment
     // A second pebble in the place of a first: the same API ports and certificate (derpd
     // keeps its -acme-directory and -acme-ca), a new CA and no memory of accounts.
     const class pebble_server* replaces = nullptr;
