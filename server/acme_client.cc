@@ -89,6 +89,11 @@ acme_client::~acme_client() {
 
 double acme_client::random_fraction() { return std::uniform_real_distribution<double>(0.0, 1.0)(_random); }
 
+bool acme_client::stopping() const {
+    pollfd p{_stop_fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) > 0;
+}
+
 bool acme_client::pause(std::int64_t delay_ns) {
     const std::int64_t until = steady_ns() + std::max<std::int64_t>(0, delay_ns);
     for (;;) {
@@ -158,7 +163,8 @@ void acme_client::run() {
             failures = 0;
             continue;
         }
-        if (got.error().what == "stopped") return;
+        // derpd stopping cuts a request short: that is no failed order.
+        if (stopping()) return;
         _counters.orders_failed.add();
         // The next attempt starts from the directory and the account again: the server may
         // have moved its endpoints or forgotten the account (accountDoesNotExist).

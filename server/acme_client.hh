@@ -91,6 +91,7 @@ private:
     outcome<acme::status> answer_authorization(const std::string& url, const std::string& challenge_type);
     outcome<acme::order> poll_order(const std::string& url, bool until_valid);
     outcome<acme::status> install(const std::string& pem_file_text, bool fresh);
+    bool stopping() const;  // derpd is stopping (the stop descriptor is readable)
     // Waits delay_ns unless derpd stops (false).
     bool pause(std::int64_t delay_ns);
     double random_fraction();
