@@ -131,7 +131,11 @@ pebble_server::pebble_server(pebble_options options) : _options(std::move(option
     throw std::runtime_error("pebble: no free ports after 5 attempts");
 }
 
-pebble_server::~pebble_server() { stop(); }
+pebble_server::~pebble_server() {
+    stop();
+    std::error_code ignored;
+    std::filesystem::remove_all(_dir, ignored);
+}
 
 void pebble_server::stop() {
     if (_pid <= 0) return;
