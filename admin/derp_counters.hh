@@ -6,6 +6,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <ctime>
 #include <memory>
@@ -104,6 +105,19 @@ struct alignas(ring::cache_line_bytes) mesh_peer_counters {
 // Everything /debug/varz, /debug/vars, /debug/check and the /debug/ index read: set up by main
 // before the runtime starts, read-only after (counters apart, which are per shard and
 // single-writer, loaded with relaxed atomics).
+// -certmode letsencrypt: what the ACME client thread did (single writer: that thread).
+struct acme_counters {
+    counter orders_ok;              // certificates obtained and installed
+    counter orders_failed;          // attempts that ended without one (the log says why)
+    counter orders_reused;          // starts that found a stored certificate still good
+    counter challenges_tls_alpn;    // authorizations answered with TLS-ALPN-01
+    counter challenges_http01;      // ... with HTTP-01
+    // GET /.well-known/acme-challenge/<token> on the port-80 listener, answered or 404 (a token
+    // derpd does not hold). Any shard adds: atomic increments, not single-writer counters.
+    std::atomic<std::uint64_t> http01_answers{0};
+    std::atomic<std::uint64_t> http01_unknown{0};
+};
+
 struct metric_sources {
     explicit metric_sources(std::uint32_t shard_count, bool mesh_key_set)
         : counters(std::make_unique<derp_counters[]>(shard_count)), shards(shard_count),
@@ -122,6 +136,13 @@ struct metric_sources {
     // The mesh links, by -mesh-with entry (host as written), when -mesh-with is set.
     std::vector<std::string> mesh_peer_names;
     std::unique_ptr<mesh_peer_counters[]> mesh_peers;
+    // TLS mode: the context new connections get (derpd_cert_expiry_seconds reads its leaf).
+    const tls::context_slot* tls_contexts = nullptr;
+    // -certmode letsencrypt: the ACME client's counters (written by its thread and, for the
+    // HTTP-01 answers, by the shards: relaxed atomics either way) and the challenge answers
+    // that the port-80 listener serves.
+    acme_counters* acme = nullptr;
+    const tls::acme_challenges* acme_challenges = nullptr;
 };
 
 }  // namespace derp::admin

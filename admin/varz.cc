@@ -258,6 +258,34 @@ std::string render_varz(const metric_sources& shared) {
         out += fmt::format("derpd_tls_open_connections{{version=\"1.2\"}} {}\n", tls_sum(&tls::tls_counters::open_tls12));
         out += fmt::format("derpd_tls_open_connections{{version=\"1.3\"}} {}\n", tls_sum(&tls::tls_counters::open_tls13));
     }
+    if (shared.tls_contexts != nullptr) {
+        // Seconds until the leaf new connections are served expires; absent while there is
+        // none (-certmode letsencrypt before the first certificate).
+        const auto ctx = shared.tls_contexts->current.load();
+        if (ctx != nullptr && ctx->leaf_not_after_unix() != 0)
+            out += fmt::format("# HELP derpd_cert_expiry_seconds Seconds until the served TLS certificate expires "
+                               "(negative: expired).\n# TYPE derpd_cert_expiry_seconds gauge\nderpd_cert_expiry_seconds {}\n",
+                               ctx->leaf_not_after_unix() - static_cast<std::int64_t>(std::time(nullptr)));
+    }
+    if (shared.acme != nullptr) {
+        const acme_counters& a = *shared.acme;
+        out += "# HELP derpd_acme_orders_total ACME certificate orders by outcome (reused: a stored certificate was still good at start).\n";
+        out += "# TYPE derpd_acme_orders_total counter\n";
+        out += fmt::format("derpd_acme_orders_total{{result=\"ok\"}} {}\n", a.orders_ok.get());
+        out += fmt::format("derpd_acme_orders_total{{result=\"failed\"}} {}\n", a.orders_failed.get());
+        out += fmt::format("derpd_acme_orders_total{{result=\"reused\"}} {}\n", a.orders_reused.get());
+        out += "# HELP derpd_acme_challenges_total ACME authorizations answered, by challenge type.\n";
+        out += "# TYPE derpd_acme_challenges_total counter\n";
+        out += fmt::format("derpd_acme_challenges_total{{type=\"tls-alpn-01\"}} {}\n", a.challenges_tls_alpn.get());
+        out += fmt::format("derpd_acme_challenges_total{{type=\"http-01\"}} {}\n", a.challenges_http01.get());
+        out += "# HELP derpd_acme_http01_requests_total Requests for /.well-known/acme-challenge/ on the port-80 listener.\n";
+        out += "# TYPE derpd_acme_http01_requests_total counter\n";
+        out += fmt::format("derpd_acme_http01_requests_total{{result=\"answered\"}} {}\n", a.http01_answers.load(std::memory_order_relaxed));
+        out += fmt::format("derpd_acme_http01_requests_total{{result=\"unknown_token\"}} {}\n", a.http01_unknown.load(std::memory_order_relaxed));
+        metric(out, "derpd_acme_tls_alpn_handshakes_total", "counter",
+               "TLS-ALPN-01 validation handshakes answered with the challenge certificate.",
+               tls_sum(&tls::tls_counters::acme_tls_alpn_handshakes));
+    }
     out += "# HELP derpd_protocol_closes_total DERP connections closed for what the peer sent, by reason.\n";
     out += "# TYPE derpd_protocol_closes_total counter\n";
     for (std::size_t r = 0; r < close_reason_count; ++r)

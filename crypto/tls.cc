@@ -31,6 +31,8 @@
 
 #include <fmt/format.h>
 
+#include "crypto/acme_crypto.hh"
+
 namespace derp::tls {
 namespace {
 
@@ -141,6 +143,8 @@ struct context::state {
     bool require_sni = false;  // a DNS hostname: the ClientHello must name it exactly
     verify_mode verify = verify_mode::system;
     std::array<std::uint8_t, 32> pinned{};
+    bool has_certificate = true;  // false: make_server_pending
+    std::shared_ptr<const acme_challenges> acme;
 };
 
 struct session::secrets {
@@ -253,6 +257,63 @@ int alpn_select(SSL*, const unsigned char** out, unsigned char* out_length, cons
     return SSL_TLSEXT_ERR_NOACK;
 }
 
+// The values of a ClientHello extension as a list of 1-byte-length-prefixed names (ALPN, RFC
+// 7301) after its 2-byte list length: whether `name` is among them.
+bool alpn_offers(const unsigned char* ext, std::size_t length, std::string_view name) {
+    if (length < 2 || (std::size_t{ext[0]} << 8 | ext[1]) != length - 2) return false;
+    for (std::size_t i = 2; i < length;) {
+        const std::size_t n = ext[i];
+        if (i + 1 + n > length) return false;
+        if (std::string_view(reinterpret_cast<const char*>(ext + i + 1), n) == name) return true;
+        i += 1 + n;
+    }
+    return false;
+}
+
+// The host_name of a server_name extension (RFC 6066 3): list length (2), then entries of
+// type (1), length (2), name. Empty when there is none.
+std::string_view sni_of(const unsigned char* ext, std::size_t length) {
+    if (length < 2 || (std::size_t{ext[0]} << 8 | ext[1]) != length - 2) return {};
+    for (std::size_t i = 2; i + 3 <= length;) {
+        const std::size_t n = std::size_t{ext[i + 1]} << 8 | ext[i + 2];
+        if (i + 3 + n > length) return {};
+        if (ext[i] == TLSEXT_NAMETYPE_host_name) return {reinterpret_cast<const char*>(ext + i + 3), n};
+        i += 3 + n;
+    }
+    return {};
+}
+
+// Runs before anything else of a ClientHello is acted on, which is the only point where a
+// different SSL_CTX (the TLS-ALPN-01 challenge's certificate and ALPN) can still take over.
+int client_hello_check(SSL* ssl, int* alert, void* arg) {
+    auto* st = static_cast<context::state*>(arg);
+    auto refuse = [&](int alert_code, std::string why) {
+        *alert = alert_code;
+        if (auto* s = static_cast<session::secrets*>(SSL_get_ex_data(ssl, session_index()))) s->refusal = std::move(why);
+        return SSL_CLIENT_HELLO_ERROR;
+    };
+    const unsigned char* ext = nullptr;
+    std::size_t length = 0;
+    if (st->acme != nullptr &&
+        SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &ext, &length) == 1 &&
+        alpn_offers(ext, length, "acme-tls/1")) {
+        std::string_view sni;
+        if (SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_server_name, &ext, &length) == 1) sni = sni_of(ext, length);
+        auto challenge = st->acme->tls_alpn(sni);
+        // RFC 8737 4: acme-tls/1 is answered with the challenge certificate or not at all.
+        if (challenge == nullptr)
+            return refuse(SSL_AD_NO_APPLICATION_PROTOCOL,
+                          fmt::format("ALPN acme-tls/1 for \"{}\", which has no TLS-ALPN-01 challenge in flight", sni));
+        if (SSL_set_SSL_CTX(ssl, challenge->native()) == nullptr)
+            return refuse(SSL_AD_INTERNAL_ERROR, "switching to the TLS-ALPN-01 challenge certificate: " + openssl_errors());
+        return SSL_CLIENT_HELLO_SUCCESS;
+    }
+    if (!st->has_certificate)
+        return refuse(SSL_AD_INTERNAL_ERROR, fmt::format("no certificate for {} yet (the ACME order is in progress)",
+                                                         st->hostname));
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
 int accept_any_chain(int, X509_STORE_CTX*) { return 1; }
 
 }  // namespace
@@ -355,6 +416,45 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, nullptr);
     SSL_CTX_set_keylog_callback(ctx, keylog_line);
     SSL_CTX_set_msg_callback(ctx, record_seen);
+    if (identity.acme != nullptr) {
+        c->_state->acme = identity.acme;
+        SSL_CTX_set_client_hello_cb(ctx, client_hello_check, c->_state.get());
+    }
+    return c;
+}
+
+result<std::shared_ptr<context>, std::string> context::make_server_pending(const std::string& hostname,
+                                                                          std::shared_ptr<const acme_challenges> acme) {
+    std::shared_ptr<context> c(new context());
+    c->_server = true;
+    c->_hostname = hostname;
+    c->_state = std::make_unique<state>();
+    c->_state->hostname = hostname;
+    c->_state->has_certificate = false;
+    c->_state->acme = std::move(acme);
+    ERR_clear_error();
+    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == nullptr) return unexpected("SSL_CTX_new: " + openssl_errors());
+    c->_ctx = ctx;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_msg_callback(ctx, record_seen);
+    SSL_CTX_set_client_hello_cb(ctx, client_hello_check, c->_state.get());
+    return c;
+}
+
+std::shared_ptr<context> context::adopt_server(ssl_ctx_st* ctx, const std::string& hostname) {
+    std::shared_ptr<context> c(new context());
+    c->_ctx = ctx;
+    c->_server = true;
+    c->_hostname = hostname;
+    c->_state = std::make_unique<state>();
+    c->_state->hostname = hostname;
+    if (X509* leaf = SSL_CTX_get0_certificate(ctx)) {
+        c->_leaf_sha256 = certificate_sha256(leaf);
+        c->_leaf_not_after = not_after_unix(leaf);
+    }
     return c;
 }
 

@@ -23,6 +23,8 @@ struct x509_st;
 
 namespace derp::tls {
 
+class acme_challenges;  // crypto/acme_crypto.hh
+
 // Overwrites key material before its memory is given back (OPENSSL_cleanse: a plain memset
 // before free may be optimised away).
 void wipe_secret(void* data, std::size_t bytes) noexcept;
@@ -51,6 +53,9 @@ struct server_identity {
     std::string cert_path;       // PEM chain, leaf first
     std::string key_path;        // PEM private key
     std::vector<std::uint8_t> meta_cert_der;  // the derpkey certificate appended to the chain
+    // -certmode letsencrypt: a ClientHello offering ALPN "acme-tls/1" for a name with a
+    // TLS-ALPN-01 challenge in flight gets that challenge's context instead (RFC 8737).
+    std::shared_ptr<const acme_challenges> acme = nullptr;
 };
 
 // A configured SSL_CTX, shared by every connection made from it; replaced, not mutated, on a
@@ -64,6 +69,14 @@ public:
     // Loads and checks the chain and key: the key must match the leaf, and the leaf must be
     // valid for the hostname (derper refuses to start otherwise). Errors name the file.
     static result<std::shared_ptr<context>, std::string> make_server(const server_identity& identity);
+    // -certmode letsencrypt before the first certificate: no certificate, so every handshake
+    // is refused with an internal_error alert and a log line saying why, except those that
+    // answer a TLS-ALPN-01 challenge of `acme`.
+    static result<std::shared_ptr<context>, std::string> make_server_pending(const std::string& hostname,
+                                                                            std::shared_ptr<const acme_challenges> acme);
+    // A server context around an SSL_CTX configured elsewhere (the TLS-ALPN-01 challenge's,
+    // crypto/acme_crypto.cc), which it now owns.
+    static std::shared_ptr<context> adopt_server(ssl_ctx_st* ctx, const std::string& hostname);
 
     enum class verify_mode : std::uint8_t {
         system,     // the system trust store (or ca_file), for server_name
@@ -92,7 +105,7 @@ public:
     const std::string& sni() const noexcept { return _sni; }  // client: the name sent as SNI
     // SHA-256 of the leaf certificate's DER: derper's `sha256-raw:` CertName.
     const std::array<std::uint8_t, 32>& leaf_sha256() const noexcept { return _leaf_sha256; }
-    // Seconds since the epoch when the leaf expires (0 when unknown).
+    // Seconds since the epoch when the leaf expires (0 when unknown or when there is none).
     std::int64_t leaf_not_after_unix() const noexcept { return _leaf_not_after; }
 
     struct state;  // verification settings the callbacks read (tls.cc)

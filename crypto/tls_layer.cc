@@ -178,6 +178,20 @@ void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
         _counters.version_tls12.add();
         _counters.open_tls12.add();
     }
+    if (!_config.client && st.tls->alpn() == "acme-tls/1") {
+        // A TLS-ALPN-01 validation (RFC 8737 3): the challenge certificate was all it came
+        // for; the validator closes after the handshake and nothing is served on it.
+        _counters.acme_tls_alpn_handshakes.add();
+        ring::log(log_level::info, "shard {}: TLS-ALPN-01 validation handshake for \"{}\" answered", _shard.index(),
+                  st.tls->sni());
+        if (st.cipher_out.empty()) {
+            _shard.close(conn);
+        } else {
+            _shard.want_write(conn);
+            _shard.close_after_flush(conn);
+        }
+        return;
+    }
     // Whatever the service asked to send while the handshake ran waits for this moment.
     _shard.want_write(conn);
     if (_config.client) {

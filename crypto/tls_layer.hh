@@ -36,6 +36,7 @@ struct alignas(ring::cache_line_bytes) tls_counters {
     ring::counter open_tls12;           // gauges: open TLS connections by version
     ring::counter open_tls13;
     ring::counter records_failed;       // a record that did not decrypt or parse after the handshake
+    ring::counter acme_tls_alpn_handshakes;  // TLS-ALPN-01 validations answered (closed after the handshake)
 };
 
 // The context new connections get. The admin thread swaps it on a certificate reload;

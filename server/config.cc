@@ -60,6 +60,13 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_duration("mesh-retry-interval", &c.mesh_retry_interval_ns, "derpd: how long a mesh link waits before dialling again after a failure (derper: 5s); up to 1s of jitter is added");
     flags.add_duration("cert-poll-interval", &c.cert_poll_interval_ns, "derpd: how often -certmode manual checks the certificate files for changes and reloads them (SIGHUP reloads at once); 0 = only on SIGHUP");
 
+    flags.add_string("acme-email", &c.acme_email, "optional email address for the ACME account (the CA may write about expiring certificates)");
+    flags.add_string("acme-directory", &c.acme_directory, "derpd: the ACME server's directory URL for -certmode letsencrypt (a private ACME CA, or Let's Encrypt's staging server)");
+    flags.add_string("acme-ca", &c.acme_ca, "derpd: PEM file of the CA certificates to trust for the ACME server's own HTTPS (default: the system trust store)");
+    flags.add_duration("acme-timeout", &c.acme_timeout_ns, "derpd: deadline for one request to the ACME server, connect to last byte");
+    flags.add_duration("acme-retry-interval", &c.acme_retry_interval_ns, "derpd: wait after a failed ACME order, doubled after each further failure up to 30m (derper: 1m)");
+    flags.add_bool("letsencrypt-any-port", &c.letsencrypt_any_port, "derpd: with -certmode letsencrypt, serve TLS on the -a port even when it is not 443 (behind a port forward from 443); derper serves plain HTTP there");
+
     auto parsed = flags.parse(args);
     if (!parsed) return unexpected(parsed.error());
     if (parsed->help_requested) {
@@ -106,7 +113,11 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
                                std::pair{"tcp-user-timeout", c.tcp_user_timeout_ns},
                                std::pair{"tcp-keepalive-time", c.tcp_keepalive_time_ns}})
         if (value < 0) return unexpected(fmt::format("invalid negative duration for flag -{}", name));
-    c.tls = listener_serves_tls(c.listen_address, c.certmode);
+    if (c.acme_timeout_ns < 1'000'000'000)
+        return unexpected(std::string("invalid value for flag -acme-timeout: at least 1s"));
+    if (c.acme_retry_interval_ns < 1'000'000'000)
+        return unexpected(std::string("invalid value for flag -acme-retry-interval: at least 1s"));
+    c.tls = listener_serves_tls(c.listen_address, c.certmode) || (c.letsencrypt_any_port && c.certmode == "letsencrypt");
     return out;
 }
 

@@ -49,6 +49,13 @@ struct config {
     std::int64_t memory_trim_interval_ns = 10'000'000'000;  // --memory-trim-interval: 0 = never
     std::int64_t mesh_retry_interval_ns = 5'000'000'000;    // --mesh-retry-interval (derper: 5s)
     bool pin_threads = true;              // --pin-threads: shard i on core i, admin on the last
+    // -certmode letsencrypt (server/acme_client.hh).
+    std::string acme_directory = "https://acme-v02.api.letsencrypt.org/directory";  // --acme-directory
+    std::string acme_ca;                  // --acme-ca: PEM bundle trusted for the ACME server
+    std::string acme_email;               // -acme-email (derper's)
+    std::int64_t acme_timeout_ns = 30'000'000'000;          // --acme-timeout: one ACME request
+    std::int64_t acme_retry_interval_ns = 60'000'000'000;   // --acme-retry-interval: first backoff
+    bool letsencrypt_any_port = false;    // --letsencrypt-any-port: TLS on -a's port even if not 443
 
     // Derived by validate().
     bool tls = false;                     // the main listener would serve TLS (spec 3.1)

@@ -10,6 +10,7 @@
 #include "core/derp_upgrade.hh"
 #include "core/http_endpoints.hh"
 #include "core/http_request.hh"
+#include "crypto/acme_crypto.hh"
 #include "server/derp_internal.hh"
 
 namespace derp::server {
@@ -65,6 +66,20 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
                                                  query_value(request.query, "debugkey"));
     if (_settings.tls_mode && _shard.listener_tag(conn) == listener_port80) {
         _counters.port80_requests.add();
+        // HTTP-01 (RFC 8555 8.3), ahead of the redirect as autocert's HTTPHandler: the key
+        // authorization for a token of a challenge in flight, 404 for any other token.
+        constexpr std::string_view challenge_prefix = "/.well-known/acme-challenge/";
+        if (_shared.acme_challenges != nullptr && request.path.starts_with(challenge_prefix)) {
+            const auto answer = _shared.acme_challenges->http01(request.path.substr(challenge_prefix.size()));
+            if (_shared.acme != nullptr) (answer ? _shared.acme->http01_answers : _shared.acme->http01_unknown).fetch_add(1, std::memory_order_relaxed);
+            const std::array<http_header_field, 1> headers = {{{"Content-Type", "text/plain; charset=utf-8"}}};
+            respond(conn, c,
+                    answer ? go_http_response(200, headers, *answer, unix_seconds, request.method == "HEAD")
+                           : go_http_error(404, "acme/autocert: no challenge for this token", unix_seconds,
+                                           request.method == "HEAD"),
+                    keep_alive);
+            return keep_alive ? head : in.size();
+        }
         if (auto answer = route_port80(request, context.debug_allowed, unix_seconds)) {
             respond(conn, c, std::move(*answer), keep_alive);
             return keep_alive ? head : in.size();

@@ -30,6 +30,7 @@
 #include "admin/admin_service.hh"
 #include "server/files.hh"
 #include "server/certificates.hh"
+#include "server/acme_client.hh"
 #include "crypto/ktls.hh"
 #include "crypto/tls_layer.hh"
 #include "core/bootstrap_dns.hh"
@@ -83,12 +84,12 @@ int main(int argc, char** argv) {
     ring::parse_log_level(cfg.log_level, &level);
     ring::set_log_level(level);
 
-    if (cfg.tls && cfg.certmode != "manual")
-        return fail(fmt::format(
-            "-certmode {} (ACME) is not available in derpd yet. Use -certmode manual with -certdir "
-            "holding <hostname>.crt and <hostname>.key (an IP -hostname gets a self-signed certificate), "
-            "or serve plain HTTP with -dev or an -a port other than 443",
-            cfg.certmode));
+    if (cfg.tls && cfg.certmode == "gcp")
+        return fail("-certmode gcp (Google's ACME CA with External Account Binding) is not available in derpd. "
+                    "Use -certmode letsencrypt (any ACME CA without EAB through -acme-directory) or -certmode manual");
+    if (cfg.tls && cfg.certmode == "letsencrypt") {
+        if (auto bad = server::letsencrypt_hostname_problem(cfg.hostname); !bad.empty()) return fail(bad);
+    }
     if (!crypto_init()) return fail("libsodium failed to initialise (no randomness source?)");
 
     // The server key: -dev makes a fresh one each start, as derper -dev does.
@@ -136,7 +137,32 @@ int main(int argc, char** argv) {
     tls::parse_ktls_mode(cfg.ktls, &ktls_mode);
     tls::ktls_support ktls;
     std::vector<ring::socket_address> port80_addresses;
-    if (cfg.tls) {
+    // -certmode letsencrypt: the ACME client, the challenge answers the listeners serve, its counters.
+    std::unique_ptr<server::acme_client> acme;
+    auto acme_challenges = std::make_shared<tls::acme_challenges>();
+    admin::acme_counters acme_counters;
+    if (cfg.tls && cfg.certmode == "letsencrypt") {
+        const std::string certdir = cfg.certdir.empty() ? server::default_certdir() : cfg.certdir;
+        if (certdir.empty()) return fail("-certdir is required with -certmode letsencrypt (no HOME or XDG_CACHE_HOME for the default)");
+        server::acme_settings as;
+        as.hostname = cfg.hostname;
+        as.certdir = certdir;
+        as.directory_url = cfg.acme_directory;
+        as.ca_file = cfg.acme_ca;
+        as.email = cfg.acme_email;
+        as.request_timeout_ns = cfg.acme_timeout_ns;
+        as.retry_base_ns = cfg.acme_retry_interval_ns;
+        as.http01 = cfg.http_port >= 0;
+        auto meta = tls::make_meta_certificate(public_key_of(server_private));
+        if (!meta) return fail(meta.error());
+        as.meta_cert_der = std::move(meta.value());
+        acme = std::make_unique<server::acme_client>(std::move(as), *tls_contexts, acme_challenges, acme_counters);
+        auto prepared = acme->prepare();
+        if (!prepared) return fail(prepared.error());
+        ring::log(log_level::info, "{}", prepared.value());
+    }
+    std::string cert_path;
+    if (cfg.tls && !acme) {
         const std::string certdir = cfg.certdir.empty() ? server::default_certdir() : cfg.certdir;
         if (certdir.empty()) return fail("-certdir is required with -certmode manual (no HOME or XDG_CACHE_HOME for the default)");
         auto setup = server::load_manual_certificate(certdir, cfg.hostname, public_key_of(server_private));
@@ -150,10 +176,14 @@ int main(int argc, char** argv) {
         tls_contexts->current.store(setup->context);
         reloader = std::make_unique<server::certificate_reloader>(setup->identity, *tls_contexts);
         if (cfg.cert_poll_interval_ns > 0) reloader->start_polling(cfg.cert_poll_interval_ns);
+        cert_path = setup->identity.cert_path;
+    }
+    if (cfg.tls) {
         ktls = ktls_mode == tls::ktls_mode::off ? tls::ktls_support{false, "off (-ktls=off)"} : tls::probe_ktls();
         if (ktls_mode == tls::ktls_mode::require && !ktls.available)
             return fail("-ktls=require, but " + ktls.detail);
-        ring::log(log_level::info, "TLS: certificate {} for {}; kTLS {}", setup->identity.cert_path, cfg.hostname,
+        ring::log(log_level::info, "TLS: certificate {} for {}; kTLS {}",
+                  acme ? "from ACME (" + cfg.acme_directory + ")" : cert_path, cfg.hostname,
                   ktls.available ? "available: connections move to the kernel after the handshake"
                                  : "not used (" + ktls.detail + "): userspace records");
         if (cfg.http_port >= 0) {
@@ -236,7 +266,14 @@ int main(int argc, char** argv) {
     }
     auto mesh_tls_counters = std::make_unique<tls::tls_counters[]>(shards);
     auto tls_counters = std::make_unique<tls::tls_counters[]>(shards);
-    if (cfg.tls) shared.tls = tls_counters.get();
+    if (cfg.tls) {
+        shared.tls = tls_counters.get();
+        shared.tls_contexts = tls_contexts.get();
+    }
+    if (acme) {
+        shared.acme = &acme_counters;
+        shared.acme_challenges = acme_challenges.get();
+    }
     shared.cmdline.assign(argv, argv + argc);
     server::bootstrap_resolver bootstrap(parse_name_list(cfg.bootstrap_dns_names),
                                          parse_unpublished_names(cfg.unpublished_bootstrap_dns_names));
@@ -358,7 +395,10 @@ int main(int argc, char** argv) {
             while (!trim_wake.wait_for(lock, std::chrono::nanoseconds(cfg.memory_trim_interval_ns), [&] { return trim_stop; }))
                 malloc_trim(0);
         });
+    // The ACME client starts once the listeners are up: its challenges are answered there.
+    if (acme) acme->start();
     rt.value()->wait();
+    acme.reset();
     if (trimmer.joinable()) {
         {
             std::lock_guard lock(trim_mutex);

@@ -30,8 +30,13 @@ expect_failure "bad boolean" 'invalid boolean value "maybe" for flag -stun' "$de
 expect_failure "missing value" "flag needs an argument: -a" "$derpd" -a
 expect_failure "stray argument" 'unexpected argument "extra"' "$derpd" -dev extra
 expect_failure "bad listen address" 'bad port' "$derpd" -dev -a 127.0.0.1:99999
-expect_failure "ACME not yet" "-certmode letsencrypt \\(ACME\\) is not available.*-certmode manual" \
-  "$derpd" -a 127.0.0.1:443 -c "$tmp/k"
+# -certmode letsencrypt: an IP -hostname cannot be ordered; gcp (EAB) is not there.
+expect_failure "letsencrypt for an IP" "-hostname 192.0.2.1 is an IP address.*-certmode manual" \
+  "$derpd" -a 127.0.0.1:0 -letsencrypt-any-port -hostname 192.0.2.1 -c "$tmp/k" -stun=false
+expect_failure "letsencrypt bad hostname" '-hostname "bad/name" is not a DNS name' \
+  "$derpd" -a 127.0.0.1:0 -letsencrypt-any-port -hostname bad/name -c "$tmp/k" -stun=false
+expect_failure "gcp" "-certmode gcp .* is not available in derpd" "$derpd" -a 127.0.0.1:443 -certmode gcp -c "$tmp/k"
+expect_failure "bad -acme-timeout" "invalid value for flag -acme-timeout: at least 1s" "$derpd" -dev -acme-timeout 10ms
 expect_failure "bad -ktls" 'invalid value "maybe" for flag -ktls' "$derpd" -dev -ktls maybe
 expect_failure "bad -recv-buffers" 'invalid value 100 for flag -recv-buffers: want a power of two' "$derpd" -dev -recv-buffers 100
 expect_failure "negative -memory-trim-interval" 'invalid negative duration for flag -memory-trim-interval' \
