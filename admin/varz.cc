@@ -158,6 +158,7 @@ std::string render_varz(const metric_sources& shared) {
     metric(out, "derp_total_dup_client_conns", "counter", derp_sum(&derp_counters::total_dup_client_conns));
     metric(out, "derp_unknown_frames", "counter", derp_sum(&derp_counters::unknown_frames));
     metric(out, "derp_watchers", "gauge", derp_sum(&derp_counters::watchers));
+    metric(out, "derp_websocket_accepts", "counter", derp_sum(&derp_counters::websocket_accepts));
     for (const auto& family : {std::tuple{"derp_bytes_dropped", "DERP bytes dropped by reason and by kind", false},
                                std::tuple{"derp_packets_dropped", "DERP packets dropped by reason and by kind", true}}) {
         const char* name = std::get<0>(family);
@@ -286,6 +287,11 @@ std::string render_varz(const metric_sources& shared) {
                "TLS-ALPN-01 validation handshakes answered with the challenge certificate.",
                tls_sum(&tls::tls_counters::acme_tls_alpn_handshakes));
     }
+    out += "# HELP derpd_websocket_closes_total WebSocket connections whose framing ended, by how.\n";
+    out += "# TYPE derpd_websocket_closes_total counter\n";
+    for (std::size_t k = 0; k < ws_close_kind_names.size(); ++k)
+        out += fmt::format("derpd_websocket_closes_total{{reason=\"{}\"}} {}\n", ws_close_kind_names[k],
+                           sum_derp(shared, [&](const derp_counters& c) { return c.websocket_closes[k].get(); }));
     out += "# HELP derpd_protocol_closes_total DERP connections closed for what the peer sent, by reason.\n";
     out += "# TYPE derpd_protocol_closes_total counter\n";
     for (std::size_t r = 0; r < close_reason_count; ++r)
@@ -482,6 +488,7 @@ std::string render_debug_vars(const metric_sources& shared) {
                                    shared.stun->family_ipv4.get(), shared.stun->family_ipv6.get(), requests);
     }
     vars["counter_bootstrap_dns_requests"] = std::to_string(derp_sum(&derp_counters::bootstrap_dns_requests));
+    vars["derp_websocket_accepts"] = std::to_string(derp_sum(&derp_counters::websocket_accepts));
     const auto now = static_cast<std::uint64_t>(std::time(nullptr));
     vars["counter_uptime_sec"] = std::to_string(now - static_cast<std::uint64_t>(shared.start_unix_seconds));
     vars["process_start_unix_time"] = std::to_string(shared.start_unix_seconds);

@@ -96,6 +96,8 @@ public:
 
     // Bytes of HTTP: answers before (or instead of) the DERP stream, the 101, /debug/traffic.
     void push_http(std::string_view text);
+    // All HTTP bytes pushed so far (what precedes the first frame).
+    std::uint64_t http_bytes() const noexcept { return _http_bytes; }
     // Whole server frames other than RecvPacket. ServerKey goes at once; any other frame waits
     // while the client's registration is pending (hold_frames) for ServerInfo to go first.
     void push_frames(std::span<const std::uint8_t> frames);

@@ -10,8 +10,10 @@
 #include "core/derp_upgrade.hh"
 #include "core/http_endpoints.hh"
 #include "core/http_request.hh"
+#include "core/websocket.hh"
 #include "crypto/acme_crypto.hh"
 #include "server/derp_internal.hh"
+#include "server/ws_layer.hh"
 
 namespace derp::server {
 
@@ -96,7 +98,27 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
     switch (routed.route) {
     case http_route::derp: {
         const derp_upgrade upgrade = classify_derp_upgrade(request);
-        if (upgrade.kind == upgrade_kind::derp) {
+        bool websocket = false;
+        if (upgrade.kind == upgrade_kind::websocket && _ws != nullptr) {
+            // derper: coder/websocket's Accept (its own HTTP errors), then 1008 unless the
+            // selected subprotocol is exactly "derp", then DERP inside binary messages.
+            ws_handshake_answer answer = answer_websocket_handshake(request, unix_seconds);
+            if (!answer.upgraded) {
+                respond(conn, c, std::move(answer.response), keep_alive);
+                return keep_alive ? head : in.size();
+            }
+            queue_http(conn, c, answer.response);
+            c.http_body_skip = 0;
+            c.ws_upgraded = true;
+            _ws->upgrade(conn, c.out.http_bytes() - c.bytes_out);
+            if (!answer.derp_subprotocol) {
+                _ws->close_with(conn, ws_status_policy_violation, "client must speak the derp subprotocol",
+                                admin::ws_close_kind::not_derp_subprotocol);
+                return head;
+            }
+            websocket = true;
+        }
+        if (upgrade.kind == upgrade_kind::derp || websocket) {
             c.http_body_skip = 0;  // after the upgrade the stream is DERP frames
             c.not_ideal = upgrade.not_ideal;
             c.stage = phase::handshake;
@@ -106,7 +128,8 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
             }
             c.handshake = std::make_unique<server_handshake>(_settings.server_public, _settings.mesh_key, _box);
             std::array<std::uint8_t, handshake_start_bytes_max> start{};
-            const std::size_t n = c.handshake->start(start, upgrade.fast_start);
+            // Over WebSocket the 101 went out above: ServerKey is the first message.
+            const std::size_t n = c.handshake->start(start, upgrade.fast_start || websocket);
             // The 101 (none in fast start) is HTTP; ServerKey, at the end, the first frame.
             const std::size_t http_bytes = n - server_key_frame_bytes;
             queue_http(conn, c, {reinterpret_cast<const char*>(start.data()), http_bytes});
@@ -116,7 +139,7 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
                              _shard.now_ns() + static_cast<std::uint64_t>(_settings.handshake_timeout_ns));
             return head;
         }
-        // No DERP upgrade (WebSocket DERP comes with its own issue): derper's 426.
+        // No DERP upgrade: derper's 426.
         std::string response(derp_426_response_bytes, '\0');
         encode_derp_426({reinterpret_cast<std::uint8_t*>(response.data()), response.size()}, unix_seconds);
         respond(conn, c, std::move(response), keep_alive);

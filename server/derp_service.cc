@@ -233,6 +233,11 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
         }
         if (n == 0) break;
         used += n;
+        if (c.ws_upgraded) {
+            // The rest of the input is WebSocket frames: the layer below unframes it.
+            c.ws_upgraded = false;
+            break;
+        }
     }
     if (find(conn) == nullptr) return bytes.size();
     c.partial_input = c.stage != phase::registering && (used < bytes.size() || c.skip_bytes > 0);

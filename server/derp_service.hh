@@ -42,6 +42,7 @@ using admin::tcp_rtt_bounds_us;
 using admin::tcp_rtt_labels;
 
 class mesh_links;   // server/mesh.hh
+class ws_layer;     // server/ws_layer.hh
 struct mesh_config;
 
 // What every shard's service shares, read-only once the runtime runs (counters apart, which
@@ -106,6 +107,8 @@ public:
     static constexpr std::uint8_t listener_port80 = 2;
     // The TLS layer below this service, asked for a connection's TLS version.
     void set_tls_layer(const tls::tls_layer* layer) noexcept { _tls = layer; }
+    // The WebSocket layer below this service (spec 3.4), told when a connection upgrades.
+    void set_ws_layer(ws_layer* layer) noexcept { _ws = layer; }
     // This shard's mesh links (the peers it dials), kept alive as long as this service.
     void adopt_mesh(std::unique_ptr<mesh_links> links) noexcept;
     // The shard that hosts the link to mesh peer `peer`.
@@ -142,6 +145,7 @@ private:
         bool is_dup = false;
         bool activity_reported = false;
         bool watcher = false;
+        bool ws_upgraded = false;      // this input call upgraded to WebSocket: stop reading it
         std::uint8_t tls_active = 0;   // tls::version_index + 1 while counted in tls_active_version
         std::uint64_t skip_bytes = 0;  // payload of an ignored frame still to discard
         bool partial_input = false;    // the runtime holds the start of an unfinished frame
@@ -210,6 +214,7 @@ private:
     const derp_settings& _settings;
     derp_counters& _counters;
     const tls::tls_layer* _tls = nullptr;
+    ws_layer* _ws = nullptr;
     sodium_handshake_box _box;
     std::vector<client> _clients;  // by slot
     // Transfer buffers for RecvPacket frames made on this shard: [0] up to 2 KiB, [1] larger.

@@ -33,6 +33,7 @@
 #include "server/acme_client.hh"
 #include "crypto/ktls.hh"
 #include "crypto/tls_layer.hh"
+#include "server/ws_layer.hh"
 #include "core/bootstrap_dns.hh"
 #include "core/http_endpoints.hh"
 
@@ -332,7 +333,10 @@ int main(int argc, char** argv) {
         [&](ring::shard& sh) -> std::unique_ptr<ring::service> {
             auto derp = std::make_unique<server::derp_service>(sh, shared);
             server::derp_service* derp_view = derp.get();
-            std::unique_ptr<ring::service> server_side = std::move(derp);
+            // Framing for DERP over WebSocket sits below the service and above TLS (spec 3.4).
+            auto ws = std::make_unique<server::ws_layer>(sh, std::move(derp), shared.counters[sh.index()]);
+            derp_view->set_ws_layer(ws.get());
+            std::unique_ptr<ring::service> server_side = std::move(ws);
             if (cfg.tls) {
                 tls::tls_layer_config layer;
                 layer.tls_listener_tag = server::derp_service::listener_main_tls;
