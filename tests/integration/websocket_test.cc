@@ -170,6 +170,38 @@ TEST_CASE("node ws: relay with a native client, then the edge cases close as der
     CHECK(native.expect_recv_packet(storage, 10s).src == other.key());
 }
 
+TEST_CASE("node ws: wss:// relays through derpd's TLS, then the WebSocket layer") {
+    require_node();
+    REQUIRE(crypto_init());
+    derpd_options o;
+    o.tls = true;
+    derpd_process d(o);
+    tls::context::client_options tls_options;
+    tls_options.server_name = "127.0.0.1";
+    tls_options.verify = tls::context::verify_mode::insecure;  // derpd's self-signed certificate
+    auto tls_context = tls::context::make_client(tls_options);
+    REQUIRE(tls_context);
+    client_options native_options;
+    native_options.tls = tls_context.value();
+    const private_key js_secret = generate_private_key();
+    const node_key js_public = public_key_of(js_secret);
+    derp_client native = derp_client::connect(d.port(), d.server_public(), native_options);
+    const fs::path out = d.dir() / "node-wss.txt";
+    child node({*find_program("node"), (scripts_dir() / "edge.js").string(), std::to_string(d.port()),
+                hex_of(js_secret.bytes()), hex_of(native.key().bytes()), "wss", "relay"},
+               out, {std::string("NODE_PATH=") + node_path, "NODE_TLS_REJECT_UNAUTHORIZED=0"});
+    bytes storage;
+    const recv_packet_view got = native.expect_recv_packet(storage, 30s);
+    CHECK(got.src == js_public);
+    const std::string answer = "hello from native";
+    native.send_packet(js_public, {reinterpret_cast<const std::uint8_t*>(answer.data()), answer.size()});
+    const auto status = node.wait(60s);
+    INFO(read_file(out));
+    REQUIRE(status.has_value());
+    CHECK(WIFEXITED(*status));
+    CHECK(WEXITSTATUS(*status) == 0);
+}
+
 // The page's server: GET / is the page, GET /nacl-fast.js and /derp_ws.js the scripts, POST
 // /result the verdict (then it stops).
 class page_server {

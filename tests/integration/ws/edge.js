@@ -10,8 +10,9 @@ const WebSocket = require('ws');
 const nacl = require('tweetnacl');
 const { derpConnect, hex, unhex } = require('./derp_ws.js');
 
-const [port, secretHex, nativeHex] = process.argv.slice(2);
-const url = `ws://127.0.0.1:${port}/derp`;
+// Optional 4th and 5th arguments: the URL scheme (wss over derpd's TLS) and the one case to run.
+const [port, secretHex, nativeHex, scheme = 'ws', only] = process.argv.slice(2);
+const url = `${scheme}://127.0.0.1:${port}/derp`;
 const deadlineMs = 15000;
 
 function open(protocol) {
@@ -145,6 +146,7 @@ const cases = {
 (async () => {
   let failed = 0;
   for (const [name, run] of Object.entries(cases)) {
+    if (only && name !== only) continue;
     try {
       console.log(`ok ${name}: ${await run()}`);
     } catch (e) {
