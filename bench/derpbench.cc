@@ -47,6 +47,7 @@ struct target {
     std::string url;
     std::string host;  // the Host header and TLS name
     bool tls = false;
+    bool websocket = false;  // ws:// or wss://: DERP over WebSocket (spec 3.4)
     ring::socket_address address;
     std::shared_ptr<tls::context> context;  // https: this node's name (SNI, verification)
 };
@@ -69,15 +70,17 @@ struct targets {
     client::client_options for_node(client::client_options base, std::size_t i) const {
         base.host = list[i].host;
         base.tls_context = list[i].context;
+        base.websocket = list[i].websocket;
         return base;
     }
 };
 
-// http(s)://host[:port]/derp -> the address to dial.
+// http(s)://host[:port]/derp or ws(s)://host[:port]/derp -> the address to dial.
 result<target, std::string> parse_url(const std::string& url) {
-    const bool tls = url.rfind("https://", 0) == 0;
-    const std::string_view scheme = tls ? "https://" : "http://";
-    if (url.rfind(scheme, 0) != 0) return unexpected(fmt::format("--url {}: want http(s)://host:port/derp", url));
+    const bool websocket = url.rfind("ws://", 0) == 0 || url.rfind("wss://", 0) == 0;
+    const bool tls = url.rfind("https://", 0) == 0 || url.rfind("wss://", 0) == 0;
+    const std::string_view scheme = websocket ? (tls ? "wss://" : "ws://") : (tls ? "https://" : "http://");
+    if (url.rfind(scheme, 0) != 0) return unexpected(fmt::format("--url {}: want http(s)://host:port/derp or ws(s)://", url));
     std::string rest = url.substr(scheme.size());
     const auto slash = rest.find('/');
     const std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
@@ -102,6 +105,7 @@ result<target, std::string> parse_url(const std::string& url) {
     t.url = url;
     t.host = host;
     t.tls = tls;
+    t.websocket = websocket;
     std::memcpy(&t.address.storage, list->ai_addr, list->ai_addrlen);
     t.address.length = list->ai_addrlen;
     freeaddrinfo(list);
@@ -353,6 +357,7 @@ struct options {
     std::string plot;                      // sweep: SVG file
     bool live = false;                     // a progress line on stderr (a terminal)
     std::int64_t stop_reading_after_ns = -1;  // fault injection
+    std::int64_t frames_per_write = 0;  // throughput, sweep: 0 = as many as fit
     // The core the load runs on: by default the last one, since derpd puts its first shard on
     // core 0 (and only its mostly idle admin thread on the last).
     std::int64_t cpu = static_cast<std::int64_t>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)) - 1);
@@ -361,6 +366,7 @@ struct options {
         client::client_options c;
         c.host = ts.list.front().host;
         c.mesh_key = mesh_key;
+        c.websocket = ts.list.front().websocket;
         return c;
     }
     // The common pair options of throughput, sweep and latency's background load.
@@ -377,6 +383,8 @@ struct options {
         p.tls = ts.tls;
         p.host = ts.list.front().host;
         p.mesh_key = mesh_key;
+        p.websocket = ts.list.front().websocket;
+        p.frames_per_write_max = static_cast<std::uint32_t>(frames_per_write);
         p.cross_node = cross_node;
         for (const auto& t : ts.list) {
             p.hosts.push_back(t.host);
@@ -676,7 +684,8 @@ int run_connections(const options& o, const targets& ts) {
 int main(int argc, char** argv) {
     options o;
     derp::flag_set flags("derpbench");
-    flags.add_string_list("url", &o.urls, "DERP server, http(s)://host:port/derp; repeat for the nodes of a region");
+    flags.add_string_list("url", &o.urls, "DERP server, http(s)://host:port/derp, or ws(s)://host:port/derp for DERP over WebSocket; repeat for the nodes of a region");
+    flags.add_int("frames-per-write", &o.frames_per_write, "throughput, sweep: at most this many frames per send (1 = as the Go and browser clients write; over WebSocket one message each); 0 = as many as fit");
     flags.add_bool("insecure", &o.insecure, "https: do not verify the server's certificate");
     flags.add_string("ca", &o.ca, "https: trust only this PEM CA bundle");
     flags.add_string("cert-name", &o.cert_name, "https: a DERPMap CertName, sha256-raw:<64 hex> pins the server certificate");
@@ -739,7 +748,7 @@ int main(int argc, char** argv) {
     if (ts.list.empty()) return std::fprintf(stderr, "derpbench: no --url\n"), 2;
     const bool tls = ts.list.front().tls;
     for (const auto& t : ts.list)
-        if (t.tls != tls) return std::fprintf(stderr, "derpbench: every --url must use the same scheme\n"), 2;
+        if (t.tls != tls || t.websocket != ts.list.front().websocket) return std::fprintf(stderr, "derpbench: every --url must use the same scheme\n"), 2;
     if (tls) {
         tls::context::client_options c;
         c.server_name = ts.list.front().host;

@@ -73,7 +73,9 @@ public:
         if (it == _senders.end() || !_stats.sending.load(std::memory_order_relaxed)) return 0;
         std::size_t n = 0;
         std::uint64_t budget = _rate_pps > 0 ? static_cast<std::uint64_t>(it->tokens) : ~0ull;
-        while (budget > 0) {
+        std::uint32_t frames = 0;
+        while (budget > 0 && (_options.frames_per_write_max == 0 || frames < _options.frames_per_write_max)) {
+            ++frames;
             const std::size_t packet_bytes = _size_cycle[_sent_local % _size_cycle.size()];
             const std::size_t frame = send_packet_frame_bytes(packet_bytes);
             if (n + frame > out.size()) break;
@@ -156,6 +158,7 @@ private:
             tx.key = generate_private_key();
             rx.key = generate_private_key();
             tx.host = rx.host = _options.host;
+            tx.websocket = rx.websocket = _options.websocket;
             tx.mesh_key = rx.mesh_key = _options.mesh_key;
             const std::size_t home = i % _servers.size();
             const std::size_t away = _options.cross_node ? (home + 1) % _servers.size() : home;

@@ -46,6 +46,8 @@ struct pair_options {
     std::uint32_t client_cpu_offset = 1;  // the client runtime's shard runs on this core
     std::shared_ptr<client::client_tls> tls;  // dial over TLS when set
     std::string host = "127.0.0.1";       // Host header (and the TLS name, from the context)
+    bool websocket = false;               // DERP over WebSocket (spec 3.4) instead of Upgrade: DERP
+    std::uint32_t frames_per_write_max = 0;  // a sender's frames per send; 0 = as many as fit
     std::optional<key_mesh> mesh_key;
     // Several servers (a region): pair i uses servers[i % n]; with cross_node its receiver is
     // on the next server, so every packet crosses the region's mesh.

@@ -2,6 +2,7 @@
 // 3.3, with the Go client's tolerance for what servers send (spec 9.1).
 #include "client/derp_client.hh"
 
+#include <cctype>
 #include <cstring>
 #include <string_view>
 
@@ -9,6 +10,8 @@
 
 #include "core/client_info.hh"
 #include "crypto/box.hh"
+
+#include <sodium.h>
 
 namespace derp::client {
 
@@ -30,6 +33,29 @@ namespace {
 constexpr std::size_t client_frame_payload_max = 1u << 20;
 // An HTTP response head longer than this is not a DERP server's 101.
 constexpr std::size_t response_head_bytes_max = 8192;
+
+// Whether the response head has the field `name` (lowercase; matched ignoring case) with
+// exactly `value` (surrounding blanks ignored).
+bool head_has_field(std::string_view head, std::string_view name, std::string_view value) {
+    std::size_t at = head.find("\r\n");
+    while (at != std::string_view::npos && at + 2 < head.size()) {
+        const std::size_t line_end = head.find("\r\n", at + 2);
+        const std::string_view line = head.substr(at + 2, line_end == std::string_view::npos ? std::string_view::npos : line_end - at - 2);
+        const auto colon = line.find(':');
+        if (colon == name.size()) {
+            bool same = true;
+            for (std::size_t i = 0; i < colon; ++i)
+                same = same && static_cast<char>(std::tolower(static_cast<unsigned char>(line[i]))) == name[i];
+            std::string_view v = line.substr(colon + 1);
+            while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+            while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+            if (same && v == value) return true;
+        }
+        at = line_end;
+    }
+    return false;
+}
+
 }  // namespace
 
 client_pool::conn_state* client_pool::find(conn_id conn) noexcept {
@@ -50,10 +76,26 @@ std::optional<conn_id> client_pool::dial(const ring::socket_address& server,
     c.open = true;
     c.options = options;
     c.public_key = public_key_of(options.key);
-    c.out = fmt::format(
-        "GET /derp HTTP/1.1\r\nHost: {}\r\nUser-Agent: derpd-client\r\nConnection: Upgrade\r\n"
-        "Upgrade: DERP\r\n\r\n",
-        options.host);
+    if (options.websocket) {
+        // RFC 6455 4.1: a fresh random 16-byte key, base64; the 101 must echo its hash.
+        std::array<std::uint8_t, 16> key_bytes{};
+        randombytes_buf(key_bytes.data(), key_bytes.size());
+        std::array<char, 25> key{};
+        sodium_bin2base64(key.data(), key.size(), key_bytes.data(), key_bytes.size(), sodium_base64_VARIANT_ORIGINAL);
+        const std::string_view key_text(key.data(), 24);
+        const auto accept = websocket_accept_value(key_text);
+        c.ws_accept.assign(accept.data(), accept.size());
+        c.out = fmt::format(
+            "GET /derp HTTP/1.1\r\nHost: {}\r\nUser-Agent: derpd-client\r\nConnection: Upgrade\r\n"
+            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {}\r\n"
+            "Sec-WebSocket-Protocol: derp\r\n\r\n",
+            options.host, key_text);
+    } else {
+        c.out = fmt::format(
+            "GET /derp HTTP/1.1\r\nHost: {}\r\nUser-Agent: derpd-client\r\nConnection: Upgrade\r\n"
+            "Upgrade: DERP\r\n\r\n",
+            options.host);
+    }
     _shard.want_write(*conn);
     return conn;
 }
@@ -100,12 +142,77 @@ std::size_t client_pool::on_writable(conn_id conn, std::span<std::uint8_t> out) 
     // As in the Go client, data frames may follow ClientInfo without waiting for ServerInfo;
     // we wait for it anyway so that a benchmark never measures a half-open client.
     if (c->stage != phase::ready) return 0;
+    if (c->ws) return fill_websocket(conn, out);
     return _handler.fill(conn, out);
+}
+
+void client_pool::queue_out(conn_state& c, std::span<const std::uint8_t> bytes, ws_opcode opcode) {
+    if (!c.ws) {
+        c.out.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+        return;
+    }
+    std::array<std::uint8_t, 4> mask{};
+    randombytes_buf(mask.data(), mask.size());
+    std::array<std::uint8_t, ws_header_bytes_max> header{};
+    const std::size_t h = encode_ws_header(header, opcode, bytes.size(), true, mask);
+    c.out.append(reinterpret_cast<const char*>(header.data()), h);
+    const std::size_t at = c.out.size();
+    c.out.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    apply_ws_mask({reinterpret_cast<std::uint8_t*>(c.out.data() + at), bytes.size()}, mask, 0);
+}
+
+// One buffer the application fills is one masked binary message. Its payload stays under
+// 64 KiB so that the header (4 bytes of length form + 4 of mask) can be reserved up front and
+// the application writes in place; a short message moves its payload 2 bytes down.
+std::size_t client_pool::fill_websocket(conn_id conn, std::span<std::uint8_t> out) noexcept {
+    constexpr std::size_t reserved = 8;
+    if (out.size() <= reserved) {
+        _shard.want_write(conn);
+        return 0;
+    }
+    std::uint8_t* payload = out.data() + reserved;
+    const std::size_t w = _handler.fill(conn, {payload, std::min<std::size_t>(out.size() - reserved, 0xffff)});
+    if (w == 0) return 0;
+    std::array<std::uint8_t, 4> mask{};
+    randombytes_buf(mask.data(), mask.size());
+    const std::size_t h = ws_header_bytes(w, true);
+    if (h < reserved) std::memmove(out.data() + h, payload, w);
+    encode_ws_header(out, ws_opcode::binary, w, true, mask);
+    apply_ws_mask(out.subspan(h, w), mask, 0);
+    return h + w;
+}
+
+// Unframes the server's messages, answers pings, and parses the DERP bytes they carry.
+std::size_t client_pool::handle_websocket(conn_id conn, conn_state& c, std::span<const std::uint8_t> in) noexcept {
+    std::size_t at = 0;
+    while (at < in.size()) {
+        const std::size_t old = c.ws_plain.size();
+        c.ws_plain.resize(old + (in.size() - at));
+        const ws_step step = c.ws->feed(in.subspan(at), {c.ws_plain.data() + old, in.size() - at});
+        c.ws_plain.resize(old + step.produced);
+        at += step.consumed;
+        if (step.event == ws_event::ping) {
+            queue_out(c, {step.control.data(), step.control_bytes}, ws_opcode::pong);
+            _shard.want_write(conn);
+        } else if (step.event == ws_event::close) {
+            fail(conn, c, client_failure::closed);
+            return in.size();
+        } else if (step.event == ws_event::error) {
+            fail(conn, c, client_failure::protocol);
+            return in.size();
+        }
+    }
+    const std::size_t used = handle_frames(conn, c, c.ws_plain);
+    if (find(conn) == nullptr) return in.size();
+    c.ws_plain.erase(c.ws_plain.begin(), c.ws_plain.begin() + static_cast<std::ptrdiff_t>(used));
+    if (c.ws_plain.size() > 2 * client_frame_payload_max) fail(conn, c, client_failure::protocol);
+    return in.size();
 }
 
 std::size_t client_pool::on_data(conn_id conn, std::span<const std::uint8_t> bytes) noexcept {
     conn_state* c = find(conn);
     if (c == nullptr) return bytes.size();
+    if (c->ws) return handle_websocket(conn, *c, bytes);
     std::size_t used = 0;
     if (c->stage == phase::http) {
         const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
@@ -121,6 +228,15 @@ std::size_t client_pool::on_data(conn_id conn, std::span<const std::uint8_t> byt
         }
         used = end + 4;
         c->stage = phase::server_key;
+        if (c->options.websocket) {
+            // The server must have hashed our key (RFC 6455 4.1); the rest is its messages.
+            if (!head_has_field(text.substr(0, end + 2), "sec-websocket-accept", c->ws_accept)) {
+                fail(conn, *c, client_failure::http_status);
+                return bytes.size();
+            }
+            c->ws.emplace(false, client_frame_payload_max + frame_header_bytes);
+            return used + handle_websocket(conn, *c, bytes.subspan(used));
+        }
     }
     return used + handle_frames(conn, *c, bytes.subspan(used));
 }
@@ -165,7 +281,7 @@ std::size_t client_pool::handle_frames(conn_id conn, conn_state& c, std::span<co
                 at += encode_note_preferred(std::span(frame_bytes).subspan(at), true);
             // Pipelined behind ClientInfo, as derper's mesh client does (spec 5).
             if (c.options.watch_conns) at += encode_watch_conns(std::span(frame_bytes).subspan(at));
-            c.out.append(reinterpret_cast<const char*>(frame_bytes.data()), at);
+            queue_out(c, {frame_bytes.data(), at});
             c.stage = phase::server_info;
             _shard.want_write(conn);
             continue;

@@ -3,8 +3,9 @@
 // upgrading, doing the NaCl handshake and then exchanging frames. The application sees events
 // through a handler and writes its frames straight into the connection's send buffer (over
 // plain TCP with no intermediate copy), which is what lets derpbench drive a server harder
-// than the server drives itself; derpd's mesh links are clients of this library too. Not here
-// yet: WebSocket.
+// than the server drives itself; derpd's mesh links are clients of this library too. Over
+// WebSocket (spec 3.4, `websocket`) the same bytes travel as binary messages: each buffer the
+// application fills leaves as one masked message, as a browser's ws.send() would.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +16,7 @@
 
 #include "core/frame.hh"
 #include "core/key.hh"
+#include "core/websocket.hh"
 #include "crypto/tls_layer.hh"
 #include "ring/listen.hh"
 #include "ring/runtime.hh"
@@ -32,6 +34,9 @@ struct client_options {
     bool note_preferred = false;  // send NotePreferred(true) right after ClientInfo
     bool watch_conns = false;     // send WatchConns right after ClientInfo (a mesh watcher, spec 5)
     std::string host = "127.0.0.1";  // Host header
+    // GET /derp with Upgrade: websocket and subprotocol "derp" (ws://, wss://) instead of
+    // Upgrade: DERP.
+    bool websocket = false;
     // Over TLS: this connection's context (its SNI and verification name) instead of the
     // runtime's, for clients of several servers with different names (a region).
     std::shared_ptr<tls::context> tls_context;
@@ -113,13 +118,22 @@ private:
         client_options options;
         node_key public_key;
         node_key server_key;
-        std::string out;  // handshake bytes not yet sent
+        std::string out;  // handshake bytes (over WebSocket: whole frames) not yet sent
+        // WebSocket: the Sec-WebSocket-Accept the 101 must carry; then the decoder of the
+        // server's messages and the DERP bytes unframed from them, not yet parsed.
+        std::string ws_accept;
+        std::optional<ws_decoder> ws;
+        std::vector<std::uint8_t> ws_plain;
         std::size_t out_sent = 0;
         std::optional<client_failure> failure;
     };
     conn_state* find(conn_id conn) noexcept;
     void fail(conn_id conn, conn_state& c, client_failure failure) noexcept;
     std::size_t handle_frames(conn_id conn, conn_state& c, std::span<const std::uint8_t> in) noexcept;
+    // Handshake bytes to send: as they are, or as one masked binary message over WebSocket.
+    void queue_out(conn_state& c, std::span<const std::uint8_t> bytes, ws_opcode opcode = ws_opcode::binary);
+    std::size_t handle_websocket(conn_id conn, conn_state& c, std::span<const std::uint8_t> in) noexcept;
+    std::size_t fill_websocket(conn_id conn, std::span<std::uint8_t> out) noexcept;
 
     ring::shard& _shard;
     handler& _handler;

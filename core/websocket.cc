@@ -123,6 +123,24 @@ std::size_t header_bytes_announced(std::uint8_t second) noexcept {
     return std::size_t{2} + (len7 == 126 ? 2u : len7 == 127 ? 8u : 0u) + ((second & 0x80) != 0 ? 4u : 0u);
 }
 
+// dst = src XOR mask, eight bytes at a time (one pass over the payload, not a copy and then
+// an XOR).
+void copy_unmasked(std::uint8_t* dst, const std::uint8_t* src, std::size_t n, std::array<std::uint8_t, 4> mask,
+                   std::uint64_t at) noexcept {
+    std::array<std::uint8_t, 8> wide{};
+    for (std::size_t k = 0; k < 8; ++k) wide[k] = mask[(at + k) & 3];
+    std::uint64_t word_mask = 0;
+    std::memcpy(&word_mask, wide.data(), 8);
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        std::uint64_t w = 0;
+        std::memcpy(&w, src + i, 8);
+        w ^= word_mask;
+        std::memcpy(dst + i, &w, 8);
+    }
+    for (; i < n; ++i) dst[i] = src[i] ^ mask[(at + i) & 3];
+}
+
 bool valid_close_status(std::uint16_t s) noexcept {
     return (s >= 1000 && s <= 1003) || (s >= 1007 && s <= 1014) || (s >= 3000 && s <= 4999);
 }
@@ -241,7 +259,20 @@ std::size_t encode_ws_header(std::span<std::uint8_t> out, ws_opcode opcode, std:
 }
 
 void apply_ws_mask(std::span<std::uint8_t> data, std::array<std::uint8_t, 4> mask, std::uint64_t at) noexcept {
-    for (std::size_t i = 0; i < data.size(); ++i) data[i] ^= mask[(at + i) & 3];
+    // Eight bytes at a time with the mask rotated to this offset: the byte loop costs about
+    // as much as the rest of the relay path for full-size packets.
+    std::array<std::uint8_t, 8> wide{};
+    for (std::size_t k = 0; k < 8; ++k) wide[k] = mask[(at + k) & 3];
+    std::uint64_t word_mask = 0;
+    std::memcpy(&word_mask, wide.data(), 8);
+    std::size_t i = 0;
+    for (; i + 8 <= data.size(); i += 8) {
+        std::uint64_t w = 0;
+        std::memcpy(&w, data.data() + i, 8);
+        w ^= word_mask;
+        std::memcpy(data.data() + i, &w, 8);
+    }
+    for (; i < data.size(); ++i) data[i] ^= mask[(at + i) & 3];
 }
 
 std::size_t encode_ws_close(std::span<std::uint8_t> out, std::uint16_t status, std::string_view reason, bool masked,
@@ -371,8 +402,8 @@ ws_step ws_decoder::feed(std::span<const std::uint8_t> in, std::span<std::uint8_
         const std::size_t room = out.size() - step.produced;
         const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(_payload_left, std::min(available, room)));
         if (n > 0) {
-            std::memcpy(out.data() + step.produced, in.data() + step.consumed, n);
-            if (_masked) apply_ws_mask(out.subspan(step.produced, n), _mask, _mask_at);
+            if (_masked) copy_unmasked(out.data() + step.produced, in.data() + step.consumed, n, _mask, _mask_at);
+            else std::memcpy(out.data() + step.produced, in.data() + step.consumed, n);
             step.produced += n;
             step.consumed += n;
             _mask_at += n;

@@ -86,7 +86,7 @@ void ws_layer::queue_close(ring::conn_id conn, conn_ws& st, std::uint16_t status
     std::array<std::uint8_t, ws_close_frame_bytes_max> frame{};
     const std::size_t n = encode_ws_close(frame, status, reason, false);
     st.control_out.append(reinterpret_cast<const char*>(frame.data()), n);
-    st.plain.clear();
+    st.plain_bytes = 0;
     _shard.want_write(conn);
     if (kind == admin::ws_close_kind::peer_close) {
         // The peer closed first and sends nothing more: close once our answer has gone.
@@ -124,12 +124,23 @@ void ws_layer::on_timer(ring::conn_id conn, std::uint8_t timer_id) noexcept {
     _inner->on_timer(conn, timer_id);
 }
 
+void ws_layer::reserve_plain(conn_ws& st, std::size_t more) {
+    if (st.plain_bytes + more <= st.plain_capacity_bytes) return;
+    const std::size_t capacity = std::max<std::size_t>({st.plain_bytes + more, 2 * st.plain_capacity_bytes, 4096});
+    auto grown = std::make_unique_for_overwrite<std::uint8_t[]>(capacity);
+    if (st.plain_bytes > 0) std::memcpy(grown.get(), st.plain.get(), st.plain_bytes);
+    st.plain = std::move(grown);
+    st.plain_capacity_bytes = capacity;
+}
+
 bool ws_layer::offer_plain(ring::conn_id conn, conn_ws& st) noexcept {
-    if (st.plain.empty() || st.closing) return true;
-    const std::size_t used = _inner->on_data(conn, st.plain);
+    if (st.plain_bytes == 0 || st.closing) return true;
+    const std::size_t used = std::min(_inner->on_data(conn, {st.plain.get(), st.plain_bytes}), st.plain_bytes);
     if (find(conn) != &st || !_shard.is_open(conn)) return false;  // the service closed it
-    st.plain.erase(st.plain.begin(), st.plain.begin() + static_cast<std::ptrdiff_t>(std::min(used, st.plain.size())));
-    if (st.plain.size() > _config.plain_buffered_bytes_max) {
+    // What the service left (the start of a frame) moves to the front.
+    if (used > 0 && used < st.plain_bytes) std::memmove(st.plain.get(), st.plain.get() + used, st.plain_bytes - used);
+    st.plain_bytes -= used;
+    if (st.plain_bytes > _config.plain_buffered_bytes_max) {
         queue_close(conn, st, ws_status_policy_violation, "input not read", admin::ws_close_kind::input_overflow);
         return false;
     }
@@ -144,10 +155,9 @@ void ws_layer::decode(ring::conn_id conn, conn_ws& st, std::span<const std::uint
             return;
         }
         // Payload never outgrows the bytes that carry it: the rest of `in` is room enough.
-        const std::size_t old = st.plain.size();
-        st.plain.resize(old + (in.size() - at));
-        const ws_step step = st.decoder->feed(in.subspan(at), {st.plain.data() + old, in.size() - at});
-        st.plain.resize(old + step.produced);
+        reserve_plain(st, in.size() - at);
+        const ws_step step = st.decoder->feed(in.subspan(at), {st.plain.get() + st.plain_bytes, in.size() - at});
+        st.plain_bytes += step.produced;
         at += step.consumed;
         DERP_ASSERT(step.consumed > 0 || step.produced > 0 || step.event != ws_event::none);
         switch (step.event) {

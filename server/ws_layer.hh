@@ -77,7 +77,11 @@ private:
         bool awaiting_peer_close = false;  // we closed first: the peer's close frame or FIN ends it
         std::uint64_t raw_left_bytes = 0;  // service output still passed through unframed
         std::optional<ws_decoder> decoder;
-        std::vector<std::uint8_t> plain;   // unframed, not yet taken by the service
+        // Unframed bytes not yet taken by the service: [0, plain_bytes) of a buffer that is
+        // never zero-filled (a std::vector's resize would write every byte once more).
+        std::unique_ptr<std::uint8_t[]> plain;
+        std::size_t plain_bytes = 0;
+        std::size_t plain_capacity_bytes = 0;
         std::string control_out;           // our pongs and close frame, not yet sent
     };
 
@@ -86,6 +90,8 @@ private:
     void decode(ring::conn_id conn, conn_ws& st, std::span<const std::uint8_t> in) noexcept;
     // Hands the unframed bytes to the service; false when the connection is gone.
     bool offer_plain(ring::conn_id conn, conn_ws& st) noexcept;
+    // Room for `more` bytes after plain_bytes.
+    static void reserve_plain(conn_ws& st, std::size_t more);
     // Reads what comes after our close frame, looking only for the peer's close.
     void drain_closing(ring::conn_id conn, conn_ws& st, std::span<const std::uint8_t> in) noexcept;
     void queue_close(ring::conn_id conn, conn_ws& st, std::uint16_t status, std::string_view reason,

@@ -88,6 +88,17 @@ rc=$?
 sent=$(field sent_packets "$out"); delivered=$(field delivered_packets "$out")
 ((rc == 0)) && [[ -n "$sent" ]] && ((sent > 10000 && delivered * 100 >= sent * 99)) && grep -q '"size":"mix","size_mean":567' <<<"$out" &&
   echo "ok: https, pinned, realistic mix: $sent sent, $delivered delivered" || fail "https throughput (exit $rc): $out"
+# The client library over WebSocket (spec 3.4), one DERP frame per message as browsers send:
+# ws:// to the plain derpd, wss:// through the TLS one; derpd counts the WebSocket accepts.
+out=$("$bench" throughput --url "ws://127.0.0.1:$port/derp" --pairs 2 --size 1200 --rate 20000 --frames-per-write 1 \
+  --duration 1s --warmup 200ms --json)
+rc=$?
+sent=$(field sent_packets "$out"); delivered=$(field delivered_packets "$out")
+accepts=$(curl -s "http://127.0.0.1:$port/debug/varz" | sed -n 's/^derp_websocket_accepts \([0-9]*\)$/\1/p')
+((rc == 0)) && [[ -n "$sent" && -n "$delivered" && -n "$accepts" ]] && ((sent > 0 && delivered > 0 && delivered <= sent && accepts >= 4)) &&
+  echo "ok: ws:// throughput: $sent sent, $delivered delivered, $accepts WebSocket accepts" || fail "ws throughput (exit $rc): $out"
+out=$("$bench" latency --url "wss://127.0.0.1:$tls_port/derp" --cert-name "$pin" --size 100 --duration 500ms --probe-interval 2ms --json)
+(($? == 0)) && grep -q '"rtt_p99_us":' <<<"$out" && echo "ok: wss:// latency" || fail "wss latency: $out"
 out=$("$bench" latency --url "$tls_url" --insecure --size 100 --duration 500ms --probe-interval 2ms --json)
 (($? == 0)) && grep -q '"rtt_p99_us":' <<<"$out" && echo "ok: https latency (--insecure)" || fail "https latency: $out"
 out=$("$bench" connections --url "$tls_url" --cert-name "$pin" --count 100 --duration 20s --json)
