@@ -87,7 +87,7 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter bootstrap_dns_queried_domains;  // gauge: this shard's set of queried names
     // DERP over WebSocket (spec 3.4, server/ws_layer).
     counter websocket_accepts;  // derper's derp_websocket_accepts
-    std::array<counter, 7> websocket_closes;  // by ws_close_kind
+    std::array<counter, 8> websocket_closes;  // by ws_close_kind
 };
 
 // How a WebSocket connection's framing ended (derpd_websocket_closes_total{reason}).
@@ -99,10 +99,11 @@ enum class ws_close_kind : std::uint8_t {
     not_derp_subprotocol,  // 1008: the selected subprotocol is not exactly "derp"
     input_overflow,        // the service left too many unframed bytes unread
     eof_inside_frame,      // the TCP stream ended inside a frame or a fragmented message
+    session_end,           // 1011 "closing": the DERP service ended the session (derper's deferred close)
 };
-inline constexpr std::array<std::string_view, 7> ws_close_kind_names = {
+inline constexpr std::array<std::string_view, 8> ws_close_kind_names = {
     "peer_close", "protocol_error", "unsupported_data", "message_too_big", "not_derp_subprotocol",
-    "input_overflow", "eof_inside_frame"};
+    "input_overflow", "eof_inside_frame", "session_end"};
 
 // Why a mesh link failed (derpd_mesh_failures_total{peer,reason}).
 inline constexpr std::array<std::string_view, 9> mesh_failure_labels = {

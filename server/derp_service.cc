@@ -14,6 +14,7 @@
 #include "core/http_request.hh"
 #include "server/derp_internal.hh"
 #include "server/mesh.hh"
+#include "server/ws_layer.hh"
 
 namespace derp::server {
 
@@ -179,7 +180,7 @@ void derp_service::on_timer(conn_id conn, std::uint8_t timer_id) noexcept {
             ring::log(log_level::info, "derp: {}: {} not complete in time; closing ({} recent)",
                       format_addr(c->ip, c->port),
                       c->stage == phase::http ? "HTTP request" : "handshake", n);
-        _shard.close(conn);
+        end_connection(conn);
         return;
     }
     if (timer_id == timer_keepalive && c->stage == phase::traffic) {
@@ -203,6 +204,14 @@ void derp_service::protocol_close(conn_id conn, client& c, close_reason reason) 
         ring::log(log_level::info, "derp: {}{}: closing: {} ({} recent)", format_addr(c.ip, c.port),
                   c.stage == phase::relay ? fmt::format(" nodekey:{}", c.key.to_string()) : "",
                   to_string(reason), n);
+    end_connection(conn);
+}
+
+void derp_service::end_connection(conn_id conn) noexcept {
+    if (_ws != nullptr && _ws->is_websocket(conn)) {
+        _ws->close_with(conn, ws_status_internal_error, "closing", admin::ws_close_kind::session_end);
+        return;
+    }
     _shard.close(conn);
 }
 

@@ -186,6 +186,8 @@ private:
     void forward_packet(const node_key& src, const node_key& dst, std::span<const std::uint8_t> packet,
                         std::uint32_t peer, packet_kind kind) noexcept;
     void protocol_close(ring::conn_id conn, client& c, close_reason reason) noexcept;
+    // Ends a connection: at once, or over WebSocket after derper's close frame (1011 "closing").
+    void end_connection(ring::conn_id conn) noexcept;
     void queue_control(ring::conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept;
     void queue_http(ring::conn_id conn, client& c, std::string_view text) noexcept;
     void queue_peer_gone(ring::conn_id conn, client& c, const node_key& peer, peer_gone_reason reason) noexcept;

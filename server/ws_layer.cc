@@ -78,7 +78,8 @@ void ws_layer::queue_close(ring::conn_id conn, conn_ws& st, std::uint16_t status
     if (st.closing) return;
     st.closing = true;
     _counters.websocket_closes[static_cast<std::size_t>(kind)].add();
-    if (kind != admin::ws_close_kind::peer_close) {
+    // The peer's own close is ordinary, and the service has logged why it ended a session.
+    if (kind != admin::ws_close_kind::peer_close && kind != admin::ws_close_kind::session_end) {
         if (auto n = _close_log.allow(_shard.now_ns()))
             ring::log(ring::log_level::info, "websocket: {}: closing with {} ({}): {} ({} recent)", peer_of(_shard.fd_of(conn)),
                       status, admin::ws_close_kind_names[static_cast<std::size_t>(kind)], reason, n);
@@ -135,8 +136,10 @@ void ws_layer::reserve_plain(conn_ws& st, std::size_t more) {
 
 bool ws_layer::offer_plain(ring::conn_id conn, conn_ws& st) noexcept {
     if (st.plain_bytes == 0 || st.closing) return true;
-    const std::size_t used = std::min(_inner->on_data(conn, {st.plain.get(), st.plain_bytes}), st.plain_bytes);
+    const std::size_t taken = _inner->on_data(conn, {st.plain.get(), st.plain_bytes});
     if (find(conn) != &st || !_shard.is_open(conn)) return false;  // the service closed it
+    if (st.closing) return false;  // the service ended the session (close_with): input is dropped
+    const std::size_t used = std::min(taken, st.plain_bytes);
     // What the service left (the start of a frame) moves to the front.
     if (used > 0 && used < st.plain_bytes) std::memmove(st.plain.get(), st.plain.get() + used, st.plain_bytes - used);
     st.plain_bytes -= used;

@@ -157,6 +157,7 @@ TEST_CASE("node ws: relay with a native client, then the edge cases close as der
     CHECK(metric(d, "derpd_websocket_closes_total", {{"reason", "message_too_big"}}) == 1);
     CHECK(metric(d, "derpd_websocket_closes_total", {{"reason", "not_derp_subprotocol"}}) == 1);
     CHECK(metric(d, "derpd_websocket_closes_total", {{"reason", "peer_close"}}) == 1);
+    CHECK(metric(d, "derpd_websocket_closes_total", {{"reason", "session_end"}}) == 1);
     // The cut connection may be seen by derpd just after node exits: wait for it.
     const auto deadline = std::chrono::steady_clock::now() + 10s;
     while (metric(d, "derpd_websocket_closes_total", {{"reason", "eof_inside_frame"}}) < 1 &&
