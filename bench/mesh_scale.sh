@@ -157,3 +157,5 @@ for i in 1 2; do
     echo "node $i drops (non-zero series):"
     curl -s "http://127.0.0.$i:$((port + 1))/debug/varz" | grep -E '^(derp_packets_dropped|derpd_packets_dropped_total|derpd_mesh_dropped_total)' | grep -v ' 0$' | sed 's/^/  /'
 done
+# The verdict: the pair lost nothing through both storms.
+grep -q '"dropped_packets":0,' "$tmp/pair.json" || { echo "FAIL: the cross-node pair lost packets during the storms"; exit 1; }
