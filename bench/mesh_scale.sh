@@ -18,7 +18,12 @@ derpbench=${DERPBENCH:-build/bench/derpbench}
 tmp=$(mktemp -d)
 loads=()
 storm_cpu=()
-cleanup() { for p in "${loads[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; region_stop_all; rm -rf "$tmp"; }
+cleanup() {
+    for p in "${loads[@]}"; do kill "$p" 2>/dev/null; done
+    region_stop_all
+    for p in "${loads[@]}"; do wait "$p" 2>/dev/null; done
+    rm -rf "$tmp"
+}
 trap cleanup EXIT
 port=$(( 10000 + RANDOM % 20000 ))  # below the ephemeral range
 region_init "$tmp" "$nodes" "$port" || exit 1
