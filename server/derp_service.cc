@@ -442,84 +442,74 @@ void derp_service::relay_packet(client& from, const node_key& src, const node_ke
         return;
     }
     const conn_ref target = it->second.conn;
-    const std::size_t frame_bytes = recv_packet_frame_bytes(packet.size());
-    const std::uint8_t size_class = frame_bytes <= small_frame_bytes_max ? 0 : 1;
-    auto index = _transfer[size_class]->acquire();
-    if (!index) {
-        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::transfer_pool_exhausted)].add();
-        return;
-    }
+    auto frame = take_transfer(recv_packet_frame_bytes(packet.size()));
+    if (!frame) return;
     // The one copy: the finished RecvPacket frame, made by the producer.
-    std::uint8_t* data = _transfer[size_class]->data(*index).data();
-    encode_recv_packet({data, frame_bytes}, src, packet);
-    queued_frame frame{data, static_cast<std::uint32_t>(frame_bytes), *index,
-                       static_cast<std::uint16_t>(_shard.index()), size_class, _shard.now_ns()};
+    encode_recv_packet({const_cast<std::uint8_t*>(frame->data), frame->frame_bytes}, src, packet);
     if (target.shard == _shard.index()) {
         client* to = find(target);
         if (to == nullptr) {
             count_drop(drop_reason::gone_disconnected, kind, packet.size());
-            _transfer[size_class]->release(*index);
+            _transfer[frame->size_class]->release(frame->buffer_index);
             return;
         }
-        enqueue(conn_id{target.slot, target.gen}, *to, frame, kind);
+        enqueue(conn_id{target.slot, target.gen}, *to, *frame, kind);
         return;
     }
-    if (_backlog_packets >= backlog_packets_max && !_backlog[target.shard].empty()) {
-        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::ring_backlog_full)].add();
-        _transfer[size_class]->release(*index);
-        return;
-    }
-    _transfer[size_class]->lend(*index);
     message m;
     m.kind = kind_packet;
     m.u32 = target.slot;
-    m.u64 = std::uint64_t{target.gen} | (std::uint64_t{frame.frame_bytes} << 32) |
+    m.u64 = std::uint64_t{target.gen} | (std::uint64_t{frame->frame_bytes} << 32) |
             (kind == packet_kind::disco ? std::uint64_t{1} << 63 : 0);
-    m.u64b = std::uint64_t{*index} | (std::uint64_t{size_class} << 32);
-    m.ptr = data;
+    hand_over(target.shard, *frame, m);
+}
+
+std::optional<queued_frame> derp_service::take_transfer(std::size_t frame_bytes) noexcept {
+    const std::uint8_t size_class = frame_bytes <= small_frame_bytes_max ? 0 : 1;
+    auto index = _transfer[size_class]->acquire();
+    if (!index) {
+        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::transfer_pool_exhausted)].add();
+        return std::nullopt;
+    }
+    return queued_frame{_transfer[size_class]->data(*index).data(), static_cast<std::uint32_t>(frame_bytes), *index,
+                        static_cast<std::uint16_t>(_shard.index()), size_class, _shard.now_ns()};
+}
+
+void derp_service::hand_over(std::uint32_t to_shard, const queued_frame& frame, message m) noexcept {
+    if (_backlog_packets >= backlog_packets_max && !_backlog[to_shard].empty()) {
+        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::ring_backlog_full)].add();
+        _transfer[frame.size_class]->release(frame.buffer_index);
+        return;
+    }
+    _transfer[frame.size_class]->lend(frame.buffer_index);
+    m.u64b = std::uint64_t{frame.buffer_index} | (std::uint64_t{frame.size_class} << 32);
+    m.ptr = const_cast<std::uint8_t*>(frame.data);
     _counters.cross_shard_packets.add();
-    post_or_backlog(target.shard, m);
+    post_or_backlog(to_shard, m);
 }
 
 void derp_service::forward_packet(const node_key& src, const node_key& dst, std::span<const std::uint8_t> packet,
                                   std::uint32_t peer, packet_kind kind) noexcept {
     _counters.packets_forwarded_out.add();
-    const std::size_t frame_bytes = forward_packet_frame_bytes(packet.size());
-    const std::uint8_t size_class = frame_bytes <= small_frame_bytes_max ? 0 : 1;
-    auto index = _transfer[size_class]->acquire();
-    if (!index) {
-        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::transfer_pool_exhausted)].add();
-        return;
-    }
+    auto frame = take_transfer(forward_packet_frame_bytes(packet.size()));
+    if (!frame) return;
     // The one copy, as for local delivery: the finished ForwardPacket frame.
-    std::uint8_t* data = _transfer[size_class]->data(*index).data();
-    encode_forward_packet({data, frame_bytes}, src, dst, packet);
-    queued_frame frame{data, static_cast<std::uint32_t>(frame_bytes), *index,
-                       static_cast<std::uint16_t>(_shard.index()), size_class, _shard.now_ns()};
+    encode_forward_packet({const_cast<std::uint8_t*>(frame->data), frame->frame_bytes}, src, dst, packet);
     const std::uint32_t host = mesh_shard_of(peer, _shared.shards);
     if (host == _shard.index()) {
         if (_mesh) {
-            _mesh->enqueue(peer, frame);
+            _mesh->enqueue(peer, *frame);
         } else {
             _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::mesh_unavailable)].add();
-            _transfer[size_class]->release(*index);
+            _transfer[frame->size_class]->release(frame->buffer_index);
         }
         return;
     }
-    if (_backlog_packets >= backlog_packets_max && !_backlog[host].empty()) {
-        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::ring_backlog_full)].add();
-        _transfer[size_class]->release(*index);
-        return;
-    }
-    _transfer[size_class]->lend(*index);
     message m;
     m.kind = kind_forward;
     m.u32 = peer;
-    m.u64 = std::uint64_t{frame.frame_bytes} | (kind == packet_kind::disco ? std::uint64_t{1} << 63 : 0);
-    m.u64b = std::uint64_t{*index} | (std::uint64_t{size_class} << 32);
-    m.ptr = data;
-    _counters.cross_shard_packets.add();
-    post_or_backlog(host, m);
+    m.u64 = std::uint64_t{frame->frame_bytes} | (kind == packet_kind::disco ? std::uint64_t{1} << 63 : 0);
+    hand_over(host, *frame, m);
 }
 
 void derp_service::adopt_mesh(std::unique_ptr<mesh_links> links) noexcept { _mesh = std::move(links); }

@@ -178,6 +178,10 @@ private:
                       std::span<const std::uint8_t> payload) noexcept;
     void relay_packet(client& from, const node_key& src, const node_key& dst,
                       std::span<const std::uint8_t> packet, bool forwarded) noexcept;
+    // A transfer buffer for a frame of frame_bytes (counted when none is free).
+    std::optional<queued_frame> take_transfer(std::size_t frame_bytes) noexcept;
+    // A frame in one of this shard's transfer buffers to another shard (m: kind, u32, u64 set).
+    void hand_over(std::uint32_t to_shard, const queued_frame& frame, ring::message m) noexcept;
     // A packet for a key another node of the region holds: ForwardPacket to the mesh link.
     void forward_packet(const node_key& src, const node_key& dst, std::span<const std::uint8_t> packet,
                         std::uint32_t peer, packet_kind kind) noexcept;
