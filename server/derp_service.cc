@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include "core/http_request.hh"
+#include "server/admission.hh"
 #include "server/derp_internal.hh"
 #include "server/mesh.hh"
 
@@ -224,9 +225,11 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
         switch (c.stage) {
         case phase::http: n = handle_http(conn, c, rest); break;
         case phase::handshake: n = handle_handshake(conn, c, rest); break;
+        case phase::admitting:
         case phase::registering:
-            // Frames pipelined behind ClientInfo wait until the owner has registered the
-            // client (reg_ack replays them): derper registers before it reads (spec 1.4).
+            // Frames pipelined behind ClientInfo wait until the client is admitted and the
+            // owner has registered it (reg_ack replays them): derper registers before it
+            // reads (spec 1.4).
             break;
         case phase::relay: n = handle_frames(conn, c, rest); break;
         case phase::traffic: break;  // returned above
@@ -235,7 +238,8 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
         used += n;
     }
     if (find(conn) == nullptr) return bytes.size();
-    c.partial_input = c.stage != phase::registering && (used < bytes.size() || c.skip_bytes > 0);
+    c.partial_input = c.stage != phase::registering && c.stage != phase::admitting &&
+                      (used < bytes.size() || c.skip_bytes > 0);
     return used;
 }
 
@@ -251,13 +255,26 @@ std::size_t derp_service::handle_handshake(conn_id conn, client& c, std::span<co
     c.can_mesh = accepted.can_mesh;
     c.is_prober = accepted.info.is_prober;
     c.handshake.reset();
-    c.stage = phase::registering;
     c.out.hold_frames();
     _shard.cancel_timer(conn, timer_deadline);
     _shard.set_write_timeout(conn, c.can_mesh ? _settings.mesh_write_timeout_ns : _settings.write_timeout_ns);
     // ServerInfo waits until the owner has published the route (reg_ack): a client that has
     // its ServerInfo is reachable from every shard.
     _pending_server_info[conn.slot] = accepted.server_info_frame;
+    if (_shared.admission != nullptr && !c.can_mesh) {
+        // Admission (spec 1.4 step 8, 2.11): mesh-key holders skip it; everyone else waits,
+        // off this loop, for the admission thread's decision (apply_admissions). The
+        // admission thread's own timeout bounds the wait.
+        c.stage = phase::admitting;
+        _shared.admission->submit(ref_of(conn), c.key, c.ip);
+        return accepted.bytes_consumed;
+    }
+    begin_registration(conn, c);
+    return accepted.bytes_consumed;
+}
+
+void derp_service::begin_registration(conn_id conn, client& c) noexcept {
+    c.stage = phase::registering;
     auto* m = new control{};
     m->kind = control::type::reg;
     m->key = c.key;
@@ -266,7 +283,33 @@ std::size_t derp_service::handle_handshake(conn_id conn, client& c, std::span<co
     m->info.port = c.port;
     m->info.flags = peer_present_flags(c.can_mesh, c.is_prober, c.not_ideal);
     send_control(owner_of(c.key, _shared.shards), m);
-    return accepted.bytes_consumed;
+}
+
+void derp_service::apply_admissions() noexcept {
+    _admissions.clear();
+    _shared.admission->take(_shard.index(), _admissions);
+    for (auto& d : _admissions) {
+        _counters.admissions[static_cast<std::size_t>(d.outcome)].add();
+        if (d.cached) _counters.admissions_cached.add();
+        client* found = find(d.conn);
+        if (found == nullptr || found->stage != phase::admitting || !(found->key == d.key)) continue;
+        client& c = *found;
+        const conn_id conn{d.conn.slot, d.conn.gen};
+        if (d.outcome == admission_outcome::allowed || d.outcome == admission_outcome::error_allowed) {
+            if (d.outcome == admission_outcome::error_allowed)
+                if (auto n = _close_log.allow(_shard.now_ns()))
+                    ring::log(log_level::warn, "derp: {}: client nodekey:{}: {} ({} recent)", format_addr(c.ip, c.port),
+                              c.key.to_string(), d.reason, n);
+            begin_registration(conn, c);
+            continue;
+        }
+        // Rejected: closed after ServerKey, before ServerInfo, with no frame saying why (spec 2.11).
+        if (auto n = _close_log.allow(_shard.now_ns()))
+            ring::log(log_level::info, "derp: {}: client nodekey:{} rejected: {}{} ({} recent)", format_addr(c.ip, c.port),
+                      c.key.to_string(), d.reason, d.cached ? " (cached)" : "", n);
+        _pending_server_info.erase(conn.slot);
+        _shard.close(conn);
+    }
 }
 
 std::size_t derp_service::handle_frames(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {

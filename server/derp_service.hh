@@ -42,6 +42,7 @@ using admin::tcp_rtt_bounds_us;
 using admin::tcp_rtt_labels;
 
 class mesh_links;   // server/mesh.hh
+class admission_checker;  // server/admission.hh
 struct mesh_config;
 
 // What every shard's service shares, read-only once the runtime runs (counters apart, which
@@ -74,6 +75,7 @@ struct derp_shared : admin::metric_sources {
     derp_settings settings;
     const bootstrap_resolver* bootstrap = nullptr;  // when bootstrap DNS names are configured
     const mesh_config* mesh = nullptr;              // when -mesh-with names peers
+    admission_checker* admission = nullptr;         // -verify-clients / -verify-client-url
 };
 
 // One client connection's line of /debug/traffic.
@@ -121,7 +123,8 @@ public:
 private:
     friend class mesh_links;
     // traffic: the connection streams /debug/traffic and reads nothing more.
-    enum class phase : std::uint8_t { http, handshake, registering, relay, traffic };
+    // admitting: ClientInfo opened, waiting for the admission decision (spec 2.11).
+    enum class phase : std::uint8_t { http, handshake, admitting, registering, relay, traffic };
     static constexpr std::uint8_t timer_deadline = 0;   // HTTP header / handshake deadline
     static constexpr std::uint8_t timer_keepalive = 1;
 
@@ -173,6 +176,8 @@ private:
     void report_traffic(const conn_ref& streamer, std::vector<struct traffic_row>& rows) noexcept;
     std::string answer_bootstrap_dns(const http_request& request, const client& c, std::int64_t unix_seconds);
     std::size_t handle_handshake(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
+    void begin_registration(ring::conn_id conn, client& c) noexcept;
+    void apply_admissions() noexcept;  // decisions the admission thread posted for this shard
     std::size_t handle_frames(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     bool handle_frame(ring::conn_id conn, client& c, const frame_header& header,
                       std::span<const std::uint8_t> payload) noexcept;
@@ -242,7 +247,8 @@ private:
         std::vector<struct traffic_row> rows;
         std::uint32_t pending = 0;
     };
-    std::unordered_map<std::uint64_t, traffic_collection> _traffic;  // names asked for via ?q= (cleared past 500)
+    std::unordered_map<std::uint64_t, traffic_collection> _traffic;
+    std::vector<struct admission_decision> _admissions;  // apply_admissions' batch, kept for reuse  // names asked for via ?q= (cleared past 500)
 };
 
 }  // namespace derp::server
