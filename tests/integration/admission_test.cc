@@ -68,6 +68,15 @@ void expect_admitted(derp_client& c, std::chrono::milliseconds timeout = 5000ms)
 
 std::string sanitized_log(const derpd_process& server) { return server.log_tail(20); }
 
+// derpd's /debug/varz (loopback may read it), the whole response.
+std::string varz(const derpd_process& server) {
+    tcp_conn c = tcp_conn::connect_loopback(server.port());
+    REQUIRE(c.write_all(std::string_view("GET /debug/varz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")) ==
+            io_status::ok);
+    const auto closed = c.wait_closed(5000ms);
+    return std::string(closed.data_before.begin(), closed.data_before.end());
+}
+
 }  // namespace
 
 TEST_CASE("controller: allow admits, with derper's request; deny, 500 and garbage refuse before ServerInfo") {
@@ -107,6 +116,10 @@ TEST_CASE("controller: allow admits, with derper's request; deny, 500 and garbag
     }
     CHECK(server.wait_for_log("rejected: admission controller: HTTP 500", 1000ms));
     CHECK(server.wait_for_log("rejected: admission controller: undecodable answer", 1000ms));
+    const std::string metrics = varz(server);
+    CHECK_MESSAGE(metrics.find("derpd_client_admissions_total{result=\"allowed\"} 2\n") != std::string::npos, metrics);
+    CHECK(metrics.find("derpd_client_admissions_total{result=\"denied\"} 3\n") != std::string::npos);
+    CHECK(metrics.find("derpd_client_admissions_total{result=\"error_denied\"} 0\n") != std::string::npos);
     // Already connected clients are not touched by later decisions.
     b.send_packet(a.key(), packet);
     CHECK(a.expect_recv_packet(storage).packet.size() == packet.size());
@@ -119,6 +132,7 @@ TEST_CASE("controller slow past the timeout or gone: fail-open admits, fail-clos
         auto c = start_client(server);
         expect_admitted(c);
         CHECK(server.wait_for_log("admission controller unreachable (no answer within 500 ms); allowing client", 2000ms));
+        CHECK(varz(server).find("derpd_client_admissions_total{result=\"error_allowed\"} 1\n") != std::string::npos);
     }
     SUBCASE("fail-closed") {
         derpd_process server(with_controller(slow.url(), {"-verify-client-url-fail-open=false"}));
