@@ -67,6 +67,10 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter port80_requests;               // requests on the port-80 listener of a TLS server
     counter http_errors;                   // malformed requests answered 4xx/5xx and closed
     counter handshake_timeouts;            // no complete upgrade + ClientInfo in time
+    // Admission decisions (spec 2.11) by server::admission_outcome: allowed, denied,
+    // error_allowed (fail-open), error_denied; and how many of them came from the cache.
+    std::array<counter, 4> admissions;
+    counter admissions_cached;
     counter cross_shard_packets;           // relayed through a ring to another shard
     counter control_backlog;               // gauge-ish: control messages waiting for ring space
     // derper's tcp_rtt{le}: RTT samples of every connection, every 10 s (spec 2.13).
@@ -89,6 +93,10 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter websocket_accepts;  // derper's derp_websocket_accepts
     std::array<counter, 8> websocket_closes;  // by ws_close_kind
 };
+
+// derpd_client_admissions_total{result}, by server::admission_outcome.
+inline constexpr std::array<std::string_view, 4> admission_labels = {"allowed", "denied", "error_allowed",
+                                                                     "error_denied"};
 
 // How a WebSocket connection's framing ended (derpd_websocket_closes_total{reason}).
 enum class ws_close_kind : std::uint8_t {

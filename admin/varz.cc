@@ -341,6 +341,14 @@ std::string render_varz(const metric_sources& shared) {
     metric(out, "derpd_handshake_timeouts_total", "counter",
            "Connections closed for not finishing the request or the DERP handshake in time.",
            derp_sum(&derp_counters::handshake_timeouts));
+    out += "# HELP derpd_client_admissions_total Admission decisions (-verify-clients, -verify-client-url) by result; "
+           "error_allowed: the controller failed and fail-open let the client in.\n"
+           "# TYPE derpd_client_admissions_total counter\n";
+    for (std::size_t r = 0; r < admission_labels.size(); ++r)
+        out += fmt::format("derpd_client_admissions_total{{result=\"{}\"}} {}\n", admission_labels[r],
+                           sum_derp(shared, [r](const derp_counters& c) { return c.admissions[r].get(); }));
+    metric(out, "derpd_client_admissions_cached_total", "counter", "Admission decisions answered from the short cache.",
+           derp_sum(&derp_counters::admissions_cached));
     metric(out, "derpd_cross_shard_packets_total", "counter", "Packets relayed through a ring to another shard.",
            derp_sum(&derp_counters::cross_shard_packets));
     for (const auto& g : {std::tuple{"derpd_shard_queued_packets", "Packets waiting in the send queues of the shard's clients.",

@@ -50,3 +50,4 @@ for mode in same cross; do
     echo "latency $mode-node: p50 $(grep -o '"rtt_p50_us":[0-9.]*' <<<"$out" | cut -d: -f2) us, p99 $(grep -o '"rtt_p99_us":[0-9.]*' <<<"$out" | cut -d: -f2) us"
 done
 echo "forwarded: node 1 out $(region_varz 1 derp_packets_forwarded_out), in $(region_varz 1 derp_packets_forwarded_in)"
+[ "$(region_varz 1 derp_packets_forwarded_out)" -gt 0 ] 2>/dev/null || { echo "FAIL: nothing was forwarded"; exit 1; }

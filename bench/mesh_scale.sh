@@ -18,7 +18,12 @@ derpbench=${DERPBENCH:-build/bench/derpbench}
 tmp=$(mktemp -d)
 loads=()
 storm_cpu=()
-cleanup() { for p in "${loads[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; region_stop_all; rm -rf "$tmp"; }
+cleanup() {
+    for p in "${loads[@]}"; do kill "$p" 2>/dev/null; done
+    region_stop_all
+    for p in "${loads[@]}"; do wait "$p" 2>/dev/null; done
+    rm -rf "$tmp"
+}
 trap cleanup EXIT
 port=$(( 10000 + RANDOM % 20000 ))  # below the ephemeral range
 region_init "$tmp" "$nodes" "$port" || exit 1
@@ -157,3 +162,5 @@ for i in 1 2; do
     echo "node $i drops (non-zero series):"
     curl -s "http://127.0.0.$i:$((port + 1))/debug/varz" | grep -E '^(derp_packets_dropped|derpd_packets_dropped_total|derpd_mesh_dropped_total)' | grep -v ' 0$' | sed 's/^/  /'
 done
+# The verdict: the pair lost nothing through both storms.
+grep -q '"dropped_packets":0,' "$tmp/pair.json" || { echo "FAIL: the cross-node pair lost packets during the storms"; exit 1; }

@@ -2,7 +2,7 @@
 // directory, orders, authorizations, challenges and problem documents parsed into structs with
 // size limits, the JSON payloads and JWS protected headers it sends, the key authorization
 // (RFC 8555 8.1), https URLs, Retry-After, and when to renew. Pure: bytes in, verdict out. No
-// hashing or signing here (crypto/acme_crypto.hh), no sockets (server/acme_http.hh).
+// hashing or signing here (crypto/acme_crypto.hh), no sockets (crypto/https_client.hh).
 #pragma once
 
 #include <cstddef>

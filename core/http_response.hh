@@ -1,6 +1,6 @@
 // HTTP/1.1 responses as derpd's ACME client reads them (RFC 9112): the status line and header
 // fields of a response head, and a chunked body decoded. Pure and bounded: bytes in, verdict
-// out; the caller reads from the socket until the answer is complete (server/acme_http.hh).
+// out; the caller reads from the socket until the answer is complete (crypto/https_client.hh).
 #pragma once
 
 #include <cstddef>

@@ -3,6 +3,7 @@
 // in-memory BIO that reads the bytes io_uring received and writes records straight into the
 // registered send buffer, and the traffic keys the kernel needs for kTLS.
 #include "crypto/tls.hh"
+#include "crypto/tls_internal.hh"
 
 #include <arpa/inet.h>
 #include <linux/tls.h>
@@ -35,18 +36,6 @@
 
 namespace derp::tls {
 namespace {
-
-// The window the memory BIO works on during one feed() or write(): input it may read, output
-// it writes into (a registered buffer), and a spill string for what does not fit.
-struct io_window {
-    const std::uint8_t* in = nullptr;
-    std::size_t in_length = 0;
-    std::size_t in_position = 0;
-    std::uint8_t* out = nullptr;
-    std::size_t out_capacity = 0;
-    std::size_t out_length = 0;
-    std::string* spill = nullptr;
-};
 
 int window_write(BIO* bio, const char* data, int length) {
     auto* w = static_cast<io_window*>(BIO_get_data(bio));
@@ -147,22 +136,6 @@ struct context::state {
     std::shared_ptr<const acme_challenges> acme;
 };
 
-struct session::secrets {
-    secret_bytes client_traffic;  // CLIENT_TRAFFIC_SECRET_0
-    secret_bytes server_traffic;  // SERVER_TRAFFIC_SECRET_0
-    io_window window;
-    bool want_ktls = false;
-    // The TX sequence number, from the message callback: every record OpenSSL writes is
-    // counted, including those it writes on its own (a KeyUpdate answer, an alert), and the
-    // count at the switch to the server's application keys is remembered.
-    std::uint64_t records_written = 0;
-    std::uint64_t tx_epoch_start = 0;
-    bool tx_epoch_known = false;
-    bool key_update = false;    // a KeyUpdate went either way: the first traffic secrets are stale
-    bool key_update_owed = false;  // the peer asked for ours (OpenSSL sends it with its next write)
-    bool tx_in_kernel = false;  // session::note_tx_in_kernel()
-    std::string refusal;  // why a callback refused the handshake, for the log
-};
 
 namespace {
 
@@ -760,171 +733,6 @@ void session::forget_traffic_secrets() noexcept {
     // secret_bytes wipes what it frees; clear() alone would keep the bytes in capacity.
     secret_bytes().swap(_secrets->client_traffic);
     secret_bytes().swap(_secrets->server_traffic);
-}
-
-namespace {
-
-// HKDF-Expand-Label (RFC 8446 7.1) with an empty context.
-bool expand_label(const EVP_MD* md, std::span<const std::uint8_t> secret, std::string_view label,
-                  std::span<std::uint8_t> out) {
-    std::vector<std::uint8_t> info;
-    info.push_back(static_cast<std::uint8_t>(out.size() >> 8));
-    info.push_back(static_cast<std::uint8_t>(out.size()));
-    const std::string full = "tls13 " + std::string(label);
-    info.push_back(static_cast<std::uint8_t>(full.size()));
-    info.insert(info.end(), full.begin(), full.end());
-    info.push_back(0);
-    EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
-    EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(kdf);
-    EVP_KDF_free(kdf);
-    int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)), 0),
-        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::uint8_t*>(secret.data()), secret.size()),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
-        OSSL_PARAM_construct_end(),
-    };
-    const bool ok = kctx != nullptr && EVP_KDF_derive(kctx, out.data(), out.size(), params) == 1;
-    EVP_KDF_CTX_free(kctx);
-    return ok;
-}
-
-// The TLS 1.2 key block (RFC 5246 6.3): PRF(master, "key expansion", server_random || client_random).
-bool key_block(const EVP_MD* md, std::span<const std::uint8_t> master, std::span<const std::uint8_t> seed,
-               std::span<std::uint8_t> out) {
-    EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "TLS1-PRF", nullptr);
-    EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(kdf);
-    EVP_KDF_free(kdf);
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)), 0),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SECRET, const_cast<std::uint8_t*>(master.data()), master.size()),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED, const_cast<std::uint8_t*>(seed.data()), seed.size()),
-        OSSL_PARAM_construct_end(),
-    };
-    const bool ok = kctx != nullptr && EVP_KDF_derive(kctx, out.data(), out.size(), params) == 1;
-    EVP_KDF_CTX_free(kctx);
-    return ok;
-}
-
-void put_be64(unsigned char* out, std::uint64_t value) {
-    for (int i = 7; i >= 0; --i) {
-        out[i] = static_cast<unsigned char>(value);
-        value >>= 8;
-    }
-}
-
-// Fills the kernel's crypto_info for one direction.
-void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span<const std::uint8_t> key,
-                    std::span<const std::uint8_t> iv, std::uint64_t seq) {
-    auto put = [&d](auto& info) {
-        static_assert(sizeof info <= sizeof d.crypto_info);
-        std::memcpy(d.crypto_info.data(), &info, sizeof info);
-        d.crypto_info_bytes = sizeof info;
-        wipe_secret(&info, sizeof info);  // the stack copy of the key
-    };
-    if (nid == NID_chacha20_poly1305) {
-        tls12_crypto_info_chacha20_poly1305 info{};
-        info.info.version = version;
-        info.info.cipher_type = TLS_CIPHER_CHACHA20_POLY1305;
-        std::memcpy(info.iv, iv.data(), sizeof info.iv);
-        std::memcpy(info.key, key.data(), sizeof info.key);
-        put_be64(info.rec_seq, seq);
-        put(info);
-        return;
-    }
-    // AES-GCM: the kernel wants the 4-byte salt and an 8-byte IV. In TLS 1.3 that is the
-    // 12-byte static IV split in two; in TLS 1.2 the salt is the implicit IV and the 8 bytes
-    // are the first explicit nonce the kernel writes (then increments): we use the sequence
-    // number, as the explicit nonce only has to be unique.
-    auto fill_gcm = [&](auto& info, std::uint16_t cipher_type) {
-        info.info.version = version;
-        info.info.cipher_type = cipher_type;
-        std::memcpy(info.key, key.data(), sizeof info.key);
-        std::memcpy(info.salt, iv.data(), sizeof info.salt);
-        if (version == TLS_1_3_VERSION) {
-            std::memcpy(info.iv, iv.data() + sizeof info.salt, sizeof info.iv);
-        } else {
-            put_be64(info.iv, seq);
-        }
-        put_be64(info.rec_seq, seq);
-        put(info);
-    };
-    if (nid == NID_aes_128_gcm) {
-        tls12_crypto_info_aes_gcm_128 info{};
-        fill_gcm(info, TLS_CIPHER_AES_GCM_128);
-    } else {
-        tls12_crypto_info_aes_gcm_256 info{};
-        fill_gcm(info, TLS_CIPHER_AES_GCM_256);
-    }
-}
-
-}  // namespace
-
-std::optional<ktls_keys> session::ktls_export() const noexcept {
-    if (_ssl == nullptr || _status != status::open || !_ctx->is_server()) return std::nullopt;
-    // After a KeyUpdate (either way) the keys below would be the first generation's, and no
-    // getter tells the current ones: refuse; the connection keeps userspace records.
-    if (_secrets->key_update || !_secrets->tx_epoch_known) return std::nullopt;
-    const SSL_CIPHER* cipher = SSL_get_current_cipher(_ssl);
-    if (cipher == nullptr) return std::nullopt;
-    const int nid = SSL_CIPHER_get_cipher_nid(cipher);
-    std::size_t key_bytes = 0;
-    if (nid == NID_aes_128_gcm) key_bytes = 16;
-    else if (nid == NID_aes_256_gcm || nid == NID_chacha20_poly1305) key_bytes = 32;
-    else return std::nullopt;
-    const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
-    if (md == nullptr) return std::nullopt;
-    ktls_keys keys;
-    keys.version = static_cast<std::uint16_t>(SSL_version(_ssl));
-    keys.cipher_name = SSL_CIPHER_get_name(cipher);
-    secret_bytes client_key(key_bytes), server_key(key_bytes), client_iv, server_iv;
-    // Every record OpenSSL wrote under the server's application keys: its Finished in 1.2, and
-    // in either version whatever it wrote by itself since (a no_renegotiation alert, say) or
-    // as application data. The kernel must go on from there, or it reuses nonces.
-    const std::uint64_t tx_records = _secrets->records_written - _secrets->tx_epoch_start;
-    if (keys.version == TLS1_3_VERSION) {
-        if (_secrets->client_traffic.empty() || _secrets->server_traffic.empty()) return std::nullopt;
-        client_iv.resize(12);
-        server_iv.resize(12);
-        if (!expand_label(md, _secrets->client_traffic, "key", client_key) ||
-            !expand_label(md, _secrets->client_traffic, "iv", client_iv) ||
-            !expand_label(md, _secrets->server_traffic, "key", server_key) ||
-            !expand_label(md, _secrets->server_traffic, "iv", server_iv))
-            return std::nullopt;
-        // What the client sent behind its Finished has been counted by the scanner.
-        keys.tx_seq = tx_records;
-        keys.rx_seq = _records_after_handshake;
-    } else if (keys.version == TLS1_2_VERSION) {
-        const std::size_t iv_bytes = nid == NID_chacha20_poly1305 ? 12 : 4;
-        std::array<std::uint8_t, 48> master{};
-        const std::size_t master_bytes = SSL_SESSION_get_master_key(SSL_get_session(_ssl), master.data(), master.size());
-        std::array<std::uint8_t, 13 + 64> seed{};
-        std::memcpy(seed.data(), "key expansion", 13);
-        SSL_get_server_random(_ssl, seed.data() + 13, 32);
-        SSL_get_client_random(_ssl, seed.data() + 45, 32);
-        secret_bytes block(2 * key_bytes + 2 * iv_bytes);
-        const bool derived = key_block(md, std::span(master.data(), master_bytes), seed, block);
-        wipe_secret(master.data(), master.size());
-        if (!derived) return std::nullopt;
-        std::copy_n(block.begin(), key_bytes, client_key.begin());
-        std::copy_n(block.begin() + static_cast<std::ptrdiff_t>(key_bytes), key_bytes, server_key.begin());
-        client_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes),
-                         block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes + iv_bytes));
-        server_iv.assign(block.begin() + static_cast<std::ptrdiff_t>(2 * key_bytes + iv_bytes), block.end());
-        // The client's Finished was record 0 under its new keys.
-        keys.tx_seq = tx_records;
-        keys.rx_seq = 1 + _records_after_handshake;
-    } else {
-        return std::nullopt;
-    }
-    keys.tx_key = server_key;
-    keys.tx_iv = server_iv;
-    keys.rx_key = client_key;
-    keys.rx_iv = client_iv;
-    fill_direction(keys.tx, keys.version, nid, server_key, server_iv, keys.tx_seq);
-    fill_direction(keys.rx, keys.version, nid, client_key, client_iv, keys.rx_seq);
-    return keys;
 }
 
 }  // namespace derp::tls

@@ -59,6 +59,7 @@ struct options {
     std::string region_code;
     std::string mesh_psk_file;
     std::string ca_file;
+    std::string socket = default_tailscaled_socket;
     bool version = false;
 };
 
@@ -126,8 +127,8 @@ int main(int argc, char** argv) {
     options o;
     flag_set flags("derpprobe");
     flags.add_string("derp-map", &o.derp_map,
-                     "DERP map to probe: a JSON file path or file:// URL (derpd: http(s):// and 'local' are not "
-                     "supported; save the map to a file)");
+                     "URL to DERP map (https:// or file://) or 'local' to use the local tailscaled's DERP map; "
+                     "derpd: a plain file path works too");
     flags.add_string("listen", &o.listen, "HTTP listen address for /metrics, / and /healthz (not with -once)");
     flags.add_bool("once", &o.once, "probe once and print results, then exit (status 1 if any probe failed); ignores -listen");
     flags.add_bool("spread", &o.spread, "whether to spread probing over time");
@@ -143,6 +144,7 @@ int main(int argc, char** argv) {
     flags.add_string("ca-file", &o.ca_file,
                      "derpd: verify nodes without a sha256-raw CertName against the CAs in this PEM file instead "
                      "of the system store");
+    flags.add_string("socket", &o.socket, "derpd: tailscaled's LocalAPI socket, for -derp-map local");
     flags.add_bool("version", &o.version, "print version and exit");
     std::vector<std::string_view> args(argv + 1, argv + argc);
     auto parsed = flags.parse(args);
@@ -157,7 +159,7 @@ int main(int argc, char** argv) {
     }
     if (!parsed->positional.empty()) return usage_error(fmt::format("unexpected argument \"{}\"", parsed->positional[0]));
     if (o.derp_map.empty())
-        return usage_error("-derp-map FILE is required (this derpprobe reads the DERP map from a file)");
+        return usage_error("-derp-map is required: a file, an https:// URL, or 'local'");
     for (const auto& [name, value] : {std::pair{"interval", o.interval_ns}, std::pair{"mesh-interval", o.mesh_interval_ns},
                                       std::pair{"stun-interval", o.stun_interval_ns}, std::pair{"tls-interval", o.tls_interval_ns}})
         if (value < 0) return usage_error(fmt::format("-{} must not be negative", name));
@@ -210,7 +212,10 @@ int main(int argc, char** argv) {
     // no longer reads fails this probe; the probes of the last good map keep running.
     const std::string map_probe = "derpmap-probe";
     sched.upsert({map_probe, "derp_map", {}, o.interval_ns, [&sched, &o, &mesh, map_probe](const run_context&) {
-                      auto map = load_derp_map(o.derp_map);
+                      map_fetch_options fetch;
+                      fetch.ca_file = o.ca_file;
+                      fetch.socket_path = o.socket;
+                      auto map = load_derp_map(o.derp_map, fetch);
                       if (!map) return failed(map.error());
                       auto regions = select_regions(*map, o.region_code);
                       if (!regions) return failed(fmt::format("DERP map {}: {}", o.derp_map, regions.error()));

@@ -153,16 +153,19 @@ result<derp_map, std::string> parse_derp_map(std::string_view json_text) {
     return map;
 }
 
-result<derp_map, std::string> load_derp_map(const std::string& source) {
-    if (source.starts_with("http://") || source.starts_with("https://"))
+result<derp_map, std::string> load_derp_map(const std::string& source, const map_fetch_options& fetch) {
+    if (source.starts_with("http://"))
         return unexpected(fmt::format(
-            "-derp-map {}: fetching the map over HTTP(S) is not supported by this derpprobe; save it to a file "
-            "(e.g. curl -o derpmap.json URL) and pass -derp-map derpmap.json",
+            "-derp-map {}: plain http:// maps are not fetched (nothing verifies them); use https://, or save the "
+            "map to a file and pass its path",
             source));
-    if (source == "local")
-        return unexpected(std::string(
-            "-derp-map local (the local tailscaled's map) is not supported; run `tailscale debug derp-map > "
-            "derpmap.json` and pass -derp-map derpmap.json"));
+    if (source.starts_with("https://") || source == "local") {
+        auto text = source == "local" ? fetch_localapi_text("/localapi/v0/derpmap", fetch) : fetch_https_text(source, fetch);
+        if (!text) return unexpected(fmt::format("DERP map {}: {}", source == "local" ? "from the local tailscaled" : source, text.error()));
+        auto map = parse_derp_map(*text);
+        if (!map) return unexpected(fmt::format("DERP map {}: {}", source, map.error()));
+        return map;
+    }
     const std::string path = source.starts_with("file://") ? source.substr(7) : source;
     if (path.empty()) return unexpected(std::string("-derp-map: no file given"));
     std::FILE* f = std::fopen(path.c_str(), "rb");

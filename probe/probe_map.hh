@@ -1,8 +1,8 @@
 // The DERP map derpprobe reads (spec 9.4): Tailscale's tailcfg.DERPMap JSON decoded with Go's
 // encoding/json rules (field names match case-insensitively, unknown fields are ignored, null
 // leaves the zero value, a number where a string belongs is an error), and the few checks
-// derpprobe needs before it can name probes after nodes. Fetching over HTTP(S) and asking a
-// local tailscaled are deliberately not here: the map comes from a file.
+// derpprobe needs before it can name probes after nodes. Fetching (https://, the local
+// tailscaled) is probe_fetch's; this file only decides where the text comes from.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/result.hh"
+#include "probe/probe_fetch.hh"
 
 namespace derp::probe {
 
@@ -41,9 +42,9 @@ struct derp_map {
 // Decodes a DERPMap JSON document. Errors say where: "region 900 node 1: STUNPort: ...".
 result<derp_map, std::string> parse_derp_map(std::string_view json_text);
 
-// Reads -derp-map: a file path or a file:// URL. http(s):// and "local" are refused with a
-// message that says what to do instead.
-result<derp_map, std::string> load_derp_map(const std::string& source);
+// Reads -derp-map: a file path, a file:// URL, an https:// URL, or "local" (the local
+// tailscaled's map). http:// is refused with a message that says what to do instead.
+result<derp_map, std::string> load_derp_map(const std::string& source, const map_fetch_options& fetch = {});
 
 // The regions -region-code selects (a RegionCode, or a RegionID in decimal; "" = all), with
 // derpprobe's rule that a node name names one node in the whole probed map. An empty selection

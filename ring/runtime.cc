@@ -233,6 +233,12 @@ void runtime::wake_all() noexcept {
     }
 }
 
+void runtime::wake(std::uint32_t thread) noexcept {
+    if (!_links || thread >= thread_count()) return;
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(_links[thread].wake_eventfd, &one, sizeof one);
+}
+
 void runtime::wait() noexcept {
     if (_joined) return;
     for (auto& t : _threads)

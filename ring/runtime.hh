@@ -58,6 +58,8 @@ public:
     // From any thread: wakes every loop for one turn, so services see state that a thread
     // without a ring changed (a benchmark's start flag, say).
     void wake_all() noexcept;
+    // From any thread: wakes one thread's loop for a turn (a helper thread that left it work).
+    void wake(std::uint32_t thread) noexcept;
     // Joins every thread, then hands messages still queued to discard_message(). Idempotent.
     void wait() noexcept;
 

@@ -391,11 +391,21 @@ void shard::begin_close(std::uint32_t slot, close_cause cause) noexcept {
     for (auto& node : s.timers) _timers.cancel(node);
     if (_service) _service->on_closed(conn_id{slot, s.gen}, cause);
     if (s.ops_in_flight > 0 && !s.cancel_sent) {
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, s.fd, IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, slot, s.gen));
+        // Each op by its user_data, not all of the descriptor's at once: the kernel finds a
+        // user_data in its cancel hash, but a cancel by descriptor walks every request of the
+        // ring (io_cancel_req_match), so closing N connections one after another (a stop, a
+        // reconnect storm) cost O(N^2): 9,000 idle clients took 3.9 s to stop, 3,000 0.4 s.
+        // An op that completes meanwhile makes its cancel come back -ENOENT; both CQEs count.
+        const auto cancel = [&](op kind) {
+            io_uring_sqe* sqe = get_sqe();
+            io_uring_prep_cancel64(sqe, pack_user_data(kind, slot, s.gen), 0);
+            io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, slot, s.gen));
+            ++s.ops_in_flight;
+        };
+        if (s.recv_armed) cancel(op::recv);
+        if (s.send_in_flight) cancel(op::send);
+        if (s.connecting) cancel(op::connect);
         s.cancel_sent = true;
-        ++s.ops_in_flight;
     }
     maybe_finish_close(slot);
 }

@@ -22,9 +22,12 @@
 #include "core/result.hh"
 #include "crypto/acme_crypto.hh"
 #include "crypto/tls_layer.hh"
-#include "server/acme_http.hh"
+#include "crypto/https_client.hh"
 
 namespace derp::server {
+
+using tls::https_client;
+using tls::https_response;
 
 // Why -hostname cannot be ordered in -certmode letsencrypt (an IP address, not a DNS name), as a
 // start-up error; empty when it can.

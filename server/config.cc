@@ -44,6 +44,12 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_duration("tcp-keepalive-time", &c.tcp_keepalive_time_ns, "TCP keepalive time");
     flags.add_duration("tcp-user-timeout", &c.tcp_user_timeout_ns, "TCP user timeout");
     flags.add_duration("tcp-write-timeout", &c.tcp_write_timeout_ns, "TCP write timeout; 0 results in no timeout being set on writes");
+    flags.add_bool("verify-clients", &c.verify_clients, "verify clients to this DERP server through a local tailscaled instance.");
+    flags.add_string("socket", &c.socket, "optional alternate path to tailscaled socket (only relevant when using --verify-clients)");
+    flags.add_string("verify-client-url", &c.verify_client_url, "if non-empty, an admission controller URL for permitting client connections; see tailcfg.DERPAdmitClientRequest");
+    flags.add_bool("verify-client-url-fail-open", &c.verify_client_url_fail_open, "whether we fail open if --verify-client-url is unreachable");
+    flags.add_duration("verify-client-timeout", &c.verify_client_timeout_ns, "derpd: deadline for one admission request to tailscaled or the controller, connect to last byte (derper: 5s)");
+    flags.add_duration("verify-client-cache", &c.verify_client_cache_ns, "derpd: how long an admission answer (allow or deny, not an error) is reused for the same key and address; 0 = ask every time");
     flags.add_int("shards", &c.shards, "derpd: shard threads, one io_uring each (0 = online cores minus one, at least 1)");
     flags.add_string("log-level", &c.log_level, "derpd: debug, info, warn or error");
     flags.add_int("conns-per-shard", &c.conns_per_shard_max, "derpd: connection slots per shard (0 = share the open-files limit among the shards)");
@@ -113,6 +119,10 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
                                std::pair{"tcp-user-timeout", c.tcp_user_timeout_ns},
                                std::pair{"tcp-keepalive-time", c.tcp_keepalive_time_ns}})
         if (value < 0) return unexpected(fmt::format("invalid negative duration for flag -{}", name));
+    if (c.verify_client_timeout_ns < 1'000'000 || c.verify_client_timeout_ns > 60'000'000'000)
+        return unexpected(std::string("invalid value for flag -verify-client-timeout: want 1ms to 60s"));
+    if (c.verify_client_cache_ns < 0)
+        return unexpected(std::string("invalid negative duration for flag -verify-client-cache"));
     if (c.acme_timeout_ns < 1'000'000'000)
         return unexpected(std::string("invalid value for flag -acme-timeout: at least 1s"));
     if (c.acme_retry_interval_ns < 1'000'000'000)

@@ -35,7 +35,13 @@ struct config {
     std::int64_t tcp_keepalive_time_ns = 600'000'000'000;  // -tcp-keepalive-time (10m)
     std::int64_t tcp_user_timeout_ns = 15'000'000'000;     // -tcp-user-timeout (15s)
     std::int64_t tcp_write_timeout_ns = 2'000'000'000;     // -tcp-write-timeout (2s)
+    bool verify_clients = false;          // -verify-clients
+    std::string socket;                   // -socket (empty: tailscaled's default path)
+    std::string verify_client_url;        // -verify-client-url
+    bool verify_client_url_fail_open = true;  // -verify-client-url-fail-open
     // derpd's own.
+    std::int64_t verify_client_timeout_ns = 5'000'000'000;  // --verify-client-timeout (derper: 5s)
+    std::int64_t verify_client_cache_ns = 10'000'000'000;   // --verify-client-cache: 0 = no cache
     std::int64_t shards = 0;              // --shards; 0 = online cores - 1, at least 1
     std::string log_level = "info";       // --log-level
     std::int64_t conns_per_shard_max = 0; // --conns-per-shard; 0 = from the open-files limit

@@ -63,6 +63,7 @@ void derp_service::sweep_tcp_rtt() noexcept {
 }
 
 bool derp_service::on_turn_end() noexcept {
+    if (_shared.admission != nullptr) apply_admissions();
     // derper samples every connection's RTT every 10 s (spec 2.13); here on the first loop turn
     // after each 10 s (keepalives guarantee turns on a busy or idle node alike).
     if (_shard.now_ns() >= _next_rtt_sweep_ns) {

@@ -12,6 +12,7 @@
 #include <ctime>
 
 #include "core/http_request.hh"
+#include "server/admission.hh"
 #include "server/derp_internal.hh"
 #include "server/mesh.hh"
 #include "server/ws_layer.hh"
@@ -233,9 +234,11 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
         switch (c.stage) {
         case phase::http: n = handle_http(conn, c, rest); break;
         case phase::handshake: n = handle_handshake(conn, c, rest); break;
+        case phase::admitting:
         case phase::registering:
-            // Frames pipelined behind ClientInfo wait until the owner has registered the
-            // client (reg_ack replays them): derper registers before it reads (spec 1.4).
+            // Frames pipelined behind ClientInfo wait until the client is admitted and the
+            // owner has registered it (reg_ack replays them): derper registers before it
+            // reads (spec 1.4).
             break;
         case phase::relay: n = handle_frames(conn, c, rest); break;
         case phase::traffic: break;  // returned above
@@ -249,7 +252,8 @@ std::size_t derp_service::on_data(conn_id conn, std::span<const std::uint8_t> by
         }
     }
     if (find(conn) == nullptr) return bytes.size();
-    c.partial_input = c.stage != phase::registering && (used < bytes.size() || c.skip_bytes > 0);
+    c.partial_input = c.stage != phase::registering && c.stage != phase::admitting &&
+                      (used < bytes.size() || c.skip_bytes > 0);
     return used;
 }
 
@@ -265,13 +269,26 @@ std::size_t derp_service::handle_handshake(conn_id conn, client& c, std::span<co
     c.can_mesh = accepted.can_mesh;
     c.is_prober = accepted.info.is_prober;
     c.handshake.reset();
-    c.stage = phase::registering;
     c.out.hold_frames();
     _shard.cancel_timer(conn, timer_deadline);
     _shard.set_write_timeout(conn, c.can_mesh ? _settings.mesh_write_timeout_ns : _settings.write_timeout_ns);
     // ServerInfo waits until the owner has published the route (reg_ack): a client that has
     // its ServerInfo is reachable from every shard.
     _pending_server_info[conn.slot] = accepted.server_info_frame;
+    if (_shared.admission != nullptr && !c.can_mesh) {
+        // Admission (spec 1.4 step 8, 2.11): mesh-key holders skip it; everyone else waits,
+        // off this loop, for the admission thread's decision (apply_admissions). The
+        // admission thread's own timeout bounds the wait.
+        c.stage = phase::admitting;
+        _shared.admission->submit(ref_of(conn), c.key, c.ip);
+        return accepted.bytes_consumed;
+    }
+    begin_registration(conn, c);
+    return accepted.bytes_consumed;
+}
+
+void derp_service::begin_registration(conn_id conn, client& c) noexcept {
+    c.stage = phase::registering;
     auto* m = new control{};
     m->kind = control::type::reg;
     m->key = c.key;
@@ -280,7 +297,33 @@ std::size_t derp_service::handle_handshake(conn_id conn, client& c, std::span<co
     m->info.port = c.port;
     m->info.flags = peer_present_flags(c.can_mesh, c.is_prober, c.not_ideal);
     send_control(owner_of(c.key, _shared.shards), m);
-    return accepted.bytes_consumed;
+}
+
+void derp_service::apply_admissions() noexcept {
+    _admissions.clear();
+    _shared.admission->take(_shard.index(), _admissions);
+    for (auto& d : _admissions) {
+        _counters.admissions[static_cast<std::size_t>(d.outcome)].add();
+        if (d.cached) _counters.admissions_cached.add();
+        client* found = find(d.conn);
+        if (found == nullptr || found->stage != phase::admitting || !(found->key == d.key)) continue;
+        client& c = *found;
+        const conn_id conn{d.conn.slot, d.conn.gen};
+        if (d.outcome == admission_outcome::allowed || d.outcome == admission_outcome::error_allowed) {
+            if (d.outcome == admission_outcome::error_allowed)
+                if (auto n = _close_log.allow(_shard.now_ns()))
+                    ring::log(log_level::warn, "derp: {}: client nodekey:{}: {} ({} recent)", format_addr(c.ip, c.port),
+                              c.key.to_string(), d.reason, n);
+            begin_registration(conn, c);
+            continue;
+        }
+        // Rejected: closed after ServerKey, before ServerInfo, with no frame saying why (spec 2.11).
+        if (auto n = _close_log.allow(_shard.now_ns()))
+            ring::log(log_level::info, "derp: {}: client nodekey:{} rejected: {}{} ({} recent)", format_addr(c.ip, c.port),
+                      c.key.to_string(), d.reason, d.cached ? " (cached)" : "", n);
+        _pending_server_info.erase(conn.slot);
+        _shard.close(conn);
+    }
 }
 
 std::size_t derp_service::handle_frames(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {
@@ -456,84 +499,74 @@ void derp_service::relay_packet(client& from, const node_key& src, const node_ke
         return;
     }
     const conn_ref target = it->second.conn;
-    const std::size_t frame_bytes = recv_packet_frame_bytes(packet.size());
-    const std::uint8_t size_class = frame_bytes <= small_frame_bytes_max ? 0 : 1;
-    auto index = _transfer[size_class]->acquire();
-    if (!index) {
-        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::transfer_pool_exhausted)].add();
-        return;
-    }
+    auto frame = take_transfer(recv_packet_frame_bytes(packet.size()));
+    if (!frame) return;
     // The one copy: the finished RecvPacket frame, made by the producer.
-    std::uint8_t* data = _transfer[size_class]->data(*index).data();
-    encode_recv_packet({data, frame_bytes}, src, packet);
-    queued_frame frame{data, static_cast<std::uint32_t>(frame_bytes), *index,
-                       static_cast<std::uint16_t>(_shard.index()), size_class, _shard.now_ns()};
+    encode_recv_packet({const_cast<std::uint8_t*>(frame->data), frame->frame_bytes}, src, packet);
     if (target.shard == _shard.index()) {
         client* to = find(target);
         if (to == nullptr) {
             count_drop(drop_reason::gone_disconnected, kind, packet.size());
-            _transfer[size_class]->release(*index);
+            _transfer[frame->size_class]->release(frame->buffer_index);
             return;
         }
-        enqueue(conn_id{target.slot, target.gen}, *to, frame, kind);
+        enqueue(conn_id{target.slot, target.gen}, *to, *frame, kind);
         return;
     }
-    if (_backlog_packets >= backlog_packets_max && !_backlog[target.shard].empty()) {
-        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::ring_backlog_full)].add();
-        _transfer[size_class]->release(*index);
-        return;
-    }
-    _transfer[size_class]->lend(*index);
     message m;
     m.kind = kind_packet;
     m.u32 = target.slot;
-    m.u64 = std::uint64_t{target.gen} | (std::uint64_t{frame.frame_bytes} << 32) |
+    m.u64 = std::uint64_t{target.gen} | (std::uint64_t{frame->frame_bytes} << 32) |
             (kind == packet_kind::disco ? std::uint64_t{1} << 63 : 0);
-    m.u64b = std::uint64_t{*index} | (std::uint64_t{size_class} << 32);
-    m.ptr = data;
+    hand_over(target.shard, *frame, m);
+}
+
+std::optional<queued_frame> derp_service::take_transfer(std::size_t frame_bytes) noexcept {
+    const std::uint8_t size_class = frame_bytes <= small_frame_bytes_max ? 0 : 1;
+    auto index = _transfer[size_class]->acquire();
+    if (!index) {
+        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::transfer_pool_exhausted)].add();
+        return std::nullopt;
+    }
+    return queued_frame{_transfer[size_class]->data(*index).data(), static_cast<std::uint32_t>(frame_bytes), *index,
+                        static_cast<std::uint16_t>(_shard.index()), size_class, _shard.now_ns()};
+}
+
+void derp_service::hand_over(std::uint32_t to_shard, const queued_frame& frame, message m) noexcept {
+    if (_backlog_packets >= backlog_packets_max && !_backlog[to_shard].empty()) {
+        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::ring_backlog_full)].add();
+        _transfer[frame.size_class]->release(frame.buffer_index);
+        return;
+    }
+    _transfer[frame.size_class]->lend(frame.buffer_index);
+    m.u64b = std::uint64_t{frame.buffer_index} | (std::uint64_t{frame.size_class} << 32);
+    m.ptr = const_cast<std::uint8_t*>(frame.data);
     _counters.cross_shard_packets.add();
-    post_or_backlog(target.shard, m);
+    post_or_backlog(to_shard, m);
 }
 
 void derp_service::forward_packet(const node_key& src, const node_key& dst, std::span<const std::uint8_t> packet,
                                   std::uint32_t peer, packet_kind kind) noexcept {
     _counters.packets_forwarded_out.add();
-    const std::size_t frame_bytes = forward_packet_frame_bytes(packet.size());
-    const std::uint8_t size_class = frame_bytes <= small_frame_bytes_max ? 0 : 1;
-    auto index = _transfer[size_class]->acquire();
-    if (!index) {
-        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::transfer_pool_exhausted)].add();
-        return;
-    }
+    auto frame = take_transfer(forward_packet_frame_bytes(packet.size()));
+    if (!frame) return;
     // The one copy, as for local delivery: the finished ForwardPacket frame.
-    std::uint8_t* data = _transfer[size_class]->data(*index).data();
-    encode_forward_packet({data, frame_bytes}, src, dst, packet);
-    queued_frame frame{data, static_cast<std::uint32_t>(frame_bytes), *index,
-                       static_cast<std::uint16_t>(_shard.index()), size_class, _shard.now_ns()};
+    encode_forward_packet({const_cast<std::uint8_t*>(frame->data), frame->frame_bytes}, src, dst, packet);
     const std::uint32_t host = mesh_shard_of(peer, _shared.shards);
     if (host == _shard.index()) {
         if (_mesh) {
-            _mesh->enqueue(peer, frame);
+            _mesh->enqueue(peer, *frame);
         } else {
             _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::mesh_unavailable)].add();
-            _transfer[size_class]->release(*index);
+            _transfer[frame->size_class]->release(frame->buffer_index);
         }
         return;
     }
-    if (_backlog_packets >= backlog_packets_max && !_backlog[host].empty()) {
-        _counters.derpd_packets_dropped[static_cast<std::size_t>(derpd_drop_reason::ring_backlog_full)].add();
-        _transfer[size_class]->release(*index);
-        return;
-    }
-    _transfer[size_class]->lend(*index);
     message m;
     m.kind = kind_forward;
     m.u32 = peer;
-    m.u64 = std::uint64_t{frame.frame_bytes} | (kind == packet_kind::disco ? std::uint64_t{1} << 63 : 0);
-    m.u64b = std::uint64_t{*index} | (std::uint64_t{size_class} << 32);
-    m.ptr = data;
-    _counters.cross_shard_packets.add();
-    post_or_backlog(host, m);
+    m.u64 = std::uint64_t{frame->frame_bytes} | (kind == packet_kind::disco ? std::uint64_t{1} << 63 : 0);
+    hand_over(host, *frame, m);
 }
 
 void derp_service::adopt_mesh(std::unique_ptr<mesh_links> links) noexcept { _mesh = std::move(links); }

@@ -42,7 +42,8 @@ using admin::tcp_rtt_bounds_us;
 using admin::tcp_rtt_labels;
 
 class mesh_links;   // server/mesh.hh
-class ws_layer;     // server/ws_layer.hh
+class admission_checker;  // server/admission.hh
+class ws_layer;           // server/ws_layer.hh
 struct mesh_config;
 
 // What every shard's service shares, read-only once the runtime runs (counters apart, which
@@ -75,6 +76,7 @@ struct derp_shared : admin::metric_sources {
     derp_settings settings;
     const bootstrap_resolver* bootstrap = nullptr;  // when bootstrap DNS names are configured
     const mesh_config* mesh = nullptr;              // when -mesh-with names peers
+    admission_checker* admission = nullptr;         // -verify-clients / -verify-client-url
 };
 
 // One client connection's line of /debug/traffic.
@@ -124,7 +126,8 @@ public:
 private:
     friend class mesh_links;
     // traffic: the connection streams /debug/traffic and reads nothing more.
-    enum class phase : std::uint8_t { http, handshake, registering, relay, traffic };
+    // admitting: ClientInfo opened, waiting for the admission decision (spec 2.11).
+    enum class phase : std::uint8_t { http, handshake, admitting, registering, relay, traffic };
     static constexpr std::uint8_t timer_deadline = 0;   // HTTP header / handshake deadline
     static constexpr std::uint8_t timer_keepalive = 1;
 
@@ -177,11 +180,17 @@ private:
     void report_traffic(const conn_ref& streamer, std::vector<struct traffic_row>& rows) noexcept;
     std::string answer_bootstrap_dns(const http_request& request, const client& c, std::int64_t unix_seconds);
     std::size_t handle_handshake(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
+    void begin_registration(ring::conn_id conn, client& c) noexcept;
+    void apply_admissions() noexcept;  // decisions the admission thread posted for this shard
     std::size_t handle_frames(ring::conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept;
     bool handle_frame(ring::conn_id conn, client& c, const frame_header& header,
                       std::span<const std::uint8_t> payload) noexcept;
     void relay_packet(client& from, const node_key& src, const node_key& dst,
                       std::span<const std::uint8_t> packet, bool forwarded) noexcept;
+    // A transfer buffer for a frame of frame_bytes (counted when none is free).
+    std::optional<queued_frame> take_transfer(std::size_t frame_bytes) noexcept;
+    // A frame in one of this shard's transfer buffers to another shard (m: kind, u32, u64 set).
+    void hand_over(std::uint32_t to_shard, const queued_frame& frame, ring::message m) noexcept;
     // A packet for a key another node of the region holds: ForwardPacket to the mesh link.
     void forward_packet(const node_key& src, const node_key& dst, std::span<const std::uint8_t> packet,
                         std::uint32_t peer, packet_kind kind) noexcept;
@@ -245,7 +254,8 @@ private:
         std::vector<struct traffic_row> rows;
         std::uint32_t pending = 0;
     };
-    std::unordered_map<std::uint64_t, traffic_collection> _traffic;  // names asked for via ?q= (cleared past 500)
+    std::unordered_map<std::uint64_t, traffic_collection> _traffic;
+    std::vector<struct admission_decision> _admissions;  // apply_admissions' batch, kept for reuse  // names asked for via ?q= (cleared past 500)
 };
 
 }  // namespace derp::server

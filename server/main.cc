@@ -31,6 +31,7 @@
 #include "server/files.hh"
 #include "server/certificates.hh"
 #include "server/acme_client.hh"
+#include "server/admission.hh"
 #include "crypto/ktls.hh"
 #include "crypto/tls_layer.hh"
 #include "server/ws_layer.hh"
@@ -276,6 +277,27 @@ int main(int argc, char** argv) {
         shared.acme_challenges = acme_challenges.get();
     }
     shared.cmdline.assign(argv, argv + argc);
+    // Admission (spec 2.11): decided on a thread of its own, started once the runtime runs.
+    std::unique_ptr<server::admission_checker> admission;
+    if (cfg.verify_clients || !cfg.verify_client_url.empty()) {
+        server::admission_settings as;
+        as.verify_clients = cfg.verify_clients;
+        if (!cfg.socket.empty()) as.socket_path = cfg.socket;
+        as.url = cfg.verify_client_url;
+        as.fail_open = cfg.verify_client_url_fail_open;
+        as.timeout_ns = cfg.verify_client_timeout_ns;
+        as.cache_ns = cfg.verify_client_cache_ns;
+        auto made = server::admission_checker::make(std::move(as), shards);
+        if (!made) return fail(made.error());
+        admission = std::move(made.value());
+        shared.admission = admission.get();
+        ring::log(log_level::info, "admission: {}{}{} (timeout {} ms, answers kept {} ms)",
+                  cfg.verify_clients ? "tailscaled at " + admission->settings().socket_path : "",
+                  cfg.verify_clients && !cfg.verify_client_url.empty() ? ", then " : "",
+                  cfg.verify_client_url.empty() ? "" : fmt::format("controller {} (fail-{})", cfg.verify_client_url,
+                                                                   cfg.verify_client_url_fail_open ? "open" : "closed"),
+                  cfg.verify_client_timeout_ns / 1'000'000, cfg.verify_client_cache_ns / 1'000'000);
+    }
     server::bootstrap_resolver bootstrap(parse_name_list(cfg.bootstrap_dns_names),
                                          parse_unpublished_names(cfg.unpublished_bootstrap_dns_names));
     if (bootstrap.configured()) {
@@ -401,8 +423,10 @@ int main(int argc, char** argv) {
         });
     // The ACME client starts once the listeners are up: its challenges are answered there.
     if (acme) acme->start();
+    if (admission) admission->start([r = rt.value().get()](std::uint32_t shard) { r->wake(shard); });
     rt.value()->wait();
     acme.reset();
+    admission.reset();
     if (trimmer.joinable()) {
         {
             std::lock_guard lock(trim_mutex);

@@ -47,6 +47,7 @@ enum class hostile {
     slow_order,
     bad_challenge_token,   // an authorization whose token would be a path on port 80
     slow_challenge,        // the challenge POST is never answered
+    rate_limited,          // newOrder answers 429 rateLimited with Retry-After (what pebble cannot do)
 };
 
 // An HTTPS server on 127.0.0.1 answering one request per connection, in order, on one thread.
@@ -150,6 +151,15 @@ private:
             response = answer(201, fmt::format("Location: {}\r\n", url("/acct/1")), R"({"status":"valid"})");
         } else if (line.starts_with("POST /order ")) {
             if (_mode == hostile::slow_order) return hold();
+            if (_mode == hostile::rate_limited) {
+                // As Let's Encrypt answers past its limits (RFC 8555 6.6): 429, a problem
+                // document and when to come back.
+                send_plain(fd, s, answer(429, "Retry-After: 7200\r\nContent-Type: application/problem+json\r\n",
+                                         R"({"type":"urn:ietf:params:acme:error:rateLimited",)"
+                                         R"("detail":"too many certificates already issued for localhost"})"));
+                ::close(fd);
+                return;
+            }
             const std::string location = fmt::format("Location: {}\r\n", url("/order/1"));
             if (_mode == hostile::malformed_order) {
                 response = answer(201, location, R"({"status":"pending","authorizations":[)");
@@ -245,6 +255,7 @@ TEST_CASE("a hostile ACME server is refused with a clear log line while relaying
         {hostile::slow_order, "newOrder: timed out (waiting for the response)"},
         {hostile::bad_challenge_token, "challenge tls-alpn-01: token is not 16..256 base64url characters"},
         {hostile::slow_challenge, "tls-alpn-01 challenge: timed out (waiting for the response)"},
+        {hostile::rate_limited, "urn:ietf:params:acme:error:rateLimited: too many certificates already issued for localhost"},
     };
     for (const auto& [mode, expected] : cases) {
         CAPTURE(expected);
@@ -281,6 +292,8 @@ TEST_CASE("a hostile ACME server is refused with a clear log line while relaying
         const std::string line = log.substr(log.find(failed), log.find('\n', log.find(failed)) - log.find(failed));
         CHECK_MESSAGE(line.find(expected) != std::string::npos, line);
         CHECK(line.find("keeping the current certificate") != std::string::npos);
+        // A rate limit's Retry-After is obeyed: the next attempt waits that long, not the 30 s backoff.
+        if (mode == hostile::rate_limited) CHECK_MESSAGE(line.find("next attempt in 7200 s") != std::string::npos, line);
         // Relaying after the failure too, on the stored certificate.
         const std::vector<std::uint8_t> after = {9, 9};
         b.send_packet(a.key(), after);

@@ -2,7 +2,8 @@
 # derpprobe (spec 8.1) against derpd over TLS: with -once a healthy node gives good tls, udp and
 # mesh lines and exit 0; a server that is down, a wrong sha256-raw pin, a certificate that
 # expires in 2 days, two nodes of a region that are not meshed, a closed STUN port and a bad
-# map file each give exit 1 and a bad line that names the problem. Without -once derpprobe
+# map file each give exit 1 and a bad line that names the problem. The map also comes from an https://
+# URL served by the test (verified with -ca-file) and from a LocalAPI stand-in (-derp-map local). Without -once derpprobe
 # probes on its intervals and serves /metrics (checked by promtool), /healthz and a status
 # page, and stops with status 0 on SIGTERM. Every derpd started here must also exit 0 on SIGTERM.
 set -uo pipefail
@@ -120,8 +121,10 @@ probe_once -derp-map "file://$tmp/good.json" -mesh-interval 0 -stun-interval 0
 closed=$(free_port tcp)
 map "$tmp/down.json" "$(node down 127.0.0.1 "$closed" -1 "$pin_a")"
 probe_once -derp-map "$tmp/down.json" -mesh-interval 2s
+# The down/down mesh probe dials the node twice at once, and whichever dial is refused first
+# names its side ("from" or "to"): both name the same node.
 ((rc == 1)) && has "^bad: derp/test/down/tls: connect 127\.0\.0\.1:$closed: Connection refused$" &&
-  has "^bad: derp/test/down/down/mesh: from node down: connect 127\.0\.0\.1:$closed: Connection refused$" && ! has '/udp' &&
+  has "^bad: derp/test/down/down/mesh: (from|to) node down: connect 127\.0\.0\.1:$closed: Connection refused$" && ! has '/udp' &&
   echo "ok: server down: tls and mesh bad with 'Connection refused', no udp probe for STUNPort -1, exit 1" ||
   { fail "server down (exit $rc):"; show; }
 
@@ -161,6 +164,75 @@ probe_once -derp-map "$tmp/expiring.json" -stun-interval 0 -mesh-interval 2s
   echo "ok: without -ca-file the private CA is not trusted: verification failure named" ||
   { fail "expiring certificate without -ca-file (exit $rc):"; show; }
 
+# -derp-map https://: the map from a TLS server of the test's (openssl s_server -WWW with a leaf for
+# IP 127.0.0.1 from the private CA), verified as the nodes are: trusted with -ca-file, not without.
+{
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/web.key" -out "$tmp/web.csr" \
+    -subj "/CN=127.0.0.1" &&
+    printf '%s\n' "subjectAltName=IP:127.0.0.1" basicConstraints=CA:FALSE keyUsage=critical,digitalSignature \
+      extendedKeyUsage=serverAuth >"$tmp/web.ext" &&
+    openssl x509 -req -in "$tmp/web.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -days 3 \
+      -set_serial "0x$(openssl rand -hex 8)" -extfile "$tmp/web.ext" -out "$tmp/web.crt"
+} >"$tmp/openssl-web.log" 2>&1 || { cat "$tmp/openssl-web.log"; echo "could not make the map server's certificate"; exit 1; }
+web_port=$(free_port tcp)
+(cd "$tmp" && exec openssl s_server -quiet -accept "127.0.0.1:$web_port" -cert web.crt -key web.key -WWW) >"$tmp/web.log" 2>&1 &
+web_pid=$!
+for _ in $(seq 200); do ss -Htln "sport = :$web_port" | grep -q . && break; sleep 0.05; done
+probe_once -derp-map "https://127.0.0.1:$web_port/good.json" -ca-file "$tmp/ca.pem" -mesh-interval 0 -stun-interval 0
+((rc == 0)) && has '^good: derpmap-probe: .*1 region, 1 node' && has '^good: derp/test/a/tls: ' &&
+  echo "ok: https:// map verified with -ca-file: derpmap-probe and tls good, exit 0" ||
+  { fail "https map with -ca-file (exit $rc):"; show; }
+probe_once -derp-map "https://127.0.0.1:$web_port/good.json" -mesh-interval 0 -stun-interval 0
+((rc == 1)) && has "^bad: derpmap-probe: DERP map https://127\.0\.0\.1:$web_port/good\.json: TLS: .*verif" &&
+  echo "ok: https:// map from a CA the system store lacks: bad derpmap-probe naming verification" ||
+  { fail "https map without -ca-file (exit $rc):"; show; }
+kill -TERM "$web_pid" 2>/dev/null
+wait "$web_pid" 2>/dev/null
+
+# -derp-map local: a LocalAPI stand-in on a Unix socket answers GET /localapi/v0/derpmap (Host
+# local-tailscaled.sock) as tailscaled does; with no tailscaled the failure says where it looked.
+cat >"$tmp/localapi.py" <<'PY'
+import http.server, os, socketserver, sys
+path, map_file = sys.argv[1], sys.argv[2]
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.headers.get("Host") != "local-tailscaled.sock" or self.path != "/localapi/v0/derpmap":
+            body = b"not found\n"
+            self.send_response(404)
+        else:
+            body = open(map_file, "rb").read()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+    def log_message(self, *args):
+        pass
+class Server(socketserver.UnixStreamServer):
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("local", 0)
+if os.path.exists(path):
+    os.unlink(path)
+Server(path, Handler).serve_forever()
+PY
+python3 "$tmp/localapi.py" "$tmp/tailscaled.sock" "$tmp/good.json" >"$tmp/localapi.log" 2>&1 &
+localapi_pid=$!
+for _ in $(seq 200); do [[ -S "$tmp/tailscaled.sock" ]] && break; sleep 0.05; done
+probe_once -derp-map local -socket "$tmp/tailscaled.sock" -mesh-interval 0 -stun-interval 0
+((rc == 0)) && has '^good: derpmap-probe: .*1 region, 1 node' && has '^good: derp/test/a/tls: ' &&
+  echo "ok: -derp-map local from the LocalAPI stand-in: derpmap-probe and tls good, exit 0" ||
+  { fail "-derp-map local (exit $rc):"; show; cat "$tmp/localapi.log"; }
+kill -TERM "$localapi_pid" 2>/dev/null
+wait "$localapi_pid" 2>/dev/null
+probe_once -derp-map local -socket "$tmp/absent.sock"
+((rc == 1)) && has "^bad: derpmap-probe: DERP map from the local tailscaled: connecting to tailscaled at $tmp/absent\.sock: No such file or directory" &&
+  echo "ok: -derp-map local with no tailscaled: bad derpmap-probe naming the socket" ||
+  { fail "-derp-map local without tailscaled (exit $rc):"; show; }
+
 # Two independent derpd processes in one region: each node relays to itself, but a packet from
 # a client on one to a client on the other needs a mesh, which they do not have.
 map "$tmp/pair.json" "$(node a 127.0.0.1 "$port_a" -1 "$pin_a")" "$(node b 127.0.0.1 "$port_b" -1 "$pin_b")"
@@ -196,12 +268,12 @@ probe_once -derp-map "$tmp/good.json" -region-code nowhere
   { fail "-region-code nowhere (exit $rc):"; show; }
 probe_once -derp-map "$tmp/good.json" -region-code 900 -mesh-interval 0 -stun-interval 0
 ((rc == 0)) && has '^good: derp/test/a/tls: ' && echo "ok: -region-code takes a RegionID too" || { fail "-region-code 900 (exit $rc):"; show; }
-probe_once -derp-map https://login.tailscale.com/derpmap/default
-((rc == 1)) && has 'fetching the map over HTTP\(S\) is not supported' && echo "ok: an https map URL is refused with a hint" ||
-  { fail "https map (exit $rc):"; show; }
+probe_once -derp-map http://127.0.0.1:1/derpmap.json
+((rc == 1)) && has 'plain http:// maps are not fetched' && echo "ok: a plain http:// map URL is refused with a hint" ||
+  { fail "http map (exit $rc):"; show; }
 out=$("$derpprobe" -once 2>&1)
 rc=$?
-((rc == 2)) && has '-derp-map FILE is required' && echo "ok: no -derp-map: usage error, exit 2" || { fail "no -derp-map (exit $rc):"; show; }
+((rc == 2)) && has '-derp-map is required' && echo "ok: no -derp-map: usage error, exit 2" || { fail "no -derp-map (exit $rc):"; show; }
 printf 'not a key\n' >"$tmp/bad.psk"
 probe_once -derp-map "$tmp/good.json" -mesh-psk-file "$tmp/bad.psk"
 ((rc == 2)) && has "mesh-psk-file $tmp/bad.psk: want 64 hex digits" && echo "ok: a malformed -mesh-psk-file is refused, exit 2" ||

@@ -30,6 +30,12 @@ expect_failure "bad boolean" 'invalid boolean value "maybe" for flag -stun' "$de
 expect_failure "missing value" "flag needs an argument: -a" "$derpd" -a
 expect_failure "stray argument" 'unexpected argument "extra"' "$derpd" -dev extra
 expect_failure "bad listen address" 'bad port' "$derpd" -dev -a 127.0.0.1:99999
+expect_failure "https admission controller" '-verify-client-url: https:// controllers are not supported yet' \
+  "$derpd" -dev -a 127.0.0.1:0 -verify-client-url https://admit.example/
+expect_failure "malformed admission URL" '-verify-client-url: "http://h:0/" is not an http:// URL' \
+  "$derpd" -dev -a 127.0.0.1:0 -verify-client-url http://h:0/
+expect_failure "admission timeout" 'invalid value for flag -verify-client-timeout: want 1ms to 60s' \
+  "$derpd" -dev -verify-client-timeout 2m
 # -certmode letsencrypt: an IP -hostname cannot be ordered; gcp (EAB) is not there.
 expect_failure "letsencrypt for an IP" "-hostname 192.0.2.1 is an IP address.*-certmode manual" \
   "$derpd" -a 127.0.0.1:0 -letsencrypt-any-port -hostname 192.0.2.1 -c "$tmp/k" -stun=false

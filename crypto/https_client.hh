@@ -1,9 +1,9 @@
-// A blocking HTTPS client for derpd's ACME client thread (never a shard): one request per
-// connection (Connection: close) on a plain socket driven with poll(2) deadlines, TLS through
-// the project's engine (crypto/tls) verifying the server with the system store or -acme-ca.
-// Every step has a deadline and every response a size bound, so a slow or hostile ACME server
-// costs at most one request timeout and a bounded buffer. A stop descriptor (eventfd) cuts any
-// wait short when derpd stops.
+// A blocking HTTPS client for threads that may block (derpd's ACME client, derpprobe's map
+// fetch; never a shard): one request per connection (Connection: close) on a plain socket driven
+// with poll(2) deadlines, TLS through the project's engine (crypto/tls) verifying the server
+// with the system store or a given CA file. Every step has a deadline and every response a size
+// bound, so a slow or hostile server costs at most one request timeout and a bounded buffer. A
+// stop descriptor (eventfd; -1 for none) cuts any wait short when the program stops.
 #pragma once
 
 #include <cstddef>
@@ -17,7 +17,7 @@
 #include "core/result.hh"
 #include "crypto/tls.hh"
 
-namespace derp::server {
+namespace derp::tls {
 
 struct https_response {
     int status = 0;
@@ -46,4 +46,4 @@ private:
     std::map<std::string, std::shared_ptr<tls::context>> _contexts;  // by host name
 };
 
-}  // namespace derp::server
+}  // namespace derp::tls

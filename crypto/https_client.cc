@@ -1,5 +1,5 @@
-// The ACME client's blocking HTTPS requests (see acme_http.hh).
-#include "server/acme_http.hh"
+// Blocking HTTPS requests for the ACME client and derpprobe (see https_client.hh).
+#include "crypto/https_client.hh"
 
 #include <fcntl.h>
 #include <netdb.h>
@@ -19,7 +19,7 @@
 #include "core/acme.hh"
 #include "core/http_request.hh"
 
-namespace derp::server {
+namespace derp::tls {
 namespace {
 
 std::int64_t now_ns() {
@@ -276,4 +276,4 @@ result<https_response, std::string> https_client::request(std::string_view metho
     }
 }
 
-}  // namespace derp::server
+}  // namespace derp::tls
