@@ -63,7 +63,9 @@ using signal_handler = void (*)(void* context, int signal_number) noexcept;
 
 class shard {
 public:
-    static constexpr std::uint8_t service_timer_count = 3;
+    // Timers per connection for the services: 0 and 1 the DERP service (or the client pool),
+    // 2 the TLS layer's handshake deadline, 3 the WebSocket layer's close handshake.
+    static constexpr std::uint8_t service_timer_count = 4;
     // Datagrams longer than this are cut (and reported truncated): STUN needs a few hundred.
     static constexpr std::uint32_t udp_datagram_bytes_max = 2048;
 

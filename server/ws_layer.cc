@@ -117,9 +117,9 @@ void ws_layer::drain_closing(ring::conn_id conn, conn_ws& st, std::span<const st
 }
 
 void ws_layer::on_timer(ring::conn_id conn, std::uint8_t timer_id) noexcept {
-    const conn_ws* st = find(conn);
-    if (st != nullptr && st->awaiting_peer_close && timer_id == timer_close) {
-        _shard.close(conn);  // the peer never answered our close
+    if (timer_id == timer_close) {
+        const conn_ws* st = find(conn);
+        if (st != nullptr && st->awaiting_peer_close) _shard.close(conn);  // the peer never answered our close
         return;
     }
     _inner->on_timer(conn, timer_id);

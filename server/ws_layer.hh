@@ -97,10 +97,9 @@ private:
     void queue_close(ring::conn_id conn, conn_ws& st, std::uint16_t status, std::string_view reason,
                      admin::ws_close_kind kind) noexcept;
 
-    // While a close we started waits for the peer's answer, the service above reads nothing
-    // more, so its deadline timer (derp_service's 0) is borrowed for the close handshake's
-    // deadline: the runtime has only three service timers and the TLS layer holds the third.
-    static constexpr std::uint8_t timer_close = 0;
+    // The deadline of a close we started, waiting for the peer's answer: the WebSocket layer's
+    // own timer (the DERP service uses 0 and 1, the TLS layer 2).
+    static constexpr std::uint8_t timer_close = 3;
     static constexpr std::int64_t close_handshake_timeout_ns = 5'000'000'000;  // coder/websocket's
 
     ring::shard& _shard;
