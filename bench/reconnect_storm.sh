@@ -6,11 +6,8 @@
 set -uo pipefail
 bin=$1 n=$2
 derpbench=${DERPBENCH:-build/bench/derpbench}
-tmp=$(mktemp -d)
-"$bin" -a 127.0.0.1:0 -c "$tmp/k" -stun=false -shards 1 -http-port -1 >"$tmp/log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do grep -q "serving on" "$tmp/log" && break; sleep 0.05; done
-port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/log" | head -n 1)
+. "$(dirname "$0")/one_derpd.sh"
+one_derpd_start "$bin"
 cpu() { awk '{print $14+$15}' /proc/$pid/stat; }
 c0=$(cpu)
 out=$("$derpbench" connections --url "http://127.0.0.1:$port/derp" --count "$n" --duration 120s --json 2>/dev/null)
