@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Relay across a region against relay on one node, on the same machine in the same run: two
 # derpd nodes (one shard each, TLS, meshed), derpbench pairs at a fixed offered rate either with
-# both ends of every pair on one node (same-node) or with each receiver on the other node
+# both ends of every pair on one node, one frame per write as real clients send (same-node) or with each receiver on the other node
 # (cross-node: every packet is a ForwardPacket between the nodes). Prints, per round, the CPU
 # both derpd processes spent per delivered packet (from /proc/PID/stat) and its ratio, then
 # medians; and the round-trip latency of one probe pair (p50, p99), same-node and cross-node.
@@ -22,7 +22,7 @@ run() {  # run MODE: prints "cpu_us_per_packet delivered loss"
     local extra=() c0 c1 out delivered
     [ "$1" = cross ] && extra=(--cross-node)
     c0=$(( $(region_cpu_ticks 1) + $(region_cpu_ticks 2) ))
-    out=$("$derpbench" throughput --url "$a" --url "$b" "${extra[@]}" --ca "$tmp/ca.pem" --pairs 4 \
+    out=$("$derpbench" throughput --url "$a" --url "$b" "${extra[@]}" --ca "$tmp/ca.pem" --pairs 4 --frames-per-write 1 \
           --rate "$rate" --size "$size" --duration 4s --json 2>/dev/null)
     c1=$(( $(region_cpu_ticks 1) + $(region_cpu_ticks 2) ))
     delivered=$(grep -o '"delivered_packets":[0-9]*' <<<"$out" | cut -d: -f2)
