@@ -42,17 +42,28 @@ bool whois_answer_valid(std::string_view body) noexcept {
 }
 
 std::optional<http_url> parse_http_url(std::string_view url) {
-    constexpr std::string_view scheme = "http://";
-    if (url.size() < scheme.size()) return std::nullopt;
-    for (std::size_t i = 0; i < scheme.size(); ++i)
-        if ((url[i] | 0x20) != scheme[i] && url[i] != scheme[i]) return std::nullopt;
-    url.remove_prefix(scheme.size());
+    // The scheme, case-insensitive as RFC 3986 says.
+    auto has_scheme = [&](std::string_view scheme) {
+        if (url.size() < scheme.size()) return false;
+        for (std::size_t i = 0; i < scheme.size(); ++i)
+            if ((url[i] | 0x20) != scheme[i] && url[i] != scheme[i]) return false;
+        return true;
+    };
+    http_url out;
+    if (has_scheme("https://")) {
+        out.tls = true;
+        out.port = 443;
+        url.remove_prefix(8);
+    } else if (has_scheme("http://")) {
+        url.remove_prefix(7);
+    } else {
+        return std::nullopt;
+    }
     const auto slash = url.find_first_of("/?#");
     std::string_view authority = url.substr(0, slash);
     std::string_view rest = slash == std::string_view::npos ? std::string_view() : url.substr(slash);
     if (const auto hash = rest.find('#'); hash != std::string_view::npos) rest = rest.substr(0, hash);
     if (authority.empty() || authority.find('@') != std::string_view::npos) return std::nullopt;
-    http_url out;
     std::string_view port_text;
     if (authority.front() == '[') {
         const auto close = authority.find(']');

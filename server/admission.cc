@@ -62,17 +62,23 @@ const char* to_string(admission_outcome outcome) noexcept {
     return "unknown";
 }
 
-// One HTTP/1.1 exchange (Connection: close) on a non-blocking socket.
+// One HTTP/1.1 exchange (Connection: close) on a non-blocking socket, in TLS for an https://
+// controller: the TLS session is the project's in-memory engine, so the same poll loop moves
+// its records (handshake first, then the request once the session is open).
 struct admission_checker::exchange {
     enum class stage : std::uint8_t { whois, controller };
     stage kind = stage::whois;
     std::string cache_key;  // the decision it serves
     int fd = -1;
     bool connected = false;
-    std::string out;
-    std::size_t sent = 0;
-    std::string in;
+    std::string out;         // the request, plaintext
+    bool out_queued = false; // the request is in `wire` (at once in plain HTTP; after the handshake in TLS)
+    std::string wire;        // bytes for the socket: the request, or TLS records
+    std::size_t sent = 0;    // of wire
+    std::string in;          // the answer, plaintext
+    std::unique_ptr<tls::session> tls;
     std::uint64_t deadline_ns = 0;
+    bool all_sent() const noexcept { return out_queued && sent == wire.size(); }
     ~exchange() {
         if (fd >= 0) ::close(fd);
     }
@@ -89,10 +95,16 @@ result<std::unique_ptr<admission_checker>, std::string> admission_checker::make(
     std::unique_ptr<admission_checker> made(new admission_checker(std::move(settings), shard_count));
     const auto& s = made->_settings;
     if (!s.url.empty()) {
-        if (s.url.rfind("https://", 0) == 0)
-            return unexpected(std::string("-verify-client-url: https:// controllers are not supported yet; use http:// (on loopback, or behind a TLS proxy)"));
         made->_url = parse_http_url(s.url);
-        if (!made->_url) return unexpected(fmt::format("-verify-client-url: \"{}\" is not an http:// URL", s.url));
+        if (!made->_url) return unexpected(fmt::format("-verify-client-url: \"{}\" is not an http:// or https:// URL", s.url));
+        if (made->_url->tls) {
+            tls::context::client_options options;
+            options.server_name = made->_url->host;
+            options.verify = tls::context::verify_mode::system;
+            auto ctx = tls::context::make_client(options);
+            if (!ctx) return unexpected("-verify-client-url: TLS: " + ctx.error());
+            made->_tls = std::move(ctx.value());
+        }
     }
     if (s.verify_clients && s.socket_path.size() >= sizeof(sockaddr_un{}.sun_path))
         return unexpected(fmt::format("-socket: path \"{}\" is longer than a Unix socket path may be", s.socket_path));
@@ -260,6 +272,13 @@ void admission_checker::run() {
                                  _url->target, host, _url->port == 80 ? "" : fmt::format(":{}", _url->port),
                                  body.size(), body);
         }
+        if (kind == exchange::stage::controller && _tls) {
+            x->tls = std::make_unique<tls::session>(_tls, false);
+            x->tls->start(x->wire);  // the ClientHello, sent once connected
+        } else {
+            x->wire = x->out;
+            x->out_queued = true;
+        }
         if (in_flight.size() >= _settings.requests_in_flight_max) {
             waiting.push_back(std::move(x));
             return;
@@ -374,7 +393,7 @@ void admission_checker::run() {
         fds.push_back({_event_fd, POLLIN, 0});
         std::uint64_t next_deadline = now + 1'000'000'000;
         for (const auto& x : in_flight) {
-            const bool writing = !x->connected || x->sent < x->out.size();
+            const bool writing = !x->connected || x->sent < x->wire.size();
             fds.push_back({x->fd, static_cast<short>(writing ? POLLOUT : POLLIN), 0});
             next_deadline = std::min(next_deadline, x->deadline_ns);
         }
@@ -402,22 +421,61 @@ void admission_checker::run() {
                     x.connected = true;
                 }
             }
-            while (!done && x.connected && x.sent < x.out.size()) {
-                const ssize_t w = ::send(x.fd, x.out.data() + x.sent, x.out.size() - x.sent, MSG_NOSIGNAL);
-                if (w > 0) {
-                    x.sent += static_cast<std::size_t>(w);
-                } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-                    break;
-                } else {
-                    done = true;
-                    problem = fmt::format("send: {}", std::strerror(errno));
+            bool progress = true;
+            while (!done && x.connected && progress) {
+                progress = false;
+                while (!done && x.sent < x.wire.size()) {
+                    const ssize_t w = ::send(x.fd, x.wire.data() + x.sent, x.wire.size() - x.sent, MSG_NOSIGNAL);
+                    if (w > 0) {
+                        x.sent += static_cast<std::size_t>(w);
+                    } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+                        break;
+                    } else {
+                        done = true;
+                        problem = fmt::format("send: {}", std::strerror(errno));
+                    }
                 }
-            }
-            while (!done && x.connected && x.sent == x.out.size() && (revents & (POLLIN | POLLHUP | POLLERR))) {
+                if (x.sent == x.wire.size()) {
+                    x.wire.clear();
+                    x.sent = 0;
+                }
+                if (done || x.sent != 0 || (revents & (POLLIN | POLLHUP | POLLERR)) == 0) break;
+                // Readable: the answer (plain), or TLS records (handshake, then the answer).
                 char buffer[16384];
                 const ssize_t r = ::recv(x.fd, buffer, sizeof buffer, 0);
                 if (r > 0) {
-                    x.in.append(buffer, static_cast<std::size_t>(r));
+                    progress = true;
+                    if (x.tls) {
+                        std::string plain;
+                        const auto before = x.tls->state();
+                        x.tls->feed({reinterpret_cast<const std::uint8_t*>(buffer), static_cast<std::size_t>(r)}, plain, x.wire);
+                        if (x.tls->state() == tls::status::failed) {
+                            done = true;
+                            problem = "TLS: " + x.tls->error();
+                            break;
+                        }
+                        if (before == tls::status::handshaking && x.tls->state() == tls::status::open && !x.out_queued) {
+                            std::vector<std::uint8_t> records(x.out.size() + 1024);
+                            std::string spill;
+                            const std::size_t sealed = x.tls->write({reinterpret_cast<const std::uint8_t*>(x.out.data()), x.out.size()}, records, spill);
+                            x.wire.append(reinterpret_cast<const char*>(records.data()), sealed);
+                            x.wire += spill;
+                            x.out_queued = true;
+                        }
+                        if (plain.empty() && x.tls->state() != tls::status::closed) continue;
+                        if (!x.out_queued) {
+                            done = true;
+                            problem = "TLS: the controller closed during the handshake";
+                            break;
+                        }
+                        x.in += plain;
+                        if (x.tls->state() == tls::status::closed) {
+                            done = true;  // close_notify: the answer is whole (or the parser says not)
+                            break;
+                        }
+                    } else {
+                        x.in.append(buffer, static_cast<std::size_t>(r));
+                    }
                     // Enough of an answer: a head plus its declared body, or more than is kept.
                     http_response_head head;
                     if (parse_http_response_head(x.in, head).state == http_response_parse::complete) {
@@ -436,6 +494,7 @@ void admission_checker::run() {
                     }
                 } else if (r == 0) {
                     done = true;
+                    if (!x.out_queued) problem = "TLS: the controller closed during the handshake";
                 } else if (errno == EAGAIN || errno == EINTR) {
                     break;
                 } else {

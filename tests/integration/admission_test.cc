@@ -24,6 +24,8 @@
 #include "tests/support/derp_test_client.hh"
 #include "tests/support/derpd_process.hh"
 #include "tests/support/http_stub_server.hh"
+#include "tests/support/test_ca.hh"
+#include "crypto/tls.hh"
 
 namespace {
 
@@ -123,6 +125,63 @@ TEST_CASE("controller: allow admits, with derper's request; deny, 500 and garbag
     // Already connected clients are not touched by later decisions.
     b.send_packet(a.key(), packet);
     CHECK(a.expect_recv_packet(storage).packet.size() == packet.size());
+}
+
+TEST_CASE("https:// controller: verified against the trust store; an untrusted certificate is a transport error") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("derpd-admission-tls-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    test_ca ca;
+    ca.issue(dir, "controller", {"127.0.0.1"});
+    ca.write_cert(dir / "ca.pem");
+    test_ca stranger("another CA");
+    stranger.write_cert(dir / "stranger.pem");
+    tls::server_identity identity;
+    identity.hostname = "127.0.0.1";
+    identity.cert_path = (dir / "controller.crt").string();
+    identity.key_path = (dir / "controller.key").string();
+    auto ctx = tls::context::make_server(identity);
+    REQUIRE_MESSAGE(ctx, ctx.error());
+    std::atomic<bool> allow{true};
+    http_stub_server controller(
+        [&](const stub_request&) { return stub_answer{http_answer(200, allow ? R"({"Allow":true})" : R"({"Allow":false})")}; },
+        ctx.value());
+    REQUIRE(controller.url().rfind("https://127.0.0.1:", 0) == 0);
+
+    SUBCASE("trusted: the answer decides") {
+        derpd_options o = with_controller(controller.url(), {"-verify-client-cache", "0", "-verify-client-url-fail-open=false"});
+        o.env = {"SSL_CERT_FILE=" + (dir / "ca.pem").string()};
+        derpd_process server(o);
+        auto a = start_client(server);
+        expect_admitted(a);
+        allow = false;
+        auto b = start_client(server);
+        expect_refused(b);
+        CHECK(server.wait_for_log("rejected: admission controller: not allowed", 2000ms));
+        const auto requests = controller.requests();
+        REQUIRE(requests.size() == 2);
+        CHECK(requests[1].body == R"({"NodePublic":"nodekey:)" + b.key().to_string() + R"(","Source":"127.0.0.1"})");
+        CHECK(controller.tls_failures() == 0);
+    }
+    SUBCASE("untrusted certificate: fail-closed refuses, fail-open admits, both say why") {
+        for (const bool fail_open : {false, true}) {
+            CAPTURE(fail_open);
+            derpd_options o = with_controller(controller.url(),
+                                              {"-verify-client-cache", "0", fail_open ? "-verify-client-url-fail-open=true"
+                                                                                      : "-verify-client-url-fail-open=false"});
+            o.env = {"SSL_CERT_FILE=" + (dir / "stranger.pem").string()};
+            derpd_process server(o);
+            auto c = start_client(server);
+            if (fail_open)
+                expect_admitted(c);
+            else
+                expect_refused(c);
+            CHECK_MESSAGE(server.wait_for_log("admission controller unreachable", 2000ms), sanitized_log(server));
+            CHECK_MESSAGE(server.wait_for_log("certificate verify failed", 1000ms), sanitized_log(server));
+        }
+        CHECK(controller.request_count() == 0);
+    }
+    fs::remove_all(dir);
 }
 
 TEST_CASE("controller slow past the timeout or gone: fail-open admits, fail-closed refuses") {

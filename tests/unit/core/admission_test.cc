@@ -49,7 +49,7 @@ TEST_CASE("whois answer: a WhoIsResponse object") {
     CHECK_FALSE(whois_answer_valid(""));
 }
 
-TEST_CASE("http URL: host, port, target; anything else refused") {
+TEST_CASE("http(s) URL: scheme, host, port, target; anything else refused") {
     auto u = parse_http_url("http://127.0.0.1:8080/admit?x=1");
     REQUIRE(u);
     CHECK(u->host == "127.0.0.1");
@@ -66,7 +66,18 @@ TEST_CASE("http URL: host, port, target; anything else refused") {
     u = parse_http_url("http://h?q");
     REQUIRE(u);
     CHECK(u->target == "/?q");
-    for (const char* bad : {"https://h/", "http://", "http:///x", "http://u@h/", "http://h:0/", "http://h:65536/",
+    CHECK_FALSE(u->tls);
+    u = parse_http_url("https://admit.example/v1/admit");
+    REQUIRE(u);
+    CHECK(u->tls);
+    CHECK(u->host == "admit.example");
+    CHECK(u->port == 443);
+    CHECK(u->target == "/v1/admit");
+    u = parse_http_url("HTTPS://[::1]:8443");
+    REQUIRE(u);
+    CHECK(u->tls);
+    CHECK(u->port == 8443);
+    for (const char* bad : {"https://", "https:/h/", "httpss://h/", "http://", "http:///x", "http://u@h/", "http://h:0/", "http://h:65536/",
                             "http://h:/", "http://[::1/", "http://[::1]x/", "http://h/a b", "ftp://h/", ""})
         CHECK_MESSAGE(!parse_http_url(bad), bad);
 }
