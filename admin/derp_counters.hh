@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -169,6 +170,9 @@ struct metric_sources {
     // that the port-80 listener serves.
     acme_counters* acme = nullptr;
     const tls::acme_challenges* acme_challenges = nullptr;
+    // -verify-clients: the admission thread's latest self-check verdict for /debug/check ("" when
+    // this node's own key would be admitted). Any thread may call it.
+    std::function<std::string()> self_check;
 };
 
 }  // namespace derp::admin

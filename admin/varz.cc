@@ -518,8 +518,12 @@ std::pair<int, std::string> render_debug_check(const metric_sources& shared) {
     }
     // The shards update these as they go: a check during a burst of connects can see a moment
     // between a registration and its route; derper's check has the same window.
-    if (connections != keys)
-        return {500, fmt::format("expvar connections = {} != clients map says of {}", connections, keys)};
+    std::string problems;  // derper joins them with ", "
+    if (connections != keys) problems = fmt::format("expvar connections = {} != clients map says of {}", connections, keys);
+    if (shared.self_check) {
+        if (std::string self = shared.self_check(); !self.empty()) problems += (problems.empty() ? "" : ", ") + self;
+    }
+    if (!problems.empty()) return {500, problems};
     return {200, "derp.Server ConsistencyCheck okay"};
 }
 

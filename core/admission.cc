@@ -1,6 +1,8 @@
 // Client admission's wire formats (see admission.hh).
 #include "core/admission.hh"
 
+#include <nlohmann/json.hpp>
+
 #include <array>
 #include <charconv>
 
@@ -39,6 +41,30 @@ bool whois_answer_valid(std::string_view body) noexcept {
         return value.kind == json_kind::null || value.kind == json_kind::aggregate;
     };
     return decode_json_object(body, fields, handler);
+}
+
+std::optional<node_key> status_self_key(std::string_view body) noexcept {
+    try {
+        const auto doc = nlohmann::json::parse(body, nullptr, false);
+        if (doc.is_discarded() || !doc.is_object()) return std::nullopt;
+        // encoding/json: the last member whose key folds to the field's name wins.
+        static constexpr std::array<std::string_view, 1> self_field = {"Self"};
+        static constexpr std::array<std::string_view, 1> key_field = {"PublicKey"};
+        const nlohmann::json* self = nullptr;
+        for (const auto& [name, value] : doc.items())
+            if (match_go_json_field(name, self_field) == 0) self = &value;
+        if (self == nullptr || !self->is_object()) return std::nullopt;
+        const nlohmann::json* key = nullptr;
+        for (const auto& [name, value] : self->items())
+            if (match_go_json_field(name, key_field) == 0) key = &value;
+        if (key == nullptr || !key->is_string()) return std::nullopt;
+        const std::string& text = key->get_ref<const std::string&>();
+        constexpr std::string_view prefix = "nodekey:";
+        if (text.size() != prefix.size() + 64 || text.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+        return node_key::from_hex(std::string_view(text).substr(prefix.size()));
+    } catch (...) {  // allocation failure: no key
+        return std::nullopt;
+    }
 }
 
 std::optional<http_url> parse_http_url(std::string_view url) {

@@ -66,7 +66,7 @@ const char* to_string(admission_outcome outcome) noexcept {
 // controller: the TLS session is the project's in-memory engine, so the same poll loop moves
 // its records (handshake first, then the request once the session is open).
 struct admission_checker::exchange {
-    enum class stage : std::uint8_t { whois, controller };
+    enum class stage : std::uint8_t { whois, controller, status };  // status: the self-check's first step
     stage kind = stage::whois;
     std::string cache_key;  // the decision it serves
     int fd = -1;
@@ -88,6 +88,7 @@ struct admission_checker::pending {
     node_key key;
     ip16 ip{};
     std::vector<conn_ref> waiters;
+    bool self_check = false;  // the /debug/check self-check's decision (no waiters, never cached)
 };
 
 result<std::unique_ptr<admission_checker>, std::string> admission_checker::make(admission_settings settings,
@@ -139,6 +140,12 @@ void admission_checker::submit(const conn_ref& conn, const node_key& key, const 
     }
     const std::uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(_event_fd, &one, sizeof one);
+}
+
+std::string admission_checker::self_check_problem() const {
+    std::lock_guard lock(_self_mutex);
+    if (!_self_done) return "verifyClient self-check: no answer from local tailscaled yet";
+    return _self_problem;
 }
 
 void admission_checker::take(std::uint32_t shard, std::vector<admission_decision>& out) {
@@ -209,9 +216,31 @@ void admission_checker::run() {
         return {};
     };
 
+    // The self-check: one run at a time, the next self_check_interval_ns after the last ended.
+    bool self_running = false;
+    std::uint64_t self_next_ns = 0;
+    auto self_checked = [&](std::string problem) {
+        if (!problem.empty()) ring::log(log_level::warn, "admission: /debug/check self-check: {}", problem);
+        {
+            std::lock_guard lock(_self_mutex);
+            _self_done = true;
+            _self_problem = std::move(problem);
+        }
+        self_running = false;
+        self_next_ns = now_ns() + self_check_interval_ns;
+    };
+
     auto finish_decision = [&](const std::string& cache_key, admission_outcome outcome, std::string reason) {
         auto it = deciding.find(cache_key);
         if (it == deciding.end()) return;
+        if (it->second.self_check) {
+            // derper's verifyClient returns no error for an admission, nor for a controller it
+            // could not reach with fail-open.
+            const bool admitted = outcome == admission_outcome::allowed || outcome == admission_outcome::error_allowed;
+            self_checked(admitted ? std::string() : "verifyClient for self nodekey: " + reason);
+            deciding.erase(it);
+            return;
+        }
         if (_settings.cache_ns > 0 && (outcome == admission_outcome::allowed || outcome == admission_outcome::denied)) {
             if (cache.size() >= cache_entries_max) {
                 const std::uint64_t now = now_ns();
@@ -232,7 +261,7 @@ void admission_checker::run() {
     auto open_exchange = [&](exchange& x) -> std::string {
         sockaddr_storage address{};
         socklen_t length = 0;
-        if (x.kind == exchange::stage::whois) {
+        if (x.kind != exchange::stage::controller) {  // tailscaled's LocalAPI
             auto* un = reinterpret_cast<sockaddr_un*>(&address);
             un->sun_family = AF_UNIX;
             std::memcpy(un->sun_path, _settings.socket_path.data(), _settings.socket_path.size());
@@ -313,6 +342,27 @@ void admission_checker::run() {
                 }
             }
         }
+        if (kind == exchange::stage::status) {
+            std::optional<node_key> self;
+            if (problem.empty() && head.status != 200)
+                problem = fmt::format("HTTP {}", head.status);
+            else if (problem.empty() && !(self = status_self_key(body)))
+                problem = "the answer has no Self.PublicKey";
+            if (!problem.empty()) {
+                self_checked("localClient.Status: " + problem);
+                return;
+            }
+            // A decision of its own (never joined with a client's, never cached), from ::1.
+            const std::string self_key = "self|" + self->to_string();
+            auto [it, fresh] = deciding.try_emplace(self_key);
+            if (!fresh) return;  // still deciding from the last run (cannot outlive its timeout)
+            it->second.key = *self;
+            it->second.ip = ip16{};
+            it->second.ip[15] = 1;
+            it->second.self_check = true;
+            begin(self_key, exchange::stage::whois);
+            return;
+        }
         if (kind == exchange::stage::whois) {
             if (!problem.empty()) {
                 finish_decision(cache_key, admission_outcome::error_denied,
@@ -388,6 +438,20 @@ void admission_checker::run() {
             begin(cache_key, _settings.verify_clients ? exchange::stage::whois : exchange::stage::controller);
         }
         batch.clear();
+        if (_settings.verify_clients && !self_running && now >= self_next_ns) {
+            self_running = true;
+            auto x = std::make_unique<exchange>();
+            x->kind = exchange::stage::status;
+            x->out = "GET /localapi/v0/status?peers=false HTTP/1.1\r\nHost: local-tailscaled.sock\r\n"
+                     "User-Agent: derpd\r\nConnection: close\r\n\r\n";
+            x->wire = x->out;
+            x->out_queued = true;
+            x->deadline_ns = now + static_cast<std::uint64_t>(_settings.timeout_ns);
+            if (auto problem = open_exchange(*x); !problem.empty())
+                conclude(*x, problem);
+            else
+                in_flight.push_back(std::move(x));
+        }
 
         fds.clear();
         fds.push_back({_event_fd, POLLIN, 0});

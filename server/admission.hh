@@ -80,6 +80,14 @@ public:
     // From shard `shard`, once per loop turn: moves its decisions into out (cheap when none).
     void take(std::uint32_t shard, std::vector<admission_decision>& out);
 
+    // derper's /debug/check self-check under -verify-clients: would this node's own key (from
+    // tailscaled's /localapi/v0/status, as connecting from ::1) be admitted? derper asks while
+    // the HTTP request waits; here the admission thread asks every self_check_interval_ns and
+    // this returns the latest verdict at once ("" when admitted), so /debug/check never blocks
+    // a shard or the admin thread. Any thread.
+    static constexpr std::uint64_t self_check_interval_ns = 10'000'000'000;
+    std::string self_check_problem() const;
+
 private:
     admission_checker(admission_settings settings, std::uint32_t shard_count);
     struct request { conn_ref conn; node_key key; ip16 ip; };
@@ -103,6 +111,9 @@ private:
         std::atomic<bool> ready{false};
     };
     std::unique_ptr<inbox[]> _inboxes;
+    mutable std::mutex _self_mutex;
+    bool _self_done = false;
+    std::string _self_problem;
     std::thread _thread;
 };
 

@@ -291,6 +291,7 @@ int main(int argc, char** argv) {
         if (!made) return fail(made.error());
         admission = std::move(made.value());
         shared.admission = admission.get();
+        if (cfg.verify_clients) shared.self_check = [a = admission.get()] { return a->self_check_problem(); };
         ring::log(log_level::info, "admission: {}{}{} (timeout {} ms, answers kept {} ms)",
                   cfg.verify_clients ? "tailscaled at " + admission->settings().socket_path : "",
                   cfg.verify_clients && !cfg.verify_client_url.empty() ? ", then " : "",

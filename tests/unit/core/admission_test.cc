@@ -49,6 +49,28 @@ TEST_CASE("whois answer: a WhoIsResponse object") {
     CHECK_FALSE(whois_answer_valid(""));
 }
 
+TEST_CASE("status answer: Self.PublicKey as ipnstate.Status decodes it") {
+    const std::string hex(64, 'a');
+    const auto key = node_key::from_hex(hex);
+    REQUIRE(key);
+    auto got = status_self_key(R"({"Version":"1.76.1","BackendState":"Running","Self":{"ID":"n1","PublicKey":"nodekey:)" + hex +
+                               R"(","HostName":"relay"},"Peer":null})");
+    REQUIRE(got);
+    CHECK(*got == *key);
+    got = status_self_key(R"({"self":{"publickey":"nodekey:)" + hex + R"("}})");  // Go folds key case
+    REQUIRE(got);
+    CHECK(*got == *key);
+    CHECK_FALSE(status_self_key(R"({"Self":{"PublicKey":")" + hex + R"("}})"));  // no prefix
+    CHECK_FALSE(status_self_key(R"({"Self":{"PublicKey":"nodekey:abc"}})"));
+    CHECK_FALSE(status_self_key(R"({"Self":{"PublicKey":"nodekey:)" + std::string(64, 'g') + R"("}})"));
+    CHECK_FALSE(status_self_key(R"({"Self":null})"));
+    CHECK_FALSE(status_self_key(R"({"Self":{}})"));
+    CHECK_FALSE(status_self_key(R"({"BackendState":"NeedsLogin"})"));
+    CHECK_FALSE(status_self_key("[1]"));
+    CHECK_FALSE(status_self_key(R"({"Self":{"PublicKey":"nodekey:)" + hex + R"("})"));  // truncated
+    CHECK_FALSE(status_self_key(""));
+}
+
 TEST_CASE("http(s) URL: scheme, host, port, target; anything else refused") {
     auto u = parse_http_url("http://127.0.0.1:8080/admit?x=1");
     REQUIRE(u);
