@@ -317,12 +317,13 @@ void derp_service::apply_admissions() noexcept {
             begin_registration(conn, c);
             continue;
         }
-        // Rejected: closed after ServerKey, before ServerInfo, with no frame saying why (spec 2.11).
+        // Rejected: closed after ServerKey, before ServerInfo, with no frame saying why (spec 2.11);
+        // over WebSocket with derper's deferred 1011 "closing".
         if (auto n = _close_log.allow(_shard.now_ns()))
             ring::log(log_level::info, "derp: {}: client nodekey:{} rejected: {}{} ({} recent)", format_addr(c.ip, c.port),
                       c.key.to_string(), d.reason, d.cached ? " (cached)" : "", n);
         _pending_server_info.erase(conn.slot);
-        _shard.close(conn);
+        end_connection(conn);
     }
 }
 
