@@ -16,10 +16,7 @@
 namespace derp::ring {
 namespace {
 
-constexpr std::uint8_t accept_retry_timer_id = 0x7f;
 constexpr std::uint32_t wake_slot_eventfd = 1;    // op::wake from our eventfd read
-constexpr std::uint32_t cancel_slot_listener = slot_max;
-constexpr std::uint64_t accept_retry_ns = 100'000'000;  // after EMFILE/ENFILE: 100 ms
 constexpr std::size_t pending_input_keep_bytes = 64 * 1024;
 
 std::string io_uring_disabled_value() {
@@ -299,14 +296,6 @@ bool shard::post(std::uint32_t to_thread, message m) noexcept {
     return true;
 }
 
-void shard::prep_accept(std::uint32_t listener) noexcept {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_multishot_accept(sqe, _config.listen_fds[listener], nullptr, nullptr, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, pack_user_data(op::accept, listener, 0));
-    _accept_armed[listener] = true;
-    ++_global_ops;
-}
-
 void shard::prep_recv(std::uint32_t slot) noexcept {
     conn_slot& s = _slots[slot];
     DERP_ASSERT(!s.recv_armed);
@@ -476,113 +465,6 @@ void shard::dispatch(const io_uring_cqe& cqe) noexcept {
     case op::close:
         break;
     }
-}
-
-void shard::handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexcept {
-    const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
-    if (!more) {
-        _accept_armed[listener] = false;
-        --_global_ops;
-    }
-    if (cqe.res >= 0) {
-        const int fd = cqe.res;
-        if (_stopping) {
-            ::close(fd);
-        } else if (_free_head >= _slots.size()) {
-            ::close(fd);
-            _counters.accepts_refused_full.add();
-            if (const auto n = _accept_error_log.allow(_now_ns))
-                log(log_level::warn,
-                    "shard {}: connection table full ({} slots); refused {} connection(s). "
-                    "Raise the open-files limit (LimitNOFILE=) or add shards",
-                    _config.index, _slots.size(), n);
-        } else {
-            const std::uint32_t slot = *take_slot(fd);
-            conn_slot& s = _slots[slot];
-            if (listener < _config.listen_tags.size()) s.listener_tag = _config.listen_tags[listener];
-            _counters.accepts.add();
-            sockaddr_storage peer{};
-            socklen_t peer_length = sizeof peer;
-            if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_length) != 0)
-                peer.ss_family = AF_UNSPEC;  // reset before we looked: the service sees no address
-            _service->on_accept(conn_id{slot, s.gen}, peer);
-            if (s.state == conn_state::open) prep_recv(slot);
-        }
-    } else if (cqe.res != -ECANCELED) {
-        _counters.accept_errors.add();
-        if (const auto n = _accept_error_log.allow(_now_ns)) {
-            const bool fd_limit = cqe.res == -EMFILE || cqe.res == -ENFILE;
-            log(log_level::warn, "shard {}: accept failed {} time(s): {}{}", _config.index, n,
-                std::strerror(-cqe.res),
-                fd_limit ? " (out of file descriptors: raise LimitNOFILE= or ulimit -n)" : "");
-        }
-    }
-    if (!more && !_stopping) {
-        if (cqe.res == -EMFILE || cqe.res == -ENFILE || cqe.res == -ENOMEM) {
-            // Re-arming at once would fail at once; give closing connections time to free fds.
-            timer_node& node = _listener_retry[listener];
-            node.owner = listener;
-            node.id = accept_retry_timer_id;
-            _timers.arm(node, _now_ns + accept_retry_ns);
-        } else {
-            prep_accept(listener);
-        }
-    }
-}
-
-void shard::prep_recvmsg(std::uint32_t socket_index) noexcept {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_recvmsg_multishot(sqe, _config.udp_fds[socket_index], &_udp_msghdr, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = _udp_buffers.group();
-    io_uring_sqe_set_data64(sqe, pack_user_data(op::recvmsg, socket_index, 0));
-    _recvmsg_armed[socket_index] = true;
-    ++_global_ops;
-}
-
-void shard::handle_recvmsg(std::uint32_t socket_index, const io_uring_cqe& cqe) noexcept {
-    const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
-    if (!more) {
-        _recvmsg_armed[socket_index] = false;
-        --_global_ops;
-    }
-    if ((cqe.flags & IORING_CQE_F_BUFFER) != 0) {
-        const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
-        if (cqe.res >= 0) {
-            // Buffer layout of multishot recvmsg: io_uring_recvmsg_out, the name, the control
-            // data (none here), then the payload.
-            std::uint8_t* buffer = _udp_buffers.buffer(bid);
-            io_uring_recvmsg_out* out = io_uring_recvmsg_validate(buffer, cqe.res, &_udp_msghdr);
-            if (out != nullptr && _service) {
-                sockaddr_storage from{};
-                std::memcpy(&from, io_uring_recvmsg_name(out),
-                            std::min<std::size_t>(out->namelen, sizeof from));
-                const auto* payload = static_cast<const std::uint8_t*>(io_uring_recvmsg_payload(out, &_udp_msghdr));
-                const auto length = io_uring_recvmsg_payload_length(out, cqe.res, &_udp_msghdr);
-                const bool truncated = (out->flags & MSG_TRUNC) != 0;
-                _counters.datagrams_received.add();
-                if (truncated) _counters.datagrams_truncated.add();
-                _service->on_datagram(socket_index, from, {payload, length}, truncated);
-            }
-        }
-        _udp_buffers.recycle(bid);
-    }
-    if (cqe.res < 0 && cqe.res != -ENOBUFS && cqe.res != -ECANCELED)
-        log(log_level::warn, "thread {}: UDP recvmsg: {}", _config.index, std::strerror(-cqe.res));
-    if (!more && !_stopping) prep_recvmsg(socket_index);  // -ENOBUFS included: buffers return this turn
-}
-
-int shard::send_datagram(std::uint32_t socket_index, const sockaddr_storage& to, socklen_t to_length,
-                         std::span<const std::uint8_t> payload) noexcept {
-    DERP_ASSERT(socket_index < _config.udp_fds.size());
-    const ssize_t n = ::sendto(_config.udp_fds[socket_index], payload.data(), payload.size(),
-                               MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&to), to_length);
-    if (n < 0) {
-        _counters.datagram_send_errors.add();
-        return errno;
-    }
-    _counters.datagrams_sent.add();
-    return 0;
 }
 
 std::optional<std::uint32_t> shard::take_slot(int fd) noexcept {
@@ -844,27 +726,6 @@ void shard::publish_outbound() noexcept {
             _counters.wakeups_sent.add();
         }
     }
-}
-
-void shard::start_stopping() noexcept {
-    _stopping = true;
-    _stop_deadline_ns = _now_ns + static_cast<std::uint64_t>(_config.shutdown_grace_ns);
-    if (_service) _service->on_stop();
-    for (std::uint32_t l = 0; l < _config.listen_fds.size(); ++l) {
-        _timers.cancel(_listener_retry[l]);
-        if (!_accept_armed[l]) continue;
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, _config.listen_fds[l], IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
-    }
-    for (std::uint32_t u = 0; u < _config.udp_fds.size(); ++u) {
-        if (!_recvmsg_armed[u]) continue;
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, _config.udp_fds[u], IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
-    }
-    for (std::uint32_t slot = 0; slot < _slots.size(); ++slot)
-        if (_slots[slot].state == conn_state::open) begin_close(slot, close_cause::shutdown);
 }
 
 void shard::run() noexcept {
