@@ -92,6 +92,8 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter bootstrap_dns_queried_domains;  // gauge: this shard's set of queried names
     // DERP over WebSocket (spec 3.4, server/ws_layer).
     counter websocket_accepts;  // derper's derp_websocket_accepts
+    counter restarting_frames;  // Restarting frames sent (drain)
+    counter health_frames;      // Health frames sent (a problem, or the all-clear)
     std::array<counter, 8> websocket_closes;  // by ws_close_kind
 };
 

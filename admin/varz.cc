@@ -349,6 +349,10 @@ std::string render_varz(const metric_sources& shared) {
                            sum_derp(shared, [r](const derp_counters& c) { return c.admissions[r].get(); }));
     metric(out, "derpd_client_admissions_cached_total", "counter", "Admission decisions answered from the short cache.",
            derp_sum(&derp_counters::admissions_cached));
+    metric(out, "derpd_restarting_frames_total", "counter", "Restarting frames sent to clients while draining.",
+           derp_sum(&derp_counters::restarting_frames));
+    metric(out, "derpd_health_frames_total", "counter", "Health frames sent to clients (a problem, or the all-clear).",
+           derp_sum(&derp_counters::health_frames));
     metric(out, "derpd_cross_shard_packets_total", "counter", "Packets relayed through a ring to another shard.",
            derp_sum(&derp_counters::cross_shard_packets));
     for (const auto& g : {std::tuple{"derpd_shard_queued_packets", "Packets waiting in the send queues of the shard's clients.",

@@ -61,8 +61,10 @@ shard::~shard() {
     if (_ring_ready) io_uring_queue_exit(&_ring);  // cancels whatever is still in flight
     for (auto& s : _slots)
         if (s.fd >= 0) ::close(s.fd);
-    for (int fd : _config.listen_fds) ::close(fd);
-    for (int fd : _config.udp_fds) ::close(fd);
+    for (int fd : _config.listen_fds)
+        if (fd >= 0) ::close(fd);
+    for (int fd : _config.udp_fds)
+        if (fd >= 0) ::close(fd);
 }
 
 result<void, std::string> shard::init() noexcept {
@@ -409,6 +411,7 @@ void shard::maybe_finish_close(std::uint32_t slot) noexcept {
         _send_starved = false;
     }
     std::vector<std::uint8_t>().swap(s.pending_input);
+    if (s.accepted) --_accepted_in_use;
     const std::uint32_t next_gen = s.gen + 1;
     s = conn_slot{};
     s.gen = next_gen;
@@ -741,6 +744,11 @@ void shard::run() noexcept {
         _counters.inbound_backlog.set(backlog);
         drain_inbound();
         if (!_stopping && self.stop_requested.load(std::memory_order_acquire)) start_stopping();
+        if (!_stopping && !_draining) {
+            if (const std::uint64_t deadline = self.drain_deadline_ns.load(std::memory_order_acquire); deadline != 0)
+                start_draining(deadline);
+        }
+        check_drain();
         flush_writes();
         for (std::uint32_t slot : _rearm_recv) {
             conn_slot& s = _slots[slot];
@@ -764,6 +772,9 @@ void shard::run() noexcept {
         bool may_block = (_write_list.empty() || _send_starved) && !service_busy;
         std::optional<std::uint64_t> wake_ns = _timers.next_wake_ns();
         if (_stopping) wake_ns = std::min(wake_ns.value_or(_stop_deadline_ns), _now_ns + 50'000'000);
+        // Draining: look again at least every 50 ms (the deadline; for the admin thread, the
+        // shards finishing).
+        if (_draining && !_stopping) wake_ns = std::min(wake_ns.value_or(_now_ns + 50'000'000), _now_ns + 50'000'000);
         if (_service_wake_ns != 0) wake_ns = std::min(wake_ns.value_or(_service_wake_ns), _service_wake_ns);
         _service_wake_ns = 0;
         int rc = 0;
@@ -804,7 +815,7 @@ void shard::run() noexcept {
 
         _counters.timers_fired.add(_timers.expire(_now_ns, [this](timer_node& node) noexcept {
             if (node.id == accept_retry_timer_id) {
-                if (!_stopping && !_accept_armed[node.owner]) prep_accept(node.owner);
+                if (!_stopping && !_draining && !_accept_armed[node.owner]) prep_accept(node.owner);
                 return;
             }
             conn_slot& s = _slots[node.owner];
@@ -818,8 +829,10 @@ void shard::run() noexcept {
     }
     // Every accept has completed: the listeners can go, so that new connections are refused
     // at once rather than queued in a backlog nobody accepts from.
-    for (int fd : _config.listen_fds) ::close(fd);
+    for (int fd : _config.listen_fds)
+        if (fd >= 0) ::close(fd);
     _config.listen_fds.clear();
+    self.finished.store(true, std::memory_order_release);
 }
 
 }  // namespace derp::ring

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/result.hh"
+#include "ring/accept_limiter.hh"
 #include "ring/buffer_pool.hh"
 #include "ring/counters.hh"
 #include "ring/log.hh"
@@ -36,6 +37,7 @@ struct alignas(cache_line_bytes) thread_link {
     // Drain (runtime::request_drain): the monotonic deadline, 0 while not draining.
     std::atomic<std::uint64_t> drain_deadline_ns{0};
     std::atomic<bool> finished{false};  // the thread has left its loop
+    std::atomic<bool> listeners_closed{false};  // draining, and every listener/UDP socket is closed
     int ring_fd = -1;                    // target of IORING_OP_MSG_RING
     int wake_eventfd = -1;               // for threads that own no ring (signals, main, tests)
 };
@@ -58,6 +60,10 @@ struct shard_config {
     std::vector<int> listen_fds;             // owned from start() on
     std::vector<std::uint8_t> listen_tags;   // per listen_fds entry; services read it per connection
     int signal_fd = -1;                      // admin only: SIGINT/SIGTERM/SIGHUP
+    // -accept-connection-limit: shared by every shard (not owned); nullptr = unlimited. It
+    // applies to listeners whose tag's bit is set in accept_limit_tags.
+    accept_limiter* accept_limit = nullptr;
+    std::uint32_t accept_limit_tags = ~0u;
     std::vector<int> udp_fds;                // UDP sockets read with multishot recvmsg (owned)
 };
 
@@ -215,6 +221,7 @@ private:
     void check_drain() noexcept;  // each turn while draining: stop when done or at the deadline
     void close_listener(std::uint32_t listener) noexcept;
     void close_udp_socket(std::uint32_t socket_index) noexcept;
+    void note_listeners_closed() noexcept;  // publishes listeners_closed once all are
     bool inbound_empty() const noexcept;
 
     shard_config _config;
@@ -256,9 +263,11 @@ private:
     bool _stopping = false;
     std::uint64_t _stop_deadline_ns = 0;
     bool _draining = false;
+    bool _drain_announced = false;  // on_drain() was called
     std::uint64_t _drain_deadline_ns = 0;
     std::uint32_t _global_ops = 0;           // listener, eventfd and signalfd ops in flight
     log_limiter _accept_error_log{1'000'000'000};
+    log_limiter _accept_limit_log{1'000'000'000};
 };
 
 }  // namespace derp::ring

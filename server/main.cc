@@ -1,5 +1,6 @@
 // derpd: the DERP relay daemon. Parses derper's flags, loads the server key, starts the shard
 // runtime with the DERP service on every shard, and runs until SIGINT or SIGTERM.
+#include <cmath>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -248,6 +249,8 @@ int main(int argc, char** argv) {
     settings.http_header_timeout_ns = 3 * cfg.handshake_timeout_ns;
     settings.keepalive_ns = cfg.keepalive_interval_ns;
     settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
+    // Clients told to reconnect should be back before the drain ends: at most half of it.
+    settings.drain_reconnect_spread_ns = std::min(cfg.drain_reconnect_spread_ns, cfg.drain_timeout_ns / 2);
     server::derp_shared shared(settings, shards);
     // The region (spec 5): one link per -mesh-with entry, spread over the shards.
     std::optional<server::mesh_config> mesh;
@@ -318,6 +321,19 @@ int main(int argc, char** argv) {
         rc.listen_tags.push_back(server::derp_service::listener_port80);
     }
     if (reloader) rc.on_reload = [&reloader] { reloader->reload("SIGHUP"); };
+    rc.listen_options.join_existing = cfg.takeover;
+    rc.drain_timeout_ns = cfg.drain_timeout_ns;
+    // -accept-connection-limit: one bucket for the process, on the DERP listeners (derper: the
+    // TLS listener; derpd's plain one too), not the port-80 listener of ACME and redirects.
+    std::unique_ptr<ring::accept_limiter> accept_limit;
+    if (std::isfinite(cfg.accept_connection_limit)) {
+        accept_limit = std::make_unique<ring::accept_limiter>(cfg.accept_connection_limit, cfg.accept_connection_burst);
+        rc.shard_defaults.accept_limit = accept_limit.get();
+        rc.shard_defaults.accept_limit_tags = 1u << server::derp_service::listener_main_plain |
+                                              1u << server::derp_service::listener_main_tls;
+        ring::log(log_level::info, "accepting at most {} connections/s (burst {}) on the DERP listeners",
+                  cfg.accept_connection_limit, cfg.accept_connection_burst);
+    }
     rc.listen_options.user_timeout_ns = cfg.tcp_user_timeout_ns;
     rc.listen_options.keepalive_idle_ns = cfg.tcp_keepalive_time_ns;
     rc.shard_defaults.conn_slots = static_cast<std::uint32_t>(per_shard);
