@@ -94,6 +94,8 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter websocket_accepts;  // derper's derp_websocket_accepts
     counter restarting_frames;  // Restarting frames sent (drain)
     counter health_frames;      // Health frames sent (a problem, or the all-clear)
+    counter unfinished;         // gauge: connections that have not finished the DERP handshake
+    counter unfinished_evictions;  // of those, closed to make room (unfinished_conns_max)
     std::array<counter, 8> websocket_closes;  // by ws_close_kind
 };
 

@@ -59,6 +59,7 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_int("shards", &c.shards, "derpd: shard threads, one io_uring each (0 = online cores minus one, at least 1)");
     flags.add_string("log-level", &c.log_level, "derpd: debug, info, warn or error");
     flags.add_int("conns-per-shard", &c.conns_per_shard_max, "derpd: connection slots per shard (0 = share the open-files limit among the shards)");
+    flags.add_int("unfinished-per-shard", &c.unfinished_per_shard_max, "derpd: connections per shard that may be unfinished at once (before their DERP handshake completes: HTTP, TLS, ClientInfo, admission); one more closes the oldest, so slow or silent connections cannot take the slots real clients need (0 = half of -conns-per-shard)");
 
     flags.add_string("admin-addr", &c.admin_addr, "derpd: serve /debug/varz (also as /metrics), /debug/check and /debug/ on this address from the admin thread, to any client that reaches it; \":port\" means loopback only");
     flags.add_bool("stun-strict", &c.stun_strict, "derpd: answer only Tailscale-style STUN requests (SOFTWARE tailnode + FINGERPRINT), as derper does; by default ordinary RFC 5389 Binding requests are answered too");
@@ -93,6 +94,8 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     if (c.dev && !flags.was_set("a")) c.listen_address = "localhost:3340";
     if (c.shards < 0 || c.shards > 1023)
         return unexpected(fmt::format("invalid value {} for flag -shards: want 0..1023", c.shards));
+    if (c.unfinished_per_shard_max < 0 || c.unfinished_per_shard_max > 1'000'000)
+        return unexpected(fmt::format("invalid value {} for flag -unfinished-per-shard: want 0..1000000", c.unfinished_per_shard_max));
     if (c.conns_per_shard_max < 0 || c.conns_per_shard_max > 1'000'000)
         return unexpected(fmt::format("invalid value {} for flag -conns-per-shard: want 0..1000000",
                                       c.conns_per_shard_max));

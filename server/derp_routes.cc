@@ -279,6 +279,7 @@ void derp_service::handle_control(control& m) noexcept {
         if (c == nullptr || pending == _pending_server_info.end()) return;
         const conn_id conn{m.conn.slot, m.conn.gen};
         c->stage = phase::relay;
+        note_finished(*c);
         _counters.current_connections.add();
         if (c->preferred) _counters.current_home_connections.add();
         if (c->not_ideal) _counters.current_notideal_connections.add();

@@ -105,6 +105,7 @@ void derp_service::on_accept(conn_id conn, const sockaddr_storage& peer) noexcep
     if (_tls == nullptr || !_tls->is_tls(conn)) _counters.plain_accepts.add();
     _shard.arm_timer(conn, timer_deadline,
                      _shard.now_ns() + static_cast<std::uint64_t>(_settings.http_header_timeout_ns));
+    note_unfinished(conn, c);
 }
 
 void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
@@ -159,6 +160,7 @@ void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
     drop_output(conn, c, drop_reason::gone_disconnected);
     if (c.stage == phase::traffic) _traffic.erase((std::uint64_t{conn.slot} << 32) | conn.gen);
     if (c.is_dup) --_local_dups;
+    note_finished(c);
     _pending_server_info.erase(conn.slot);
     c = client{};
 }

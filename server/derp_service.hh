@@ -73,6 +73,11 @@ struct derp_settings {
     // all come back in the same millisecond, and "try for" this long.
     std::int64_t drain_reconnect_spread_ns = 2'000'000'000;
     std::int64_t restart_try_for_ns = 30'000'000'000;
+    // Connections per shard that have not finished the DERP handshake (HTTP, TLS, WebSocket,
+    // ClientInfo, admission): past this, each new one closes the oldest such connection, so a
+    // slowloris holding connections open cannot take the slots real clients need (they finish
+    // in milliseconds and are never the oldest for long). 0 = no bound.
+    std::uint32_t unfinished_conns_max = 0;
 };
 
 // The node's health as its clients hear it (spec 1.x Health frames): a problem text, empty
@@ -168,6 +173,7 @@ private:
         std::unique_ptr<server_handshake> handshake;  // only while handshaking
         node_key key;
         bool can_mesh = false;
+        bool unfinished = false;  // counted in _unfinished (derp_bounds.cc)
         bool is_prober = false;
         bool not_ideal = false;
         bool preferred = false;
@@ -232,6 +238,9 @@ private:
     void queue_health(ring::conn_id conn, client& c) noexcept;
     void greet(ring::conn_id conn, client& c) noexcept;
     void notice_health() noexcept;  // each turn: a new problem (or none) goes to every client
+    // The bound on unfinished connections (derp_bounds.cc).
+    void note_unfinished(ring::conn_id conn, client& c) noexcept;
+    void note_finished(client& c) noexcept;
     // False when the queue was full and a packet was dropped to make room.
     bool enqueue(ring::conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept;
     void count_drop(drop_reason reason, packet_kind kind, std::size_t packet_bytes) noexcept;
@@ -254,6 +263,9 @@ private:
 
     bool _draining = false;
     std::uint64_t _drain_deadline_ns = 0;
+    std::deque<ring::conn_id> _unfinished_order;  // accept order; finished entries are skipped
+    std::uint32_t _unfinished = 0;
+    ring::log_limiter _eviction_log{1'000'000'000};
     std::uint64_t _health_generation = 0;  // of _shared.health, as last sent
     std::string _health_problem;
 

@@ -242,6 +242,9 @@ int main(int argc, char** argv) {
             settings.debug_policy.trusted_prefixes.push_back(*prefix);
         }
     }
+    settings.unfinished_conns_max = static_cast<std::uint32_t>(
+        cfg.unfinished_per_shard_max > 0 ? std::min<std::uint64_t>(static_cast<std::uint64_t>(cfg.unfinished_per_shard_max), per_shard)
+                                         : std::max<std::uint64_t>(per_shard / 2, 1));
     settings.write_timeout_ns = cfg.tcp_write_timeout_ns;
     settings.handshake_timeout_ns = cfg.handshake_timeout_ns;
     // Go's 30 s ReadTimeout for the request head, kept at 3x the handshake deadline so that
