@@ -284,7 +284,7 @@ th {{ background: #f4f4f4; }} td:first-child, td:nth-child(2), td:nth-child(3) {
 <body>
 <h1>{0}</h1>
 <p>{1} record{2} in {3} run{4}. Each run has one colour in every chart; within a run, marker shapes tell packet sizes apart.
-The knee is the highest offered rate that a sweep delivered with loss under 1 %. The figures are in the table below the charts.</p>
+The knee (a star, labelled with the packets/s delivered there) is the highest offered rate that a sweep delivered with loss under 1 %. The figures are in the table below the charts.</p>
 <div class="charts" id="charts"></div>
 <p id="no-script" class="note">The charts need JavaScript (they are drawn in the page, with nothing fetched); the table below has every figure.</p>
 <h2 id="table">Figures</h2>

@@ -143,7 +143,7 @@
                           borderColor: run.colour, backgroundColor: run.colour, borderDash: [6, 4], borderWidth: 1.5,
                           pointStyle: marker, pointRadius: 3 });
         if (s.knee && s.knee['offered' + key] > 0) {
-          const label = pps ? `knee: ${grouped(s.knee.offered_pps)} pkt/s (${s.name})`
+          const label = pps ? `knee: ${grouped(s.knee.delivered_pps)} pkt/s (${s.name})`
                             : `knee: ${s.knee.delivered_gbps.toFixed(2)} Gbit/s (${s.name})`;
           datasets.push({ label: label, legendHide: true, kneeLabels: [label], pointStyle: 'star', pointRadius: 11,
                           borderWidth: 2, borderColor: run.colour, backgroundColor: run.colour,
