@@ -165,7 +165,7 @@ int run_sweep(const options& o, const targets& ts) {
         double good_cpu_per_gbit = 0;
         // Double the offered rate until loss reaches 1 %, then bisect three times between the
         // last good and the first bad rate.
-        double good = 0, bad = 0, good_delivered = 0;
+        double good = 0, bad = 0, good_delivered = 0, good_sent = 0;
         auto measure = [&](double rate) {
             p.rate_pps = rate;
             const auto m = bench::measure_pairs(ts.addresses(), p);
@@ -179,6 +179,7 @@ int run_sweep(const options& o, const targets& ts) {
             r.offered_pps = rate;
             r.delivered_pps = m.delivered_pps;
             r.delivered_bps = m.delivered_gbps * 1e9;
+            r.sent_pps = static_cast<double>(m.sent_packets) / p.duration_s;
             r.loss = m.loss;
             if (m.server_cpu_s > 0) r.server_cpu_share = m.server_cpu_share;
             records.push_back(r);
@@ -195,6 +196,7 @@ int run_sweep(const options& o, const targets& ts) {
             }
             good = rate;
             good_delivered = m.delivered_pps;
+            good_sent = static_cast<double>(m.sent_packets) / p.duration_s;
             good_cpu_per_gbit = m.server_cpu_s > 0 && m.delivered_gbps > 0 ? m.server_cpu_share / m.delivered_gbps : 0;
             return true;
         };
@@ -210,6 +212,7 @@ int run_sweep(const options& o, const targets& ts) {
         knee.offered_pps = good;
         knee.delivered_pps = good_delivered;
         knee.delivered_bps = gbps * 1e9;
+        knee.sent_pps = good_sent;
         knee.limit_reached = bad > 0;
         if (good_cpu_per_gbit > 0) knee.server_cpu_s_per_gbit = good_cpu_per_gbit;
         records.push_back(knee);
@@ -352,6 +355,7 @@ int run_throughput(const options& o, const targets& ts) {
     r.offered_pps = static_cast<double>(o.rate);
     r.delivered_pps = m.delivered_pps;
     r.delivered_bps = delivered_bps;
+    r.sent_pps = static_cast<double>(m.sent_packets) / p.duration_s;
     r.loss = m.loss;
     if (sampled) {
         r.server_cpu_share = m.server_cpu_share;

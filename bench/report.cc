@@ -59,7 +59,9 @@ std::string rtt_text(const capacity_row& row) {
 }
 
 std::string machine_text(const run_record& r) {
-    return fmt::format("{} cores, {}, Linux {}", r.machine.cores, r.machine.cpu, r.machine.kernel);
+    return fmt::format("{} cores, {}, Linux {}{}", r.machine.cores, r.machine.cpu, r.machine.kernel,
+                       r.machine.load_average >= 0 ? fmt::format(", load average {:.2f} at the start", r.machine.load_average)
+                                                   : std::string());
 }
 
 std::string server_text(const run_record& r) {
@@ -169,7 +171,10 @@ std::string table_html(const std::vector<run_summary>& runs) {
                 "<tr><td style=\"color:{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{:.3f}</td>"
                 "<td>{}</td><td>{}</td><td>{}</td></tr>\n",
                 run.colour, html_escape(run.run), html_escape(row.write), size_text(row.size, row.size_label), row.pairs,
-                grouped(row.knee_offered_pps), row.limit_reached ? "" : " (no loss seen: a lower bound)",
+                grouped(row.knee_offered_pps),
+                row.generator_bound() ? fmt::format(" (the load generator sent only {}: it was the limit)", grouped(row.knee_sent_pps))
+                : row.limit_reached   ? ""
+                                      : " (no loss seen: a lower bound)",
                 grouped(row.knee_delivered_pps), row.knee_delivered_bps / 1e9,
                 row.server_cpu_s_per_gbit ? fmt::format("{:.4f}", *row.server_cpu_s_per_gbit) : "not measured", rtt_text(row),
                 memory);
@@ -223,6 +228,7 @@ std::vector<run_summary> summarise_runs(const std::vector<run_record>& records) 
             row.knee_offered_pps = rec.offered_pps;
             row.knee_delivered_pps = rec.delivered_pps;
             row.knee_delivered_bps = rec.delivered_bps;
+            row.knee_sent_pps = rec.sent_pps;
             row.limit_reached = rec.limit_reached;
             row.server_cpu_s_per_gbit = rec.server_cpu_s_per_gbit;
             auto same = std::find_if(run.rows.begin(), run.rows.end(), [&](const capacity_row& r) {
@@ -234,8 +240,8 @@ std::vector<run_summary> summarise_runs(const std::vector<run_record>& records) 
         for (auto& row : run.rows)
             for (const auto& rec : records)
                 if (rec.run == run.run && rec.kind == record_kind::latency && rec.size == row.size && rec.size_label == row.size_label &&
-                    (!row.latency || std::fabs(rec.offered_pps - row.knee_offered_pps / 2) <
-                                         std::fabs(row.latency->offered_pps - row.knee_offered_pps / 2)))
+                    (!row.latency || std::fabs(rec.offered_pps - row.knee_delivered_pps / 2) <
+                                         std::fabs(row.latency->offered_pps - row.knee_delivered_pps / 2)))
                     row.latency = rec;
         if (!per_connection.empty()) run.bytes_per_connection = median_of(per_connection);
     }
@@ -254,7 +260,7 @@ measured_capacity capacity_of(const run_summary& run) {
         bool reached = true;
         for (const capacity_row* r : rows) {
             pps.push_back(r->knee_delivered_pps / shards);
-            reached = reached && r->limit_reached;
+            reached = reached && r->limit_reached && !r->generator_bound();
         }
         m.knees.push_back({static_cast<double>(size), median_of(pps), reached});
     }
@@ -311,7 +317,10 @@ std::string render_markdown(const std::vector<run_record>& records) {
         for (const auto& row : run.rows)
             out += fmt::format("| {} | {} | {} | {} | {}{} | {:.3f} | {} | {} |\n", md_cell(run.run), md_cell(row.write),
                                size_text(row.size, row.size_label), row.pairs, grouped(row.knee_delivered_pps),
-                               row.limit_reached ? "" : " (no loss seen)", row.knee_delivered_bps / 1e9,
+                               row.generator_bound() ? " (load generator bound)"
+                               : row.limit_reached   ? ""
+                                                     : " (no loss seen)",
+                               row.knee_delivered_bps / 1e9,
                                row.server_cpu_s_per_gbit ? fmt::format("{:.4f}", *row.server_cpu_s_per_gbit) : "-",
                                rtt_text(row));
     out += "\n";

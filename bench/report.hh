@@ -24,9 +24,13 @@ struct capacity_row {
     double knee_offered_pps = 0;
     double knee_delivered_pps = 0;
     double knee_delivered_bps = 0;
+    double knee_sent_pps = 0;  // 0 = not recorded
     bool limit_reached = false;
     std::optional<double> server_cpu_s_per_gbit;
-    // The latency record of this run and size whose background load is nearest half the knee.
+    // The load generator sent well under the offered rate at the knee: it was the limit.
+    bool generator_bound() const { return knee_sent_pps > 0 && knee_sent_pps < 0.9 * knee_offered_pps; }
+    // The latency record of this run and size whose background load is nearest half the knee
+    // (half of what was delivered there).
     std::optional<run_record> latency;
 };
 

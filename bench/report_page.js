@@ -43,10 +43,29 @@
           ctx.fillStyle = ds.borderColor;
           const width = ctx.measureText(text).width;
           // Left of the marker when it would run past the right edge.
-          const box = { x: point.x + 12 + width > area.right ? point.x - 12 - width : point.x + 12,
-                        y: Math.max(area.top + 2, point.y - 20), w: width, h: 14 };
-          while (overlaps(box) && box.y < area.bottom - 14) box.y += 15;
+          // The first free place near the marker: right of it (left near the right edge), then
+          // further up or down, then on the other side.
+          const right = point.x + 12 + width <= area.right;
+          let box = null;
+          for (const side of [right, !right]) {
+            for (let step = 0; step <= 16 && !box; step++) {
+              const dy = (step % 2 === 0 ? 1 : -1) * Math.ceil(step / 2) * 15;
+              const candidate = { x: side ? point.x + 12 : point.x - 12 - width, y: point.y - 20 + dy, w: width, h: 14 };
+              if (candidate.y >= area.top && candidate.y + candidate.h <= area.bottom && candidate.x >= area.left &&
+                  candidate.x + width <= area.right && !overlaps(candidate)) box = candidate;
+            }
+          }
+          box = box || { x: right ? point.x + 12 : point.x - 12 - width, y: Math.max(area.top, point.y - 20), w: width, h: 14 };
           boxes.push(box);
+          // A thin leader from the label to its marker when the label moved away.
+          if (Math.abs(box.y + 7 - point.y) > 16) {
+            ctx.strokeStyle = ds.borderColor;
+            ctx.lineWidth = 0.75;
+            ctx.beginPath();
+            ctx.moveTo(point.x, point.y);
+            ctx.lineTo(box.x + (box.x > point.x ? 0 : width), box.y + 7);
+            ctx.stroke();
+          }
           ctx.textBaseline = 'top';
           ctx.fillText(text, box.x, box.y);
           ctx.restore();
@@ -98,6 +117,9 @@
     }
     const box = document.createElement('div');
     box.className = 'chart-box';
+    // Room for the legend below the plot: about one entry per line in a half-width chart.
+    const entries = config.data.datasets.filter((d) => !d.legendHide).length;
+    box.style.height = `${Math.max(380, 320 + (wide ? 8 : 22) * entries)}px`;
     const canvas = document.createElement('canvas');
     canvas.setAttribute('role', 'img');
     canvas.setAttribute('aria-label', title);
@@ -186,7 +208,7 @@
     if (datasets.length === 0) return null;
     return { type: 'scatter', data: { datasets }, options: { scales: {
       x: axis('delivered (Gbit/s)', { min: 0, ticks: { callback: (v) => String(parseFloat(v.toPrecision(3))) } }),
-      y: axis('server CPU (CPU seconds per Gbit delivered)', { min: 0, ticks: { callback: (v) => String(parseFloat(v.toPrecision(3))) } }) } } };
+      y: axis('server CPU (s per Gbit)', { min: 0, ticks: { callback: (v) => String(parseFloat(v.toPrecision(3))) } }) } } };
   }
 
   function rttChart() {
@@ -196,7 +218,8 @@
       sizes.forEach((size, i) => {
         const rows = run.latency.filter((l) => l.size === size).sort((a, b) => a.background_pps - b.background_pps);
         for (const [key, name, dash] of [['p50_us', 'p50', []], ['p99_us', 'p99', [6, 4]], ['p999_us', 'p99.9', [2, 3]]])
-          datasets.push({ label: `${run.label} — ${size} ${name}`, showLine: true, borderDash: dash, borderColor: run.colour,
+          datasets.push({ label: name === 'p50' ? `${run.label} — ${size}` : `${run.label} — ${size} ${name}`,
+                          legendHide: name !== 'p50', showLine: true, borderDash: dash, borderColor: run.colour,
                           backgroundColor: run.colour, pointStyle: markers[i % markers.length], pointRadius: 4,
                           data: rows.map((l) => ({ x: l.background_pps, y: Math.max(l[key], 1) })) });
       });
@@ -225,7 +248,7 @@
     ['delivered-pps', 'Delivered against offered load (packets/s)', 'Solid: delivered; dashed: loss on the right axis (log; no loss is drawn at the floor); red dashes: 1 % loss; stars: each sweep\'s knee.', true, deliveredChart('pps')],
     ['delivered-gbps', 'Delivered against offered load (Gbit/s)', 'The same probes in bits; stars: the knees.', false, deliveredChart('gbps')],
     ['cpu-per-gbit', 'Server CPU per Gbit delivered', 'From the server\'s /proc times over each probe (derpbench --server-pid).', false, cpuChart()],
-    ['rtt', 'Round trip against load', 'Solid: p50; dashed: p99; dotted: p99.9 (derpbench latency --rate).', false, rttChart()],
+    ['rtt', 'Round trip against load', 'Solid: p50 (named in the legend); dashed: p99; dotted: p99.9 (derpbench latency --rate).', false, rttChart()],
     ['memory', 'Memory per idle connection', 'Server RSS growth over the idle clients opened, per client (derpbench connections --server-pid).', false, memoryChart()],
   ];
   for (const [id, title, caption, wide, config] of charts)

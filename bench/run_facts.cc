@@ -7,7 +7,10 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <iterator>
@@ -89,6 +92,11 @@ machine_facts this_machine() {
             if (first != std::string::npos) m.cpu = model.substr(first);
         }
     }
+    // "0.52 0.58 0.59 1/467 12345": the first figure.
+    const std::string loadavg = read_text("/proc/loadavg");
+    char* end = nullptr;
+    const double load = std::strtod(loadavg.c_str(), &end);
+    if (end != loadavg.c_str() && load >= 0) m.load_average = load;
     utsname u{};
     m.kernel = ::uname(&u) == 0 ? u.release : "unknown";
     return m;

@@ -110,6 +110,7 @@ std::string read_record(const json& j, run_record& r) {
         r.machine.cores = m.whole("cores", true, 1 << 20);
         r.machine.cpu = m.text("cpu");
         r.machine.kernel = m.text("kernel");
+        r.machine.load_average = m.number("load_average", false, 0, 1e6).value_or(-1);
         if (!m.error().empty()) top.fail(m.error());
     }
     {
@@ -140,6 +141,7 @@ std::string read_record(const json& j, run_record& r) {
             r.offered_pps = top.need("offered_pps");
             r.delivered_pps = top.need("delivered_pps");
             r.delivered_bps = top.need("delivered_bps");
+            r.sent_pps = top.number("sent_pps", false).value_or(0);
             if (r.kind == record_kind::sweep_knee) r.limit_reached = top.flag("limit_reached");
             else r.loss = top.need("loss_ratio", 0, 1);
             r.server_cpu_share = top.number("server_cpu_share", false, 0, 1 << 20);
@@ -189,6 +191,7 @@ std::string to_json_line(const run_record& r) {
     j["run"] = r.run;
     j["time"] = r.time;
     j["machine"] = {{"cores", r.machine.cores}, {"cpu", r.machine.cpu}, {"kernel", r.machine.kernel}};
+    if (r.machine.load_average >= 0) j["machine"]["load_average"] = r.machine.load_average;
     j["server"] = {{"url", r.server.url}, {"version", r.server.version}, {"shards", r.server.shards}, {"flags", r.server.flags}};
     j["load"] = {{"write", r.load.write}, {"frames_per_write", r.load.frames_per_write}, {"pairs", r.load.pairs},
                  {"sizes", r.load.sizes}};
@@ -204,6 +207,7 @@ std::string to_json_line(const run_record& r) {
             j["offered_pps"] = r.offered_pps;
             j["delivered_pps"] = r.delivered_pps;
             j["delivered_bps"] = r.delivered_bps;
+            if (r.sent_pps > 0) j["sent_pps"] = r.sent_pps;
             if (r.kind == record_kind::sweep_knee) j["limit_reached"] = r.limit_reached;
             else j["loss_ratio"] = r.loss;
             put_optional(j, "server_cpu_share", r.server_cpu_share);

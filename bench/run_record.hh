@@ -31,6 +31,9 @@ struct machine_facts {
     std::int64_t cores = 0;
     std::string cpu;     // /proc/cpuinfo "model name"
     std::string kernel;  // uname -r
+    // /proc/loadavg's 1-minute figure when the run started (-1 = not recorded): on a shared
+    // machine, how busy the cores were with others' work.
+    double load_average = -1;
 };
 
 struct server_facts {
@@ -76,6 +79,8 @@ struct run_record {
     double offered_pps = 0;   // 0 = unpaced (throughput) or no background (latency)
     double delivered_pps = 0;
     double delivered_bps = 0;
+    double sent_pps = 0;      // what the load generator managed to send (0 = not recorded);
+                              // well under offered_pps: the generator, not the server, was the limit
     double loss = 0;          // 0..1
     bool limit_reached = false;                  // sweep_knee: a rate with >= 1 % loss was found
     std::optional<double> server_cpu_share;      // server CPU seconds per wall second

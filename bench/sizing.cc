@@ -155,7 +155,8 @@ result<sizing_plan, std::string> plan_capacity(const sizing_target& t, const nod
                             m.run));
     for (const auto& k : m.knees)
         if (!k.limit_reached)
-            s.push_back(fmt::format("at {:.0f} B the sweep found no loss up to its highest rate: that knee is a lower bound",
+            s.push_back(fmt::format("at {:.0f} B the knee is a lower bound (the sweep found no loss up to its highest rate, "
+                                    "or the load generator could not send more)",
                                     k.packet_bytes));
     s.push_back("the knee was measured with the load generator on the same machine, so a node serving remote clients "
                 "has at least that much room");

@@ -33,7 +33,8 @@ struct node_shape {
 struct knee_point {
     double packet_bytes = 0;
     double pps_per_shard = 0;
-    bool limit_reached = true;  // false: no loss up to the sweep's highest rate (a lower bound)
+    bool limit_reached = true;  // false: a lower bound (no loss up to the sweep's highest rate,
+                                // or the load generator could not send more)
 };
 
 struct measured_capacity {

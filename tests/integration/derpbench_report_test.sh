@@ -32,8 +32,8 @@ out=$("$bench" report "$tmp/missing.jsonl" 2>&1)
 
 # The Markdown table and the sizing, from the same file.
 md=$("$bench" report "$runs" --format markdown)
-grep -q '^| derpd 0.1.0, per-packet writes, 2 cores | per-packet | 570 B | 2 | ' <<<"$md" &&
-  grep -q '^| derpd 0.1.0, batched writes, 2 cores | batched | 1400 B | 2 | ' <<<"$md" && echo "ok: markdown table" ||
+grep -q '^| derpd 0.1.0, per-packet writes, plain | per-packet | 570 B | 4 | ' <<<"$md" &&
+  grep -q '^| derpd 0.1.0, batched writes, plain | batched | 1400 B | 4 | ' <<<"$md" && echo "ok: markdown table" ||
   fail "markdown: $md"
 size=$("$bench" size "$runs" --target clients=50000,gbps=20 --node shards=16,memory-gib=64 --json)
 (($? == 0)) && (($(grep -c '"nodes":' <<<"$size") == 2)) && grep -q '"bound":"CPU"' <<<"$size" && echo "ok: size --json" ||

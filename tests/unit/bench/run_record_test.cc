@@ -15,7 +15,7 @@ run_record context() {
     run_record r;
     r.run = "derpd 0.1.0, per-packet writes";
     r.time = "2026-12-06T10:00:00Z";
-    r.machine = {2, "AMD EPYC \"quoted\"", "6.1.0"};
+    r.machine = {2, "AMD EPYC \"quoted\"", "6.1.0", 3.5};
     r.server = {"http://127.0.0.1:3340/derp", "0.1.0", 1, "-shards 1"};
     r.load = {"per-packet", 1, 4, "570,1400"};
     return r;
@@ -69,6 +69,7 @@ TEST_CASE("run records: every workload's record reads back as written") {
     CHECK(k.line == 1);
     CHECK(k.run == "derpd 0.1.0, per-packet writes");
     CHECK(k.machine.cpu == "AMD EPYC \"quoted\"");
+    CHECK(k.machine.load_average == 3.5);
     CHECK(k.server.shards == 1);
     CHECK(k.load.write == "per-packet");
     CHECK(k.load.sizes == "570,1400");
@@ -82,6 +83,13 @@ TEST_CASE("run records: every workload's record reads back as written") {
     CHECK(records->at(2).rtt_p99_us == 1600);
     CHECK(records->at(2).probes_answered == 2999);
     CHECK(records->at(3).server_rss_bytes_per_connection == doctest::Approx(707));
+    // Optional facts stay optional: a record without them reads as "not recorded".
+    run_record bare = conns;
+    bare.machine.load_average = -1;
+    auto plain = parse_run_text(to_json_line(bare), "bare.jsonl");
+    REQUIRE(plain);
+    CHECK(to_json_line(bare).find("load_average") == std::string::npos);
+    CHECK(plain->at(0).machine.load_average == -1);
 }
 
 TEST_CASE("run records: empty, truncated and foreign files name the file and the line") {
