@@ -172,7 +172,8 @@ std::string table_html(const std::vector<run_summary>& runs) {
                 "<td>{}</td><td>{}</td><td>{}</td></tr>\n",
                 run.colour, html_escape(run.run), html_escape(row.write), size_text(row.size, row.size_label), row.pairs,
                 grouped(row.knee_offered_pps),
-                row.generator_bound() ? fmt::format(" (the load generator sent only {}: it was the limit)", grouped(row.knee_sent_pps))
+                row.knee_offered_pps <= 0 ? std::string(" (1 % loss or more from the sweep's first rate)")
+                : row.generator_bound()   ? fmt::format(" (the load generator sent only {}: it was the limit)", grouped(row.knee_sent_pps))
                 : row.limit_reached   ? ""
                                       : " (no loss seen: a lower bound)",
                 grouped(row.knee_delivered_pps), row.knee_delivered_bps / 1e9,
@@ -317,9 +318,10 @@ std::string render_markdown(const std::vector<run_record>& records) {
         for (const auto& row : run.rows)
             out += fmt::format("| {} | {} | {} | {} | {}{} | {:.3f} | {} | {} |\n", md_cell(run.run), md_cell(row.write),
                                size_text(row.size, row.size_label), row.pairs, grouped(row.knee_delivered_pps),
-                               row.generator_bound() ? " (load generator bound)"
-                               : row.limit_reached   ? ""
-                                                     : " (no loss seen)",
+                               row.knee_offered_pps <= 0 ? " (1 % loss or more from the first rate)"
+                               : row.generator_bound()   ? " (load generator bound)"
+                               : row.limit_reached       ? ""
+                                                         : " (no loss seen)",
                                row.knee_delivered_bps / 1e9,
                                row.server_cpu_s_per_gbit ? fmt::format("{:.4f}", *row.server_cpu_s_per_gbit) : "-",
                                rtt_text(row));

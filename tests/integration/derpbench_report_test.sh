@@ -39,6 +39,13 @@ size=$("$bench" size "$runs" --target clients=50000,gbps=20 --node shards=16,mem
 (($? == 0)) && (($(grep -c '"nodes":' <<<"$size") == 2)) && grep -q '"bound":"CPU"' <<<"$size" && echo "ok: size --json" ||
   fail "size: $size"
 
+# docs/BENCHMARKS.md's capacity table is the tool's output for the committed run file.
+src="${DERP_SOURCE_ROOT:?}"
+want=$("$bench" report "$src/docs/runs/capacity.jsonl" --format markdown)
+got=$(sed -n '/^<!-- derpbench-capacity-table: begin/,/^<!-- derpbench-capacity-table: end/p' "$src/docs/BENCHMARKS.md" | sed '1d;$d')
+[[ -n "$want" && "$got" == "$want" ]] && echo "ok: BENCHMARKS.md's capacity table is derpbench's" ||
+  fail "docs/BENCHMARKS.md's capacity table differs from derpbench report docs/runs/capacity.jsonl (run bench/capacity_doc.sh)"
+
 "$bench" report "$runs" -o "$tmp/report.html" --target clients=50000,gbps=20 2>/dev/null || fail "report exit $?"
 grep -q 'class="twin-axis"' "$tmp/report.html" && fail "the text twin is in the file: it must come from the page's script"
 

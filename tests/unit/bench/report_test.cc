@@ -70,6 +70,18 @@ TEST_CASE("report: a knee where the load generator sent well under the offered r
         if (k.packet_bytes == 570) CHECK_FALSE(k.limit_reached);  // a lower bound in the sizing
 }
 
+TEST_CASE("report: a sweep that lost 1 % at its first rate has no knee, and says so") {
+    auto records = two_runs();
+    for (auto& r : records)
+        if (r.kind == record_kind::sweep_knee && r.size == 570) r.offered_pps = r.delivered_pps = r.delivered_bps = 0;
+    CHECK(render_markdown(records).find("| 570 B | 4 | 0 (1 % loss or more from the first rate) |") != std::string::npos);
+    // The sizing falls back on the sizes that have a knee.
+    const auto runs = summarise_runs(records);
+    std::string how;
+    CHECK(knee_pps_at(capacity_of(runs[0]).knees, 570, &how) > 0);
+    CHECK(how.find("1400 B") != std::string::npos);
+}
+
 TEST_CASE("report: the Markdown capacity table has a row per run and size, and each run's context") {
     const std::string md = render_markdown(two_runs());
     CHECK(md.rfind("| run | write | packet | pairs | delivered pkt/s at < 1 % loss |", 0) == 0);
