@@ -146,6 +146,17 @@ run_record record_of(const options& o, record_kind kind) {
     return r;
 }
 
+// A record of one sweep cell (pairs, size) with its window length.
+run_record sweep_record(const options& o, record_kind kind, std::int64_t pairs, std::int64_t size, const std::string& label,
+                        double duration_s) {
+    run_record r = record_of(o, kind);
+    r.pairs = pairs;
+    r.size = size;
+    r.size_label = label;
+    r.duration_s = duration_s;
+    return r;
+}
+
 int run_sweep(const options& o, const targets& ts) {
     std::vector<run_record> records;
     std::string json = "[";
@@ -171,11 +182,7 @@ int run_sweep(const options& o, const targets& ts) {
             const auto m = bench::measure_pairs(ts.addresses(), p);
             end_progress_line(o);
             if (m.failures > 0 || !m.error.empty()) failed = true;
-            run_record r = record_of(o, record_kind::sweep_point);
-            r.pairs = pairs_value;
-            r.size = size;
-            r.size_label = size_text;
-            r.duration_s = p.duration_s;
+            run_record r = sweep_record(o, record_kind::sweep_point, pairs_value, size, size_text, p.duration_s);
             r.offered_pps = rate;
             r.delivered_pps = m.delivered_pps;
             r.delivered_bps = m.delivered_gbps * 1e9;
@@ -204,11 +211,7 @@ int run_sweep(const options& o, const targets& ts) {
             if (!probe(rate)) break;
         for (int step = 0; step < 3 && bad > 0 && good > 0; ++step) probe((good + bad) / 2);
         const double gbps = good_delivered * (mix ? bench::mean_size(p.sizes) : static_cast<double>(size)) * 8 / 1e9;
-        run_record knee = record_of(o, record_kind::sweep_knee);
-        knee.pairs = pairs_value;
-        knee.size = size;
-        knee.size_label = size_text;
-        knee.duration_s = p.duration_s;
+        run_record knee = sweep_record(o, record_kind::sweep_knee, pairs_value, size, size_text, p.duration_s);
         knee.offered_pps = good;
         knee.delivered_pps = good_delivered;
         knee.delivered_bps = gbps * 1e9;

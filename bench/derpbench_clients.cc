@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include "bench/bench_util.hh"
+
 namespace derp::bench {
 
 // http(s)://host[:port]/derp or ws(s)://host[:port]/derp -> the address to dial.
@@ -22,16 +24,9 @@ result<target, std::string> parse_url(const std::string& url) {
     const std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
     if (path != "/derp") return unexpected(fmt::format("--url {}: the path must be /derp", url));
     const std::string hostport = rest.substr(0, slash);
-    std::string host = hostport, port = tls ? "443" : "80";
-    if (!hostport.empty() && hostport.front() == '[') {  // [v6]:port
-        const auto close = hostport.find(']');
-        if (close == std::string::npos) return unexpected(fmt::format("--url {}: unclosed [", url));
-        host = hostport.substr(1, close - 1);
-        if (close + 1 < hostport.size() && hostport[close + 1] == ':') port = hostport.substr(close + 2);
-    } else if (const auto colon = hostport.rfind(':'); colon != std::string::npos) {
-        host = hostport.substr(0, colon);
-        port = hostport.substr(colon + 1);
-    }
+    const auto split = split_host_port(hostport, tls ? "443" : "80");
+    if (!split) return unexpected(fmt::format("--url {}: unclosed [", url));
+    const auto& [host, port] = *split;
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
     addrinfo* list = nullptr;

@@ -17,6 +17,8 @@
 
 #include <fmt/format.h>
 
+#include "bench/bench_util.hh"
+
 namespace derp::bench {
 namespace {
 
@@ -28,16 +30,9 @@ std::string http_get_body(const std::string& url, int timeout_ms) {
     const std::string rest = url.substr(scheme.size());
     const auto slash = rest.find('/');
     const std::string hostport = rest.substr(0, slash), path = slash == std::string::npos ? "/" : rest.substr(slash);
-    std::string host = hostport, port = "80";
-    if (!hostport.empty() && hostport.front() == '[') {
-        const auto close = hostport.find(']');
-        if (close == std::string::npos) return {};
-        host = hostport.substr(1, close - 1);
-        if (close + 2 < hostport.size()) port = hostport.substr(close + 2);
-    } else if (const auto colon = hostport.rfind(':'); colon != std::string::npos) {
-        host = hostport.substr(0, colon);
-        port = hostport.substr(colon + 1);
-    }
+    const auto split = split_host_port(hostport, "80");
+    if (!split) return {};
+    const auto& [host, port] = *split;
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
     addrinfo* list = nullptr;
