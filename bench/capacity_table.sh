@@ -46,8 +46,8 @@ for mode in per-packet batched; do
   "$bench" connections "${common[@]}" --count 10000 --duration 60s --server-pid "$pid" >&2
   for size in ${sizes//,/ }; do
     echo "$mode: sweep $size B" >&2
-    out=$("$bench" sweep "${common[@]}" --sizes "$size" --pairs 4 --duration 1s --warmup 300ms --start-rate 20000 \
-      --max-rate 6400000 --server-pid "$pid" --json 2>/dev/null)
+    out=$("$bench" sweep "${common[@]}" --sizes "$size" --pairs 4 --rounds 3 --duration 700ms --warmup 300ms \
+      --start-rate 20000 --max-rate 6400000 --server-pid "$pid" --json 2>/dev/null)
     # Half of what was delivered at the knee (the offered rate may be more than the load
     # generator could send).
     rate=$(sed -n 's/.*"max_rate_under_1pct_loss_pps":[0-9]*,"delivered_pps":\([0-9]*\).*/\1/p' <<<"$out")
@@ -55,7 +55,7 @@ for mode in per-packet batched; do
       load=$((rate * quarters / 4))
       ((load > 0)) || continue
       echo "$mode: latency $size B at $load pkt/s" >&2
-      "$bench" latency "${common[@]}" --size "$size" --rate "$load" --pairs 4 --duration 3s --probe-interval 1ms >&2
+      "$bench" latency "${common[@]}" --size "$size" --rate "$load" --pairs 4 --duration 2s --probe-interval 1ms >&2
     done
   done
   stop_derpd

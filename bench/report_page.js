@@ -18,6 +18,11 @@
     if (a >= 1e3) return parseFloat((v / 1e3).toPrecision(3)) + 'k';
     return String(parseFloat(v.toPrecision(3)));
   }
+  // Log-axis ticks at 1, 2 and 5 of each decade only (Chart.js offers every integer multiple).
+  function oneTwoFive(v) {
+    const m = v / Math.pow(10, Math.floor(Math.log10(v)));
+    return [1, 2, 5].some((k) => Math.abs(m - k) < 1e-9) ? compact(v) : null;
+  }
   function grouped(v) { return Math.round(v).toLocaleString('en-US'); }
   function axis(title, extra) {
     return Object.assign({ type: 'linear', title: { display: true, text: title, font: { weight: 'bold' } },
@@ -208,7 +213,7 @@
     if (datasets.length === 0) return null;
     return { type: 'scatter', data: { datasets }, options: { scales: {
       x: axis('delivered (Gbit/s)', { min: 0, ticks: { callback: (v) => String(parseFloat(v.toPrecision(3))) } }),
-      y: axis('server CPU (s per Gbit)', { min: 0, ticks: { callback: (v) => String(parseFloat(v.toPrecision(3))) } }) } } };
+      y: axis('server CPU (s per Gbit, log scale)', { type: 'logarithmic', ticks: { callback: oneTwoFive } }) } } };
   }
 
   function rttChart() {
@@ -227,10 +232,7 @@
     if (datasets.length === 0) return null;
     return { type: 'scatter', data: { datasets }, options: { scales: {
       x: axis('background load delivered (packets/s)', { min: 0 }),
-      y: axis('round trip (µs, log scale)', { type: 'logarithmic', ticks: { callback: (v) => {
-        const m = v / Math.pow(10, Math.floor(Math.log10(v)));
-        return [1, 2, 5].some((k) => Math.abs(m - k) < 1e-9) ? compact(v) : null;
-      } } }) } } };
+      y: axis('round trip (µs, log scale)', { type: 'logarithmic', ticks: { callback: oneTwoFive } }) } } };
   }
 
   function memoryChart() {

@@ -48,7 +48,7 @@ p50=$(field rtt_p50_us "$out"); answered=$(field delivered_packets "$out")
   echo "ok: latency: $answered round trips, p50 $p50 us" || fail "latency (exit $rc): $out"
 
 out=$("$bench" sweep --url "$url" --sizes 200 --pairs-grid 1,2 --duration 300ms --warmup 100ms --start-rate 20000 \
-  --max-rate 40000 --plot "$tmp/sweep.html" --out "$tmp/runs.jsonl" --server-pid "$pid" --json 2>/dev/null)
+  --max-rate 40000 --rounds 2 --plot "$tmp/sweep.html" --out "$tmp/runs.jsonl" --server-pid "$pid" --json 2>/dev/null)
 rc=$?
 # --plot is the report's page (Chart.js inlined); --out appends a record per probe and per knee.
 ((rc == 0)) && grep -q '"workload":"sweep","url":"[^"]*","write":"per-packet"' <<<"$out" &&
@@ -71,6 +71,8 @@ out=$("$bench" throughput --url "$url" --pairs 1 --size 300 --rate 2000 --durati
   echo "ok: --write batched, reported and recorded" || fail "--write batched: $out $(tail -n 1 "$tmp/runs.jsonl")"
 out=$("$bench" throughput --url "$url" --write batched --frames-per-write 1 2>&1)
 (($? == 2)) && grep -q "disagree" <<<"$out" && echo "ok: --write and --frames-per-write that disagree" || fail "write conflict: $out"
+out=$("$bench" sweep --url "$url" --rounds 0 2>&1)
+(($? == 2)) && grep -q "rounds must be 1..15" <<<"$out" && echo "ok: --rounds 0 refused" || fail "--rounds 0: $out"
 out=$("$bench" throughput --url "$url" --write bursty 2>&1)
 (($? == 2)) && grep -q "per-packet or batched" <<<"$out" && echo "ok: unknown --write" || fail "bad --write: $out"
 
