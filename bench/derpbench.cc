@@ -623,8 +623,10 @@ int main(int argc, char** argv) {
     o.context.load.sizes = o.workload == "sweep" ? o.sizes : o.size_text;
     o.context.time = utc_now_text();
     o.context.run = !o.label.empty() ? o.label
-                                     : fmt::format("{} {}, {} writes, {} cores", o.context.server.version == "unknown" ? "server" : "derpd",
-                                                   o.context.server.version, o.write, o.context.machine.cores);
+                                     : fmt::format("{}, {} writes, {} cores",
+                                                   o.context.server.version == "unknown" ? "server of unknown version"
+                                                                                         : "derpd " + o.context.server.version,
+                                                   o.write, o.context.machine.cores);
     if (o.workload == "throughput") return run_throughput(o, ts);
     if (o.workload == "connections") return run_connections(o, ts);
     if (o.workload == "latency") return run_latency(o, ts);

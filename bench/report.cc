@@ -266,6 +266,9 @@ measured_capacity capacity_of(const run_summary& run) {
         m.knees.push_back({static_cast<double>(size), median_of(pps), reached});
     }
     m.bytes_per_connection = run.bytes_per_connection.value_or(0);
+    if (run.first.server.shards == 0)
+        m.notes.push_back("the server's shard count was not recorded (no /debug/varz reached: not derpd, or TLS without "
+                          "--varz-url): its whole knee is taken as one shard's");
     return m;
 }
 

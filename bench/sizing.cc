@@ -158,6 +158,7 @@ result<sizing_plan, std::string> plan_capacity(const sizing_target& t, const nod
             s.push_back(fmt::format("at {:.0f} B the knee is a lower bound (the sweep found no loss up to its highest rate, "
                                     "or the load generator could not send more)",
                                     k.packet_bytes));
+    s.insert(s.end(), m.notes.begin(), m.notes.end());
     s.push_back("the knee was measured with the load generator on the same machine, so a node serving remote clients "
                 "has at least that much room");
     s.push_back("traffic spreads evenly over shards and nodes (a region's clients pick nodes by the DERP map)");

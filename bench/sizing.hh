@@ -41,6 +41,7 @@ struct measured_capacity {
     std::string run;                   // the run these figures came from
     std::vector<knee_point> knees;     // any order, at least one
     double bytes_per_connection = 0;   // server RSS per idle connection; 0 = not measured
+    std::vector<std::string> notes;    // more assumptions the figures rest on
 };
 
 struct sizing_plan {

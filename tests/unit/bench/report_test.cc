@@ -55,6 +55,7 @@ TEST_CASE("report: the two-run file gives two runs, each with its knees, latency
         const auto capacity = capacity_of(run);
         CHECK(capacity.knees.size() == 2);
         CHECK(capacity.bytes_per_connection == *run.bytes_per_connection);
+        CHECK(capacity.notes.empty());  // derpd said its shard count
     }
 }
 
@@ -80,6 +81,18 @@ TEST_CASE("report: a sweep that lost 1 % at its first rate has no knee, and says
     std::string how;
     CHECK(knee_pps_at(capacity_of(runs[0]).knees, 570, &how) > 0);
     CHECK(how.find("1400 B") != std::string::npos);
+}
+
+TEST_CASE("report: a server whose shard count is unknown counts as one shard, and the sizing says so") {
+    auto records = two_runs();
+    for (auto& r : records) r.server.shards = 0;
+    const auto capacity = capacity_of(summarise_runs(records)[0]);
+    REQUIRE(capacity.notes.size() == 1);
+    auto plan = plan_capacity(parse_sizing_target("clients=1000,gbps=1", 567).value(), {4, 8}, capacity);
+    REQUIRE(plan);
+    bool said = false;
+    for (const auto& a : plan->assumptions) said = said || a.find("shard count was not recorded") != std::string::npos;
+    CHECK(said);
 }
 
 TEST_CASE("report: the Markdown capacity table has a row per run and size, and each run's context") {
