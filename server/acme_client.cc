@@ -161,6 +161,7 @@ void acme_client::run() {
         auto got = obtain();
         if (got) {
             failures = 0;
+            if (_health) _health({});
             continue;
         }
         // derpd stopping cuts a request short: that is no failed order.
@@ -181,6 +182,7 @@ void acme_client::run() {
             _not_after_unix != 0
                 ? fmt::format("keeping the current certificate (expires in {} s)", _not_after_unix - unix_now())
                 : std::string("no certificate yet: TLS handshakes are refused");
+        if (_health) _health(fmt::format("certificate order for {} failing: {}", _settings.hostname, got.error().what));
         ring::log(log_level::warn, "ACME: order for {} failed: {}; {}; next attempt in {} s", _settings.hostname,
                   got.error().what, keeping, (delay_ns + 999'999'999) / 1'000'000'000);
         if (!pause(delay_ns)) return;

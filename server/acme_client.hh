@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -65,6 +66,8 @@ public:
     // Starts the thread: orders a certificate now if there is none worth keeping, else sleeps
     // until renewal time.
     void start();
+    // Told why while orders fail and "" once one succeeds (the node's Health); before start().
+    void set_health_sink(std::function<void(std::string)> sink) { _health = std::move(sink); }
 
 private:
     struct failure {
@@ -113,6 +116,7 @@ private:
     std::int64_t _retry_after_s = 0;  // the last Retry-After an error carried
     std::int64_t _not_before_unix = 0, _not_after_unix = 0;  // the certificate in the slot, if any
     double _renewal_jitter = 0;  // drawn once per certificate
+    std::function<void(std::string)> _health;
     std::size_t _preferred_type = 0;  // index into the challenge types: the last that worked
     std::mt19937_64 _random;
     std::thread _thread;

@@ -107,6 +107,7 @@ bool certificate_reloader::reload(const char* why) noexcept {
     if (!ctx) {
         ring::log(log_level::warn, "certificate reload ({}) failed, keeping the current certificate: {}", why,
                   ctx.error());
+        if (_health) _health("certificate reload failed: " + ctx.error());
         return false;
     }
     std::string hex;
@@ -114,6 +115,7 @@ bool certificate_reloader::reload(const char* why) noexcept {
     _slot.current.store(std::move(ctx.value()));
     _reloads.fetch_add(1, std::memory_order_relaxed);
     ring::log(log_level::info, "certificate reloaded ({}): {} sha256 {}", why, _identity.cert_path, hex);
+    if (_health) _health({});
     return true;
 }
 

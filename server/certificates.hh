@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -45,6 +46,10 @@ public:
     // Checks the files' identity (inode, size, mtime) every interval and reloads on a change.
     void start_polling(std::int64_t interval_ns);
     std::uint64_t reloads() const noexcept { return _reloads.load(std::memory_order_relaxed); }
+    // Told "" after a good reload and the reason after a failed one (the node's Health, spec
+    // 1.x): clients hear that the node is degraded while its certificate files are broken.
+    // Set before the first reload that may fail (before the runtime starts).
+    void set_health_sink(std::function<void(std::string)> sink) { _health = std::move(sink); }
 
 private:
     std::string stamp() const;
@@ -54,6 +59,7 @@ private:
     std::mutex _mutex;
     std::string _last_stamp;
     std::atomic<std::uint64_t> _reloads{0};
+    std::function<void(std::string)> _health;
     std::thread _poller;
     std::condition_variable _wake;
     bool _stopping = false;

@@ -280,6 +280,9 @@ int main(int argc, char** argv) {
         shared.tls = tls_counters.get();
         shared.tls_contexts = tls_contexts.get();
     }
+    // Whoever looks after the certificate says when the node is degraded (Health frames).
+    if (reloader) reloader->set_health_sink([&shared](std::string problem) { shared.health.set(std::move(problem)); });
+    if (acme) acme->set_health_sink([&shared](std::string problem) { shared.health.set(std::move(problem)); });
     if (acme) {
         shared.acme = &acme_counters;
         shared.acme_challenges = acme_challenges.get();
@@ -455,7 +458,10 @@ int main(int argc, char** argv) {
     if (acme) acme->start();
     if (admission) admission->start([r = rt.value().get()](std::uint32_t shard) { r->wake(shard); });
     rt.value()->wait();
+    // The threads that hold references to `shared` (health sinks, the admission checker) go
+    // before it does.
     acme.reset();
+    reloader.reset();
     admission.reset();
     if (trimmer.joinable()) {
         {

@@ -10,11 +10,14 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 
 #include "core/frame.hh"
 #include "crypto/box.hh"
+#include "crypto/tls.hh"
 #include "tests/support/derp_test_client.hh"
 #include "tests/support/derpd_process.hh"
 
@@ -161,4 +164,43 @@ TEST_CASE("-takeover: a second derpd joins the ports, the first drains, clients 
     CHECK(new_node.running());
     a.reset();  // before the new node's own drain at the end of the test
     b.reset();
+}
+
+TEST_CASE("Health: a failed certificate reload tells every TLS client, a good one clears it; new clients hear it too") {
+    REQUIRE(crypto_init());
+    derpd_options o;
+    o.tls = true;
+    o.extra_args = {"-cert-poll-interval", "0"};  // reloads on SIGHUP only
+    derpd_process d(o);
+    tls::context::client_options tls_options;
+    tls_options.server_name = "127.0.0.1";
+    tls_options.verify = tls::context::verify_mode::insecure;  // derpd's self-signed certificate
+    auto context = tls::context::make_client(tls_options);
+    REQUIRE(context);
+    client_options co;
+    co.tls = context.value();
+    auto a = derp_client::connect(d.port(), d.server_public(), co);
+    const auto crt = d.dir() / "certs" / "127.0.0.1.crt";
+    std::string good;
+    {
+        std::ifstream in(crt, std::ios::binary);
+        good.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    auto health = [](derp_client& c) {
+        const frame f = c.expect([](const frame& x) { return x.type == static_cast<std::uint8_t>(frame_type::health); },
+                                 "Health", 5000ms);
+        return std::string(decode_health(f.payload));
+    };
+    std::ofstream(crt, std::ios::binary | std::ios::trunc) << "not a certificate\n";
+    REQUIRE(::kill(d.pid(), SIGHUP) == 0);
+    const std::string problem = health(a);
+    CHECK_MESSAGE(problem.rfind("certificate reload failed: ", 0) == 0, problem);
+    // A client that connects while the node is degraded hears it after ServerInfo.
+    auto b = derp_client::connect(d.port(), d.server_public(), co);
+    CHECK(health(b) == problem);
+    relays(a, b, "degraded, not down");
+    std::ofstream(crt, std::ios::binary | std::ios::trunc) << good;
+    REQUIRE(::kill(d.pid(), SIGHUP) == 0);
+    CHECK(health(a).empty());
+    CHECK(health(b).empty());
 }
