@@ -331,22 +331,28 @@ std::optional<std::string> route_port80(const http_request& request, bool debug_
                                      ? fmt::format("https://{}/debug/", host)
                                      : fmt::format("https://{}{}", host, request.target);
     // Go's http.Redirect: an HTML body for GET and HEAD naming the escaped URL.
-    std::string escaped;
-    for (char ch : location) {
-        switch (ch) {
-        case '&': escaped += "&amp;"; break;
-        case '<': escaped += "&lt;"; break;
-        case '>': escaped += "&gt;"; break;
-        case '"': escaped += "&#34;"; break;
-        case '\'': escaped += "&#39;"; break;
-        default: escaped += ch;
-        }
-    }
+    const std::string escaped = html_escape(location);
     const std::array<http_header_field, 2> headers = {{{"Content-Type", "text/html; charset=utf-8"},
                                                        {"Location", location}}};
     // Go writes the body only for GET: a HEAD answer has neither body nor Content-Length.
     return go_http_response(302, headers, head ? std::string() : fmt::format("<a href=\"{}\">Found</a>.\n\n", escaped),
                             unix_seconds, head);
+}
+
+std::string html_escape(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (const char ch : text) {
+        switch (ch) {
+        case '&': out += "&amp;"; break;
+        case '<': out += "&lt;"; break;
+        case '>': out += "&gt;"; break;
+        case '"': out += "&#34;"; break;
+        case '\'': out += "&#39;"; break;
+        default: out += ch;
+        }
+    }
+    return out;
 }
 
 }  // namespace derp

@@ -98,4 +98,7 @@ std::string home_page_html(std::string_view hostname, bool serve_derp, bool debu
 // with Go's http.Redirect body.
 std::optional<std::string> route_port80(const http_request& request, bool debug_allowed, std::int64_t unix_seconds);
 
+// Text for HTML as Go's html.EscapeString makes it: & < > " ' as &amp; &lt; &gt; &#34; &#39;.
+std::string html_escape(std::string_view text);
+
 }  // namespace derp

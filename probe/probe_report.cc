@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "core/http_endpoints.hh"
 #include "probe/probe_net.hh"
 #include "core/flags.hh"
 
@@ -41,20 +42,6 @@ std::string label_set(label_list labels, const char* extra_name = nullptr, const
         out += fmt::format("{}=\"{}\"", name, escape_label(value));
     }
     return out + "}";
-}
-
-std::string escape_html(std::string_view text) {
-    std::string out;
-    for (const char c : text) {
-        switch (c) {
-        case '&': out += "&amp;"; break;
-        case '<': out += "&lt;"; break;
-        case '>': out += "&gt;"; break;
-        case '"': out += "&quot;"; break;
-        default: out += c;
-        }
-    }
-    return out;
 }
 
 std::string label_of(const probe_status& p, std::string_view name) {
@@ -145,9 +132,9 @@ std::string render_status_page(const std::vector<probe_status>& probes, double n
         out += fmt::format(
             "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td>"
             "<td>{}/{}</td><td>{}</td></tr>\n",
-            css, escape_html(p.name), escape_html(p.probe_class), escape_html(label_of(p, "region")),
-            escape_html(label_of(p, "hostname")), status, p.in_flight && p.ended ? " (running)" : "", latency, when,
-            p.attempts_ok, p.attempts_fail, escape_html(p.text));
+            css, html_escape(p.name), html_escape(p.probe_class), html_escape(label_of(p, "region")),
+            html_escape(label_of(p, "hostname")), status, p.in_flight && p.ended ? " (running)" : "", latency, when,
+            p.attempts_ok, p.attempts_fail, html_escape(p.text));
     }
     out += "</table>\n</body></html>\n";
     return out;

@@ -107,7 +107,7 @@ for c in run_colours:
     if n < 200: bad.append(f'run colour #{bytes(c).hex()} drawn on {n} pixels only')
 
 dom = open(dom_path).read()
-text = lambda s: s.replace('&amp;', '&').replace('&lt;', '<').replace('&gt;', '>').replace('&quot;', '"')
+text = lambda s: s.replace('&amp;', '&').replace('&lt;', '<').replace('&gt;', '>').replace('&quot;', '"').replace('&#34;', '"').replace('&#39;', "'")
 if 'data-charts-rendered="5"' not in dom: bad.append('not every chart rendered (data-charts-rendered)')
 twin = re.search(r'<details class="twin" data-chart="delivered-pps">(.*?)</details>', dom, re.S)
 if not twin:
