@@ -155,8 +155,8 @@ std::string render_varz(const metric_sources& shared) {
         // (raised to 64 KiB + 32, spec 2.12).
         std::uint64_t sequence = 0;
         const rate_config rate = shared.rate_limit.load(sequence);
-        metric(out, "derp_rate_limit_per_client_burst_bytes", "gauge", rate.enabled() ? rate.effective_burst() : 0);
-        metric(out, "derp_rate_limit_per_client_bytes_per_second", "gauge", rate.bytes_per_second);
+        metric(out, "derp_rate_limit_per_client_burst_bytes", "untyped", rate.enabled() ? rate.effective_burst() : 0);
+        metric(out, "derp_rate_limit_per_client_bytes_per_second", "untyped", rate.bytes_per_second);
         metric(out, "derp_rate_limit_per_client_waited", "counter", derp_sum(&derp_counters::rate_limit_waited));
     }
     metric(out, "derp_sclient_write_timeouts", "counter", derp_sum(&derp_counters::sclient_write_timeouts));
@@ -365,6 +365,9 @@ std::string render_varz(const metric_sources& shared) {
            derp_sum(&derp_counters::control_backlog_refused));
     for (const auto& g : {std::tuple{"derpd_shard_queued_packets", "Packets waiting in the send queues of the shard's clients.",
                                      &derp_counters::queued_packets},
+                          std::tuple{"derpd_shard_cross_backlog",
+                                     "Messages to other shards waiting for space in a full ring (bounded by -cross-shard-backlog).",
+                                     &derp_counters::control_backlog},
                           std::tuple{"derpd_shard_transfer_buffers_in_use",
                                      "Transfer buffers of the shard holding a frame (on any shard).",
                                      &derp_counters::transfer_buffers_in_use}}) {

@@ -251,6 +251,10 @@ void shard::resume_recv(conn_id conn) noexcept {
     if (s->state == conn_state::open && !s->recv_armed) prep_recv(conn.slot);
 }
 
+void shard::set_recv_one_shot(conn_id conn, bool one_shot) noexcept {
+    if (conn_slot* s = lookup(conn)) s->recv_one_shot = one_shot;
+}
+
 void shard::close(conn_id conn) noexcept {
     if (lookup(conn) != nullptr) begin_close(conn.slot, close_cause::closed_by_app);
 }
@@ -311,7 +315,12 @@ void shard::prep_recv(std::uint32_t slot) noexcept {
     conn_slot& s = _slots[slot];
     DERP_ASSERT(!s.recv_armed);
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_recv_multishot(sqe, s.fd, nullptr, 0, 0);
+    // Length 0 with a provided buffer: up to the buffer's size. A one-shot recv ends (no
+    // IORING_CQE_F_MORE) after one buffer and is re-armed like a multishot recv that ended.
+    if (s.recv_one_shot)
+        io_uring_prep_recv(sqe, s.fd, nullptr, 0, 0);
+    else
+        io_uring_prep_recv_multishot(sqe, s.fd, nullptr, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = 0;
     io_uring_sqe_set_data64(sqe, pack_user_data(op::recv, slot, s.gen));

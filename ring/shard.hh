@@ -119,6 +119,11 @@ public:
     // window: a completion already posted would hold bytes read under the old rules.
     void pause_recv(conn_id conn) noexcept;
     void resume_recv(conn_id conn) noexcept;
+    // One receive buffer per recv instead of a multishot recv, from the next arming on. For a
+    // connection whose reading is paced (a rate limit): a multishot recv re-armed on a socket
+    // that queued megabytes meanwhile would fill every free buffer of the shard before the
+    // service could pause it again, and that input would wait in memory.
+    void set_recv_one_shot(conn_id conn, bool one_shot) noexcept;
     void close(conn_id conn) noexcept;
     // Sends one datagram on UDP socket `socket_index` at once (sendto, non-blocking). Returns
     // 0 or the errno; UDP has no queue to wait in, so a full socket buffer drops (counted).
@@ -164,6 +169,7 @@ private:
         bool connecting = false;  // an outgoing connect is in flight: no sends yet
         std::uint8_t listener_tag = 0;
         bool recv_paused = false;
+        bool recv_one_shot = false;  // set_recv_one_shot
         std::uint16_t ops_in_flight = 0;
         std::uint32_t send_buffer = no_buffer;
         std::uint32_t send_offset = 0;

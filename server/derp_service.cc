@@ -523,14 +523,17 @@ bool derp_service::rate_admits(conn_id conn, client& c, std::uint32_t payload_by
     }
     c.rate_waiting = true;
     _shard.pause_recv(conn);
+    // From now on one receive buffer per recv: what it reads while it waits stays small.
+    _shard.set_recv_one_shot(conn, true);
     _shard.arm_timer(conn, timer_rate, ready_ns);
     return false;
 }
 
 void derp_service::rate_resume(conn_id conn, client& c) noexcept {
     c.rate_waiting = false;
-    _shard.resume_recv(conn);
-    _shard.replay_input(conn);  // the frame that waited, and whatever arrived behind it
+    // The input that waited first; reading resumes only if its tokens did not run out again.
+    _shard.replay_input(conn);
+    if (find(conn) == &c && !c.rate_waiting) _shard.resume_recv(conn);
 }
 
 void derp_service::apply_rate_config() noexcept {
@@ -538,21 +541,28 @@ void derp_service::apply_rate_config() noexcept {
     std::uint64_t sequence = 0;
     const rate_config config = _shared.rate_limit.load(sequence);
     if (sequence == _rate_sequence) return;
+    const bool reload = _rate_sequence != 0;
     _rate_sequence = sequence;
     _rate = config;
     // As derper: every connection gets a fresh (full) bucket under the new config; one that
     // was waiting reads on at once (and waits again under the new rate if it must).
+    std::uint32_t applied = 0;
     for (std::uint32_t slot = 0; slot < _clients.size(); ++slot) {
         client& c = _clients[slot];
         if (!c.open) continue;
+        ++applied;
         c.bucket = byte_bucket(_rate, _shard.now_ns());
         c.frame_paid = false;
+        const conn_id conn{slot, c.gen};
+        if (!_rate.enabled()) _shard.set_recv_one_shot(conn, false);  // back to multishot
         if (c.rate_waiting) {
-            const conn_id conn{slot, c.gen};
             _shard.cancel_timer(conn, timer_rate);
             rate_resume(conn, c);
         }
     }
+    if (reload)
+        ring::log(log_level::info, "shard {}: rate limit {} bytes/sec applied to {} connection(s)", _shard.index(),
+                  _rate.bytes_per_second, applied);
 }
 
 void derp_service::relay_packet(client& from, const node_key& src, const node_key& dst,

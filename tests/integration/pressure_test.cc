@@ -1,0 +1,348 @@
+// derpd under pressure (issue 16): the per-client receive rate limit (-rate-config, spec 2.12)
+// against an unpaced sender, its SIGHUP reload, the mesh exemption and -advertise-rate-limit; and
+// the bound on the messages a shard keeps for another shard's full ring (-cross-shard-backlog),
+// hit by stopping one shard thread with ptrace. Real derpd, real sockets on loopback.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "core/frame.hh"
+#include "crypto/box.hh"
+#include "tests/support/derp_test_client.hh"
+#include "tests/support/derpd_process.hh"
+#include "tests/support/mesh_region.hh"
+#include "tests/support/skip.hh"
+
+using namespace derp;
+using namespace derp::test;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::size_t packet_bytes = 1000;
+constexpr double burst_floor = 65568;          // derper raises every burst to 64 KiB + 32
+constexpr double recv_buffer_slack = 16384;    // one receive buffer, and float rounding
+
+double seconds_since(clock_type::time_point t0, clock_type::time_point t) {
+    return std::chrono::duration<double>(t - t0).count();
+}
+
+void write_file(const std::filesystem::path& path, std::string_view text) {
+    std::ofstream out(path, std::ios::trunc);
+    out << text;
+    REQUIRE(out.good());
+}
+
+std::string varz(const derpd_process& server) { return http_get_body("127.0.0.1", server.admin_port(), "/debug/varz"); }
+double metric(const derpd_process& server, std::string_view name,
+              const std::vector<std::pair<std::string, std::string>>& labels = {}) {
+    return varz_sum(varz(server), name, labels).value_or(-1);
+}
+
+// An unpaced sender: SendPacket frames of packet_bytes to `to`, one frame per write, as fast as
+// the socket takes them, until stopped (or the connection fails).
+class flood {
+public:
+    flood(derp_client& from, const node_key& to) : _thread([this, &from, to] {
+        const bytes packet(packet_bytes, 0x5a);
+        while (!_stop.load()) {
+            try {
+                from.send_packet(to, packet);
+            } catch (const std::exception&) {
+                return;  // a write that stalls past the client's 5 s deadline ends the flood
+            }
+            _sent.fetch_add(packet_bytes);
+        }
+    }) {}
+    ~flood() { stop(); }
+    void stop() {
+        _stop = true;
+        if (_thread.joinable()) _thread.join();
+    }
+    std::uint64_t sent() const { return _sent.load(); }
+
+private:
+    std::atomic<bool> _stop{false};
+    std::atomic<std::uint64_t> _sent{0};
+    std::thread _thread;
+};
+
+// Reads RecvPackets on `c` and keeps (time read, packet bytes so far) samples.
+class sink {
+public:
+    explicit sink(derp_client& c) : _thread([this, &c] {
+        while (!_stop.load()) {
+            if (c.conn().quiet_for(50ms)) continue;
+            const frame_read r = c.next(5000ms);
+            if (r.status != io_status::ok) return;
+            if (r.f.type != static_cast<std::uint8_t>(frame_type::recv_packet)) continue;
+            const auto view = decode_recv_packet(r.f.payload);
+            if (!view) continue;
+            const std::uint64_t total = _bytes.fetch_add(view->packet.size()) + view->packet.size();
+            std::lock_guard lock(_mutex);
+            _samples.emplace_back(clock_type::now(), total);
+        }
+    }) {}
+    ~sink() { stop(); }
+    void stop() {
+        _stop = true;
+        if (_thread.joinable()) _thread.join();
+    }
+    std::uint64_t bytes_read() const { return _bytes.load(); }
+    std::vector<std::pair<clock_type::time_point, std::uint64_t>> samples() {
+        std::lock_guard lock(_mutex);
+        return _samples;
+    }
+
+private:
+    std::atomic<bool> _stop{false};
+    std::atomic<std::uint64_t> _bytes{0};
+    std::mutex _mutex;
+    std::vector<std::pair<clock_type::time_point, std::uint64_t>> _samples;
+    std::thread _thread;
+};
+
+derpd_options rate_limited(const std::filesystem::path& file, std::vector<std::string> extra = {}) {
+    derpd_options o;
+    o.shards = 1;  // everyone on one shard: the limited sender and the others share its loop
+    o.admin_addr = "127.0.0.1:0";
+    o.extra_args = {"-rate-config", file.string()};
+    for (auto& a : extra) o.extra_args.push_back(std::move(a));
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("rate limit: an unpaced sender is held to its bucket while a pair beside it keeps its round trips") {
+    const auto file = std::filesystem::temp_directory_path() / ("derpd-rate-" + std::to_string(::getpid()));
+    constexpr double rate = 100'000;  // bytes per second; burst left to derper's floor
+    write_file(file, R"({"PerClientRateLimitBytesPerSec": 100000})");
+    derpd_process server(rate_limited(file));
+    std::filesystem::remove(file);
+    CHECK(metric(server, "derp_rate_limit_per_client_bytes_per_second") == rate);
+    CHECK(metric(server, "derp_rate_limit_per_client_burst_bytes") == burst_floor);
+
+    derp_client receiver = derp_client::connect(server.port(), server.server_public());
+    derp_client c = derp_client::connect(server.port(), server.server_public());
+    derp_client d = derp_client::connect(server.port(), server.server_public());
+    // Taken before the sender connects: its bucket (full, at its registration) starts later.
+    const auto t0 = clock_type::now();
+    derp_client abuser = derp_client::connect(server.port(), server.server_public());
+    sink received(receiver);
+    flood sender(abuser, receiver.key());
+
+    // The well-behaved pair: 40 round trips of small packets, each within the client's usual
+    // deadline, while the flood is being held back on the same shard.
+    std::vector<double> rtt_ms;
+    const bytes ping(64, 0x11);
+    for (int i = 0; i < 40; ++i) {
+        const auto start = clock_type::now();
+        c.send_packet(d.key(), ping);
+        expect_payload(d, c.key(), ping, 5000ms);
+        d.send_packet(c.key(), ping);
+        expect_payload(c, d.key(), ping, 5000ms);
+        rtt_ms.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - start).count());
+        std::this_thread::sleep_for(50ms);
+    }
+    std::this_thread::sleep_for(500ms);
+    sender.stop();
+    received.stop();
+    const auto samples = received.samples();
+    REQUIRE(!samples.empty());
+    // Certain by the bucket's arithmetic: every frame pays at least its packet's bytes, and the
+    // bucket never held more than burst + rate x (time since it was made).
+    for (const auto& [t, total] : samples) {
+        const double bound = rate * seconds_since(t0, t) + burst_floor + recv_buffer_slack;
+        REQUIRE_MESSAGE(static_cast<double>(total) <= bound,
+                        total << " bytes delivered after " << seconds_since(t0, t) << " s; bucket allows " << bound);
+    }
+    const double waited = metric(server, "derp_rate_limit_per_client_waited");
+    CHECK(waited >= 1);
+    std::sort(rtt_ms.begin(), rtt_ms.end());
+    MESSAGE("flood offered " << sender.sent() << " bytes, " << samples.back().second << " delivered in "
+                             << seconds_since(t0, samples.back().first) << " s (bucket: " << rate
+                             << " B/s); frames that waited " << waited << "; pair's round trip median "
+                             << rtt_ms[rtt_ms.size() / 2] << " ms, max " << rtt_ms.back() << " ms");
+}
+
+TEST_CASE("rate limit: SIGHUP re-reads the file; a bad one keeps the limit in force; 0 lifts it") {
+    const auto file = std::filesystem::temp_directory_path() / ("derpd-rate-hup-" + std::to_string(::getpid()));
+    write_file(file, R"({"PerClientRateLimitBytesPerSec": 100000, "PerClientRateBurstBytes": 70000})");
+    derpd_process server(rate_limited(file));
+    derp_client receiver = derp_client::connect(server.port(), server.server_public());
+    derp_client abuser = derp_client::connect(server.port(), server.server_public());
+    sink received(receiver);
+    flood sender(abuser, receiver.key());
+    wait_until([&] { return metric(server, "derp_rate_limit_per_client_waited") >= 1; }, 10s,
+               "the flood to wait for tokens");
+
+    // A malformed file: logged, the old limit stays (and keeps holding the flood back).
+    write_file(file, R"({"PerClientRateLimitBytesPerSec": "fast"})");
+    REQUIRE(::kill(server.pid(), SIGHUP) == 0);
+    REQUIRE(server.wait_for_log("rate config reload (SIGHUP) failed, keeping the current limit", 5000ms));
+    CHECK(server.count_log("PerClientRateLimitBytesPerSec must be a whole number") == 1);
+    CHECK(metric(server, "derp_rate_limit_per_client_bytes_per_second") == 100'000);
+    CHECK(metric(server, "derp_rate_limit_per_client_burst_bytes") == 70'000);
+    const double waited_before = metric(server, "derp_rate_limit_per_client_waited");
+    wait_until([&] { return metric(server, "derp_rate_limit_per_client_waited") > waited_before; }, 10s,
+               "the old limit to keep holding the flood back");
+
+    // Rate 0: the limit is lifted for every connection, the waiting one included; nothing waits.
+    write_file(file, R"({"PerClientRateLimitBytesPerSec": 0})");
+    REQUIRE(::kill(server.pid(), SIGHUP) == 0);
+    REQUIRE(server.wait_for_log("rate limit 0 bytes/sec applied to", 5000ms));
+    const double waited_lifted = metric(server, "derp_rate_limit_per_client_waited");
+    const std::uint64_t read_lifted = received.bytes_read();
+    wait_until([&] { return received.bytes_read() > read_lifted + 4 * 1024 * 1024; }, 20s,
+               "4 MiB more to flow without a limit");
+    CHECK(metric(server, "derp_rate_limit_per_client_waited") == waited_lifted);
+    CHECK(metric(server, "derp_rate_limit_per_client_bytes_per_second") == 0);
+
+    // And back: the flood waits again, under the new numbers.
+    write_file(file, R"({"PerClientRateLimitBytesPerSec": 200000})");
+    REQUIRE(::kill(server.pid(), SIGHUP) == 0);
+    REQUIRE(server.wait_for_log("rate limit 200000 bytes/sec applied to", 5000ms));
+    wait_until([&] { return metric(server, "derp_rate_limit_per_client_waited") > waited_lifted; }, 10s,
+               "the flood to wait again");
+    CHECK(metric(server, "derp_rate_limit_per_client_bytes_per_second") == 200'000);
+    CHECK(server.count_log("rate config applied: client-rate=200000 bytes/sec, client-burst=65568 bytes") == 1);
+    sender.stop();
+    received.stop();
+    std::filesystem::remove(file);
+}
+
+TEST_CASE("rate limit: mesh peers are exempt, and only others are told the bucket (-advertise-rate-limit)") {
+    const auto file = std::filesystem::temp_directory_path() / ("derpd-rate-mesh-" + std::to_string(::getpid()));
+    write_file(file, R"({"PerClientRateLimitBytesPerSec": 50000})");
+    derpd_options o = rate_limited(file, {"-advertise-rate-limit"});
+    o.mesh_psk = std::string(fixture_mesh_psk_hex);
+    derpd_process server(o);
+    std::filesystem::remove(file);
+
+    client_options plain;
+    plain.server_info = R"({"version":2,"TokenBucketBytesPerSecond":50000,"TokenBucketBytesBurst":65568})";
+    derp_client receiver = derp_client::connect(server.port(), server.server_public(), plain);
+    client_options meshed;
+    meshed.mesh_key = server.mesh_key();  // ServerInfo stays {"version":2}: nothing to obey
+    derp_client peer = derp_client::connect(server.port(), server.server_public(), meshed);
+
+    // 2 MB from the mesh peer: 40 times the bucket's rate and 30 times its burst, all read at
+    // once, nothing waits.
+    const double received_before = metric(server, "derp_packets_received");
+    sink received(receiver);
+    const bytes packet(packet_bytes, 0x33);
+    constexpr int packets = 2000;
+    for (int i = 0; i < packets; ++i) peer.send_packet(receiver.key(), packet);
+    wait_until([&] { return metric(server, "derp_packets_received") >= received_before + packets; }, 20s,
+               "derpd to read all the mesh peer's packets");
+    CHECK(metric(server, "derp_rate_limit_per_client_waited") == 0);
+    received.stop();
+}
+
+// ---- The cross-shard backlog -------------------------------------------------------------------
+
+namespace {
+
+// Stops one thread of a child process (ptrace interrupt) and lets it go again on destruction.
+class stopped_thread {
+public:
+    stopped_thread(pid_t pid, std::string_view name) {
+        for (const auto& entry : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
+            std::ifstream comm(entry.path() / "comm");
+            std::string text;
+            std::getline(comm, text);
+            if (text == name) _tid = std::stoi(entry.path().filename().string());
+        }
+        REQUIRE_MESSAGE(_tid > 0, "no thread named " << name);
+        if (::ptrace(PTRACE_SEIZE, _tid, nullptr, nullptr) != 0) {
+            skip(std::string("ptrace is not allowed here: ") + std::strerror(errno));
+        }
+        REQUIRE(::ptrace(PTRACE_INTERRUPT, _tid, nullptr, nullptr) == 0);
+        int status = 0;
+        REQUIRE(::waitpid(_tid, &status, __WALL) == _tid);
+        REQUIRE(WIFSTOPPED(status));
+    }
+    ~stopped_thread() { resume(); }
+    void resume() {
+        if (_tid > 0) ::ptrace(PTRACE_DETACH, _tid, nullptr, nullptr);
+        _tid = -1;
+    }
+
+private:
+    pid_t _tid = -1;
+};
+
+}  // namespace
+
+TEST_CASE("cross-shard backlog: a stalled shard fills it to the bound; what comes after is refused, counted, logged") {
+    constexpr int bound = 100;
+    constexpr int ring_capacity = 4096;  // ring::runtime_config::ring_capacity
+    derpd_options o;
+    o.shards = 2;
+    o.admin_addr = "127.0.0.1:0";
+    o.mesh_psk = std::string(fixture_mesh_psk_hex);
+    o.extra_args = {"-cross-shard-backlog", std::to_string(bound)};
+    derpd_process server(o);
+    client_options meshed;
+    meshed.mesh_key = server.mesh_key();
+    derp_client peer = derp_client::connect(server.port(), server.server_public(), meshed);
+    // The mesh peer's shard; the other one is stopped, so that nothing drains the ring to it.
+    std::uint32_t home = 2;
+    wait_until([&] {
+        const std::string page = varz(server);
+        for (std::uint32_t s = 0; s < 2; ++s)
+            if (varz_sum(page, "derpd_shard_connections", {{"shard", std::to_string(s)}}).value_or(0) >= 1) home = s;
+        return home < 2;
+    }, 5s, "the mesh peer's connection to show in a shard");
+    derp_client a = derp_client::connect(server.port(), server.server_public());
+    derp_client b = derp_client::connect(server.port(), server.server_public());
+    const bytes hello(32, 0x42);
+    a.send_packet(b.key(), hello);
+    expect_payload(b, a.key(), hello, 5000ms);
+
+    constexpr int close_peers = ring_capacity + bound + 50;
+    {
+        stopped_thread other(server.pid(), "shard-" + std::to_string(1 - home));
+        // Each ClosePeer is one message for the stopped shard: the ring takes 4096, the backlog
+        // `bound`, and the rest are refused.
+        const node_key nobody = public_key_of(generate_private_key());
+        bytes frames;
+        for (int i = 0; i < close_peers; ++i) {
+            bytes f(close_peer_frame_bytes);
+            encode_close_peer(f, nobody);
+            frames.insert(frames.end(), f.begin(), f.end());
+        }
+        peer.send_raw(frames);
+        wait_until([&] { return metric(server, "derpd_control_backlog_refused_total") >= close_peers - ring_capacity - bound; },
+                   10s, "the refusals to be counted");
+        std::this_thread::sleep_for(200ms);  // nothing more may come
+        CHECK(metric(server, "derpd_control_backlog_refused_total") == close_peers - ring_capacity - bound);
+        CHECK(metric(server, "derpd_shard_cross_backlog", {{"shard", std::to_string(home)}}) == bound);
+        other.resume();
+    }
+    // The stalled shard catches up; the backlog empties; the clients never noticed.
+    wait_until([&] { return metric(server, "derpd_shard_cross_backlog", {{"shard", std::to_string(home)}}) == 0; }, 10s,
+               "the backlog to drain");
+    const std::size_t logged = server.count_log("refused a ClosePeer");
+    CHECK(logged >= 1);
+    CHECK(logged <= 10);  // rate-limited: a burst of 5, then one a second
+    a.send_packet(b.key(), hello);
+    expect_payload(b, a.key(), hello, 5000ms);
+    b.send_packet(a.key(), hello);
+    expect_payload(a, b.key(), hello, 5000ms);
+    peer.send_ping(ping_data{1, 2, 3, 4, 5, 6, 7, 8});
+    peer.expect([](const frame& f) { return f.type == static_cast<std::uint8_t>(frame_type::pong); }, "the mesh peer's pong");
+}
