@@ -343,6 +343,28 @@ void shard::prep_signal_read() noexcept {
 void shard::submit_send(std::uint32_t slot) noexcept {
     conn_slot& s = _slots[slot];
     DERP_ASSERT(s.state == conn_state::open && !s.send_in_flight);
+    const conn_id id{slot, s.gen};
+    if (s.send_slow) {
+        // Its socket was full last time: a write now would most likely wait in the kernel for
+        // the peer to read, holding whatever buffer it writes from until then (up to the write
+        // timeout: 2 s, 30 s for mesh peers). From the shard's send pool, a few hundred such
+        // receivers would take every buffer and stall every connection of the shard. So it
+        // writes from memory of its own, at most one send's worth, freed once it drains.
+        s.send_heap.resize(_config.send_buffer_bytes);
+        s.want_write = false;
+        const std::size_t written = _service->on_writable(id, s.send_heap);
+        DERP_ASSERT(written <= _config.send_buffer_bytes);
+        if (s.state != conn_state::open) return;
+        if (written == 0) {
+            if (s.close_when_flushed && !s.want_write) close_flushed(slot);
+            return;
+        }
+        s.send_from_heap = true;
+        s.send_offset = 0;
+        s.send_length = static_cast<std::uint32_t>(written);
+        prep_send(slot);
+        return;
+    }
     if (s.send_buffer == no_buffer) {
         auto buffer = _send_pool->acquire();
         if (!buffer) {
@@ -359,7 +381,6 @@ void shard::submit_send(std::uint32_t slot) noexcept {
         s.send_buffer = *buffer;
     }
     s.want_write = false;
-    const conn_id id{slot, s.gen};
     const std::size_t written = _service->on_writable(id, _send_pool->data(s.send_buffer));
     DERP_ASSERT(written <= _config.send_buffer_bytes);
     if (s.state != conn_state::open) return;  // the service closed it from on_writable
@@ -372,15 +393,25 @@ void shard::submit_send(std::uint32_t slot) noexcept {
     }
     s.send_offset = 0;
     s.send_length = static_cast<std::uint32_t>(written);
-    _send_pool->start_sending(s.send_buffer);
-    std::uint8_t* data = _send_pool->data(s.send_buffer).data();
+    prep_send(slot);
+}
+
+void shard::prep_send(std::uint32_t slot) noexcept {
+    conn_slot& s = _slots[slot];
+    const std::uint32_t remaining = s.send_length - s.send_offset;
     io_uring_sqe* sqe = get_sqe();
-    // WRITE_FIXED, not SEND with IORING_RECVSEND_FIXED_BUF (-EINVAL on the kernels we target).
-    // A write to a socket has no MSG_NOSIGNAL: the runtime ignores SIGPIPE process-wide.
-    if (_use_fixed_sends)
-        io_uring_prep_write_fixed(sqe, s.fd, data, s.send_length, 0, 0);
-    else
-        io_uring_prep_send(sqe, s.fd, data, s.send_length, MSG_NOSIGNAL);
+    if (s.send_from_heap) {
+        io_uring_prep_send(sqe, s.fd, s.send_heap.data() + s.send_offset, remaining, MSG_NOSIGNAL);
+    } else {
+        _send_pool->start_sending(s.send_buffer);
+        std::uint8_t* data = _send_pool->data(s.send_buffer).data() + s.send_offset;
+        // WRITE_FIXED, not SEND with IORING_RECVSEND_FIXED_BUF (-EINVAL on the kernels we
+        // target). A write to a socket has no MSG_NOSIGNAL: the runtime ignores SIGPIPE.
+        if (_use_fixed_sends)
+            io_uring_prep_write_fixed(sqe, s.fd, data, remaining, 0, 0);
+        else
+            io_uring_prep_send(sqe, s.fd, data, remaining, MSG_NOSIGNAL);
+    }
     io_uring_sqe_set_data64(sqe, pack_user_data(op::send, slot, s.gen));
     s.send_in_flight = true;
     ++s.ops_in_flight;
@@ -744,7 +775,7 @@ void shard::handle_send(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
     s.send_in_flight = false;
     op_done(slot);
     _timers.cancel(s.timers[write_timer_id]);
-    _send_pool->finish_sending(s.send_buffer);
+    if (!s.send_from_heap) _send_pool->finish_sending(s.send_buffer);
     if (cqe.res < 0) {
         if (s.state == conn_state::open) {
             const bool reset = cqe.res == -EPIPE || cqe.res == -ECONNRESET;
@@ -764,30 +795,44 @@ void shard::handle_send(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
         return;
     }
     if (s.send_offset < s.send_length) {
-        // Short write (socket buffer full): send the rest of the same buffer.
+        // Short write: the socket is full. The rest goes out of the connection's own memory,
+        // and the pool buffer goes back at once: a peer that stopped reading must not hold it
+        // until the write timeout (see submit_send).
         _counters.send_partial.add();
-        _send_pool->start_sending(s.send_buffer);
-        std::uint8_t* data = _send_pool->data(s.send_buffer).data() + s.send_offset;
-        const std::uint32_t remaining = s.send_length - s.send_offset;
-        io_uring_sqe* sqe = get_sqe();
-        if (_use_fixed_sends)
-            io_uring_prep_write_fixed(sqe, s.fd, data, remaining, 0, 0);
-        else
-            io_uring_prep_send(sqe, s.fd, data, remaining, MSG_NOSIGNAL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::send, slot, s.gen));
-        s.send_in_flight = true;
-        ++s.ops_in_flight;
-        if (s.write_timeout_ns > 0)
-            _timers.arm(s.timers[write_timer_id], _now_ns + static_cast<std::uint64_t>(s.write_timeout_ns));
+        s.send_slow = true;
+        s.send_was_short = true;
+        if (!s.send_from_heap) {
+            const std::uint8_t* data = _send_pool->data(s.send_buffer).data();
+            s.send_heap.assign(data + s.send_offset, data + s.send_length);
+            s.send_length -= s.send_offset;
+            s.send_offset = 0;
+            s.send_from_heap = true;
+            _send_pool->release(s.send_buffer);
+            s.send_buffer = no_buffer;
+            _send_starved = false;
+        }
+        prep_send(slot);
         return;
     }
+    if (s.send_from_heap) {
+        s.send_from_heap = false;
+        // Out whole at the first try: the socket has room again, and the next send takes a
+        // pool buffer like everyone's.
+        if (!s.send_was_short) {
+            s.send_slow = false;
+            std::vector<std::uint8_t>().swap(s.send_heap);
+        }
+    }
+    s.send_was_short = false;
     if (s.want_write) {
-        submit_send(slot);  // refill the same buffer
+        submit_send(slot);  // refill the same buffer (or the connection's own memory)
         return;
     }
-    _send_pool->release(s.send_buffer);
-    s.send_buffer = no_buffer;
-    _send_starved = false;  // a buffer is free again: starved writers get their turn
+    if (s.send_buffer != no_buffer) {
+        _send_pool->release(s.send_buffer);
+        s.send_buffer = no_buffer;
+        _send_starved = false;  // a buffer is free again: starved writers get their turn
+    }
     if (s.close_when_flushed) close_flushed(slot);
 }
 

@@ -174,6 +174,13 @@ private:
         std::uint32_t send_buffer = no_buffer;
         std::uint32_t send_offset = 0;
         std::uint32_t send_length = 0;
+        // A connection whose socket was full (a short write) writes from its own memory until
+        // a send goes out whole again, so that a receiver that stopped reading holds no buffer
+        // of the shard's send pool while it waits (submit_send explains).
+        bool send_slow = false;
+        bool send_was_short = false;   // the send in flight came back short at least once
+        bool send_from_heap = false;   // the send in flight writes send_heap
+        std::vector<std::uint8_t> send_heap;
         std::int64_t write_timeout_ns = 0;
         std::vector<std::uint8_t> pending_input;
         timer_node timers[service_timer_count + 1];
@@ -188,6 +195,7 @@ private:
     void prep_wake_read() noexcept;
     void prep_signal_read() noexcept;
     void submit_send(std::uint32_t slot) noexcept;
+    void prep_send(std::uint32_t slot) noexcept;  // the bytes send_offset..send_length
     void begin_close(std::uint32_t slot, close_cause cause) noexcept;
     void close_flushed(std::uint32_t slot) noexcept;  // close_after_flush's end
     void maybe_finish_close(std::uint32_t slot) noexcept;

@@ -346,3 +346,69 @@ TEST_CASE("cross-shard backlog: a stalled shard fills it to the bound; what come
     peer.send_ping(ping_data{1, 2, 3, 4, 5, 6, 7, 8});
     peer.expect([](const frame& f) { return f.type == static_cast<std::uint8_t>(frame_type::pong); }, "the mesh peer's pong");
 }
+
+// ---- Send buffers ------------------------------------------------------------------------------
+
+TEST_CASE("send buffers: more stalled receivers than the shard's send pool holds do not stall a pair beside them") {
+    // Each shard has 256 registered send buffers (server/main.cc). 300 receivers that never read,
+    // with small socket buffers, each get more than their sockets hold. The write timeout is
+    // far away (60 s), so only a free send buffer can let the healthy pair's packets out.
+    constexpr int stalled = 300;
+    derpd_options o;
+    o.shards = 1;
+    o.admin_addr = "127.0.0.1:0";
+    // No TCP_USER_TIMEOUT either: the kernel would end a zero window after 15 s by itself.
+    o.extra_args = {"-tcp-write-timeout", "60s", "-tcp-user-timeout", "0"};
+    derpd_process server(o);
+    derp_client h1 = derp_client::connect(server.port(), server.server_public());
+    derp_client h2 = derp_client::connect(server.port(), server.server_public());
+    derp_client sender = derp_client::connect(server.port(), server.server_public());
+    client_options small;
+    small.rcvbuf_bytes = 4096;
+    std::vector<derp_client> receivers;
+    for (int i = 0; i < stalled; ++i)
+        receivers.push_back(derp_client::connect(server.port(), server.server_public(), small));
+
+    const double partial_before = metric(server, "derpd_shard_send_partial_total");
+    // Loopback sockets take megabytes before a write comes back short (the send buffer grows
+    // up to tcp_wmem's maximum, 4 MiB here): 16 KB packets until every stalled receiver has had
+    // a short write, or 6 MB each, more than its socket buffers can hold whatever happened.
+    const bytes packet(16'000, 0x77);
+    const double received_before = metric(server, "derp_packets_received");
+    std::uint64_t packets_sent = 0;
+    for (int round = 0; round < 375; ++round) {
+        for (auto& r : receivers) sender.send_packet(r.key(), packet);
+        packets_sent += stalled;
+        if (round % 8 == 7 && metric(server, "derpd_shard_send_partial_total") >= partial_before + stalled) break;
+    }
+    // Then a few more each, so that every one of them has output waiting to be written into
+    // its full socket (the send that takes, or would take, a send buffer).
+    for (int round = 0; round < 4; ++round)
+        for (auto& r : receivers) sender.send_packet(r.key(), packet);
+    packets_sent += 4 * stalled;
+    wait_until([&] { return metric(server, "derp_packets_received") >= received_before + static_cast<double>(packets_sent); },
+               30s, "derpd to read everything sent to the stalled receivers");
+    wait_until([&] { return metric(server, "derp_packets_received") >= received_before + static_cast<double>(packets_sent); }, 1s,
+               "derpd to have read everything", [&] {
+                   const std::string page = varz(server);
+                   std::string out;
+                   for (const char* name : {"derpd_shard_send_partial_total", "derpd_shard_send_pool_exhausted_total",
+                                            "derpd_shard_send_buffers_in_use", "derp_packets_sent", "derp_packets_received"})
+                       out += std::string(name) + " " + std::to_string(varz_sum(page, name).value_or(-1)) + "\n";
+                   return out;
+               });
+    MESSAGE("send pool exhausted " << metric(server, "derpd_shard_send_pool_exhausted_total") << " time(s); buffers in use "
+                                   << metric(server, "derpd_shard_send_buffers_in_use"));
+
+    const bytes ping(64, 0x12);
+    for (int i = 0; i < 5; ++i) {
+        h1.send_packet(h2.key(), ping);
+        expect_payload(h2, h1.key(), ping, 10'000ms);
+        h2.send_packet(h1.key(), ping);
+        expect_payload(h1, h2.key(), ping, 10'000ms);
+    }
+    // No stalled receiver was closed meanwhile: the pair did not get out by a write timeout
+    // freeing a buffer.
+    CHECK(metric(server, "derp_sclient_write_timeouts") == 0);
+    CHECK(metric(server, "derpd_shard_connections") == stalled + 3);
+}
