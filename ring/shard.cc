@@ -741,20 +741,25 @@ void shard::handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
 void shard::deliver_input(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept {
     conn_slot& s = _slots[slot];
     const conn_id id{slot, s.gen};
+    // After pause_recv, completions already posted still arrive: at most one turn's worth of
+    // receive buffers (the cancel leaves with the next submit). The service stopped reading on
+    // purpose (a rate limit), so those bytes wait beyond its bound instead of closing it.
+    const std::size_t input_max = _config.input_buffered_bytes_max +
+        (s.recv_paused ? std::size_t{_config.recv_buffer_count} * _config.recv_buffer_bytes : 0);
     if (s.pending_input.empty()) {
         // Fast path: the service parses straight out of the receive buffer; only a partial
         // frame at the end is copied.
         const std::size_t consumed = _service->on_data(id, bytes);
         DERP_ASSERT(consumed <= bytes.size());
         if (s.state != conn_state::open || s.gen != id.gen || consumed == bytes.size()) return;
-        if (bytes.size() - consumed > _config.input_buffered_bytes_max) {
+        if (bytes.size() - consumed > input_max) {
             begin_close(slot, close_cause::input_overflow);
             return;
         }
         s.pending_input.assign(bytes.begin() + static_cast<std::ptrdiff_t>(consumed), bytes.end());
         return;
     }
-    if (s.pending_input.size() + bytes.size() > _config.input_buffered_bytes_max) {
+    if (s.pending_input.size() + bytes.size() > input_max) {
         begin_close(slot, close_cause::input_overflow);
         return;
     }

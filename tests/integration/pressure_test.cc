@@ -24,6 +24,7 @@
 #include "tests/support/derpd_process.hh"
 #include "tests/support/mesh_region.hh"
 #include "tests/support/skip.hh"
+#include "tests/support/tls_socket.hh"
 
 using namespace derp;
 using namespace derp::test;
@@ -126,18 +127,26 @@ derpd_options rate_limited(const std::filesystem::path& file, std::vector<std::s
 
 }  // namespace
 
-TEST_CASE("rate limit: an unpaced sender is held to its bucket while a pair beside it keeps its round trips") {
+namespace {
+
+// The flood against the limit, over plain HTTP or TLS (userspace records here: the TLS layer
+// holds decrypted input of its own while the reading waits).
+void flood_against_limit(bool over_tls) {
     const auto file = std::filesystem::temp_directory_path() / ("derpd-rate-" + std::to_string(::getpid()));
     constexpr double rate = 100'000;  // bytes per second; burst left to derper's floor
     write_file(file, R"({"PerClientRateLimitBytesPerSec": 100000})");
-    derpd_process server(rate_limited(file));
+    derpd_options o = rate_limited(file);
+    o.tls = over_tls;
+    derpd_process server(o);
     std::filesystem::remove(file);
     CHECK(metric(server, "derp_rate_limit_per_client_bytes_per_second") == rate);
     CHECK(metric(server, "derp_rate_limit_per_client_burst_bytes") == burst_floor);
 
-    derp_client receiver = derp_client::connect(server.port(), server.server_public());
-    derp_client c = derp_client::connect(server.port(), server.server_public());
-    derp_client d = derp_client::connect(server.port(), server.server_public());
+    client_options co;
+    if (over_tls) co.tls = insecure_client_context();
+    derp_client receiver = derp_client::connect(server.port(), server.server_public(), co);
+    derp_client c = derp_client::connect(server.port(), server.server_public(), co);
+    derp_client d = derp_client::connect(server.port(), server.server_public(), co);
     // The well-behaved pair: 40 round trips of small packets, each within the client's usual
     // deadline; first alone (the baseline of the figures printed below), then beside the flood.
     const bytes ping(64, 0x11);
@@ -158,7 +167,7 @@ TEST_CASE("rate limit: an unpaced sender is held to its bucket while a pair besi
     const std::vector<double> alone_ms = round_trips();
     // Taken before the sender connects: its bucket (full, at its registration) starts later.
     const auto t0 = clock_type::now();
-    derp_client abuser = derp_client::connect(server.port(), server.server_public());
+    derp_client abuser = derp_client::connect(server.port(), server.server_public(), co);
     sink received(receiver);
     flood sender(abuser, receiver.key());
     const std::vector<double> rtt_ms = round_trips();
@@ -182,6 +191,17 @@ TEST_CASE("rate limit: an unpaced sender is held to its bucket while a pair besi
                              << rtt_ms[rtt_ms.size() / 2] << " ms (alone: " << alone_ms[alone_ms.size() / 2]
                              << " ms), p90 " << rtt_ms[rtt_ms.size() * 9 / 10] << " ms (alone: "
                              << alone_ms[alone_ms.size() * 9 / 10] << " ms)");
+    CHECK(server.count_log("input") == 0);  // nobody closed for leaving input unread
+}
+
+}  // namespace
+
+TEST_CASE("rate limit: an unpaced sender is held to its bucket while a pair beside it keeps its round trips") {
+    flood_against_limit(false);
+}
+
+TEST_CASE("rate limit: the same over TLS") {
+    flood_against_limit(true);
 }
 
 TEST_CASE("rate limit: SIGHUP re-reads the file; a bad one keeps the limit in force; 0 lifts it") {
