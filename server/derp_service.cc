@@ -294,8 +294,9 @@ std::size_t derp_service::handle_handshake(conn_id conn, client& c, std::span<co
 
 void derp_service::begin_registration(conn_id conn, client& c) noexcept {
     if (refuse_for_backlog("a registration")) {
-        // As an admission refusal: closed after ServerKey, before ServerInfo; the client
-        // dials again later, by when the stalled shard may have caught up.
+        // Closed before ServerInfo, as an admission refusal (the ServerKey of this same turn
+        // does not go out either); the client dials again later, by when the stalled shard
+        // may have caught up.
         _pending_server_info.erase(conn.slot);
         _shard.close(conn);
         return;
