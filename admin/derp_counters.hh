@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -96,6 +97,10 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter bootstrap_dns_queried_domains;  // gauge: this shard's set of queried names
     // DERP over WebSocket (spec 3.4, server/ws_layer).
     counter websocket_accepts;  // derper's derp_websocket_accepts
+    counter restarting_frames;  // Restarting frames sent (drain)
+    counter health_frames;      // Health frames sent (a problem, or the all-clear)
+    counter unfinished;         // gauge: connections that have not finished the DERP handshake
+    counter unfinished_evictions;  // of those, closed to make room (unfinished_conns_max)
     std::array<counter, 8> websocket_closes;  // by ws_close_kind
 };
 
@@ -207,6 +212,9 @@ struct metric_sources {
     // that the port-80 listener serves.
     acme_counters* acme = nullptr;
     const tls::acme_challenges* acme_challenges = nullptr;
+    // -verify-clients: the admission thread's latest self-check verdict for /debug/check ("" when
+    // this node's own key would be admitted). Any thread may call it.
+    std::function<std::string()> self_check;
     rate_limit_shared rate_limit;  // --rate-config; `configured` false without it
 };
 

@@ -213,9 +213,12 @@ std::string render_varz(const metric_sources& shared) {
             tls_accepts += shared.tls[s].handshakes_ok.get() + shared.tls[s].handshakes_failed.get() +
                            shared.tls[s].handshakes_timeout.get();
         metric(out, "tls_listener_accepted_connections", "counter", tls_accepts);
-        // derper's accept-rate limiter (-accept-connection-limit) is not in derpd yet: nothing
-        // is rejected by it.
-        metric(out, "tls_listener_rejected_connections", "counter", 0);
+        // derper's accept-rate limiter (-accept-connection-limit); derpd applies it to its plain
+        // DERP listener too, and counts those here as well.
+        std::uint64_t rejected = 0;
+        for (std::uint32_t s = 0; s < shared.shards; ++s)
+            if (shared.ring_counters[s] != nullptr) rejected += shared.ring_counters[s]->accepts_rate_limited.get();
+        metric(out, "tls_listener_rejected_connections", "counter", rejected);
     }
     const auto now = static_cast<std::uint64_t>(std::time(nullptr));
     metric(out, "process_start_unix_time", "gauge", static_cast<std::uint64_t>(shared.start_unix_seconds));
@@ -358,6 +361,14 @@ std::string render_varz(const metric_sources& shared) {
                            sum_derp(shared, [r](const derp_counters& c) { return c.admissions[r].get(); }));
     metric(out, "derpd_client_admissions_cached_total", "counter", "Admission decisions answered from the short cache.",
            derp_sum(&derp_counters::admissions_cached));
+    metric(out, "derpd_restarting_frames_total", "counter", "Restarting frames sent to clients while draining.",
+           derp_sum(&derp_counters::restarting_frames));
+    metric(out, "derpd_unfinished_connections", "gauge", "Connections that have not finished the DERP handshake (HTTP, TLS, ClientInfo, admission).",
+           derp_sum(&derp_counters::unfinished));
+    metric(out, "derpd_unfinished_evictions_total", "counter", "Unfinished connections closed because a shard held its maximum of them (-unfinished-per-shard): the oldest goes.",
+           derp_sum(&derp_counters::unfinished_evictions));
+    metric(out, "derpd_health_frames_total", "counter", "Health frames sent to clients (a problem, or the all-clear).",
+           derp_sum(&derp_counters::health_frames));
     metric(out, "derpd_cross_shard_packets_total", "counter", "Packets relayed through a ring to another shard.",
            derp_sum(&derp_counters::cross_shard_packets));
     metric(out, "derpd_control_backlog_refused_total", "counter",
@@ -390,6 +401,8 @@ std::string render_varz(const metric_sources& shared) {
         {"derpd_shard_accept_errors_total", "counter", "Accept completions with an error.", &shard_counters::accept_errors},
         {"derpd_shard_accepts_refused_full_total", "counter", "Connections refused: slot table full.",
          &shard_counters::accepts_refused_full},
+        {"derpd_shard_accepts_rate_limited_total", "counter", "Connections reset at once: over -accept-connection-limit.",
+         &shard_counters::accepts_rate_limited},
         {"derpd_shard_recv_bytes_total", "counter", "Bytes received.", &shard_counters::recv_bytes},
         {"derpd_shard_send_bytes_total", "counter", "Bytes sent.", &shard_counters::send_bytes},
         {"derpd_shard_recv_no_buffers_total", "counter", "Multishot recvs stopped by an empty buffer ring.",
@@ -533,8 +546,12 @@ std::pair<int, std::string> render_debug_check(const metric_sources& shared) {
     }
     // The shards update these as they go: a check during a burst of connects can see a moment
     // between a registration and its route; derper's check has the same window.
-    if (connections != keys)
-        return {500, fmt::format("expvar connections = {} != clients map says of {}", connections, keys)};
+    std::string problems;  // derper joins them with ", "
+    if (connections != keys) problems = fmt::format("expvar connections = {} != clients map says of {}", connections, keys);
+    if (shared.self_check) {
+        if (std::string self = shared.self_check(); !self.empty()) problems += (problems.empty() ? "" : ", ") + self;
+    }
+    if (!problems.empty()) return {500, problems};
     return {200, "derp.Server ConsistencyCheck okay"};
 }
 

@@ -14,8 +14,9 @@ namespace derp::admin {
 std::string render_varz(const metric_sources& shared);
 
 // /debug/check (spec 7.1): derper's consistency check. Like derper's it compares registered
-// connections with distinct keys, so it reports a problem while duplicate keys are connected.
-// Returns the status and the body.
+// connections with distinct keys, so it reports a problem while duplicate keys are connected;
+// with -verify-clients it adds the admission thread's self-check verdict (metric_sources::
+// self_check). Returns the status and the body; problems joined with ", " as derper's.
 std::pair<int, std::string> render_debug_check(const metric_sources& shared);
 
 // /debug/vars (spec 7.1): Go's expvar JSON with derper's raw names (one object; top-level keys

@@ -1,6 +1,8 @@
 // Client admission's wire formats (see admission.hh).
 #include "core/admission.hh"
 
+#include <nlohmann/json.hpp>
+
 #include <array>
 #include <charconv>
 
@@ -41,18 +43,53 @@ bool whois_answer_valid(std::string_view body) noexcept {
     return decode_json_object(body, fields, handler);
 }
 
+std::optional<node_key> status_self_key(std::string_view body) noexcept {
+    try {
+        const auto doc = nlohmann::json::parse(body, nullptr, false);
+        if (doc.is_discarded() || !doc.is_object()) return std::nullopt;
+        // encoding/json: the last member whose key folds to the field's name wins.
+        static constexpr std::array<std::string_view, 1> self_field = {"Self"};
+        static constexpr std::array<std::string_view, 1> key_field = {"PublicKey"};
+        const nlohmann::json* self = nullptr;
+        for (const auto& [name, value] : doc.items())
+            if (match_go_json_field(name, self_field) == 0) self = &value;
+        if (self == nullptr || !self->is_object()) return std::nullopt;
+        const nlohmann::json* key = nullptr;
+        for (const auto& [name, value] : self->items())
+            if (match_go_json_field(name, key_field) == 0) key = &value;
+        if (key == nullptr || !key->is_string()) return std::nullopt;
+        const std::string& text = key->get_ref<const std::string&>();
+        constexpr std::string_view prefix = "nodekey:";
+        if (text.size() != prefix.size() + 64 || text.compare(0, prefix.size(), prefix) != 0) return std::nullopt;
+        return node_key::from_hex(std::string_view(text).substr(prefix.size()));
+    } catch (...) {  // allocation failure: no key
+        return std::nullopt;
+    }
+}
+
 std::optional<http_url> parse_http_url(std::string_view url) {
-    constexpr std::string_view scheme = "http://";
-    if (url.size() < scheme.size()) return std::nullopt;
-    for (std::size_t i = 0; i < scheme.size(); ++i)
-        if ((url[i] | 0x20) != scheme[i] && url[i] != scheme[i]) return std::nullopt;
-    url.remove_prefix(scheme.size());
+    // The scheme, case-insensitive as RFC 3986 says.
+    auto has_scheme = [&](std::string_view scheme) {
+        if (url.size() < scheme.size()) return false;
+        for (std::size_t i = 0; i < scheme.size(); ++i)
+            if ((url[i] | 0x20) != scheme[i] && url[i] != scheme[i]) return false;
+        return true;
+    };
+    http_url out;
+    if (has_scheme("https://")) {
+        out.tls = true;
+        out.port = 443;
+        url.remove_prefix(8);
+    } else if (has_scheme("http://")) {
+        url.remove_prefix(7);
+    } else {
+        return std::nullopt;
+    }
     const auto slash = url.find_first_of("/?#");
     std::string_view authority = url.substr(0, slash);
     std::string_view rest = slash == std::string_view::npos ? std::string_view() : url.substr(slash);
     if (const auto hash = rest.find('#'); hash != std::string_view::npos) rest = rest.substr(0, hash);
     if (authority.empty() || authority.find('@') != std::string_view::npos) return std::nullopt;
-    http_url out;
     std::string_view port_text;
     if (authority.front() == '[') {
         const auto close = authority.find(']');

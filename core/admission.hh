@@ -34,14 +34,20 @@ admission_answer parse_admission_answer(std::string_view body) noexcept;
 // derper admits on any answer that decodes; this says whether it does.
 bool whois_answer_valid(std::string_view body) noexcept;
 
+// The node's own key in a 200 answer of /localapi/v0/status?peers=false (ipnstate.Status):
+// Self.PublicKey, "nodekey:<64 hex>" as key.NodePublic marshals it; keys matched as Go matches
+// them. Nothing when the body does not decode that way (derper's self-check then fails).
+std::optional<node_key> status_self_key(std::string_view body) noexcept;
+
 // An http:// URL split for a request: host (brackets removed from an IPv6 literal), port
 // (80 unless given) and the request target (path and query, "/" when empty).
 struct http_url {
+    bool tls = false;  // https://
     std::string host;
-    std::uint16_t port = 80;
+    std::uint16_t port = 80;  // 443 for https:// unless given
     std::string target;
 };
-// Nothing for anything but a well-formed http:// URL (https://, user info, a bad port).
+// Nothing for anything but a well-formed http:// or https:// URL (user info, a bad port, ...).
 std::optional<http_url> parse_http_url(std::string_view url);
 
 }  // namespace derp

@@ -168,6 +168,25 @@ void flag_set::add_duration(std::string name, std::int64_t* value_ns, std::strin
         format_go_duration(*value_ns));
 }
 
+void flag_set::add_float(std::string name, double* value, std::string usage) {
+    std::string text = std::isinf(*value) ? (*value > 0 ? "+Inf" : "-Inf") : fmt::format("{}", *value);
+    add(std::move(name), flag_kind::floating, value, std::move(usage), std::move(text));
+}
+
+std::optional<double> parse_go_float(std::string_view text) noexcept {
+    if (text.empty()) return std::nullopt;
+    bool negative = false;
+    if (text.front() == '+' || text.front() == '-') {
+        negative = text.front() == '-';
+        text.remove_prefix(1);
+    }
+    if (text.empty() || text.front() == '+' || text.front() == '-') return std::nullopt;
+    double value = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value, std::chars_format::general);
+    if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+    return negative ? -value : value;
+}
+
 void flag_set::add_string_list(std::string name, std::vector<std::string>* values, std::string usage) {
     std::string defaults;
     for (const auto& v : *values) defaults += (defaults.empty() ? "" : ",") + v;
@@ -213,6 +232,12 @@ result<void, std::string> flag_set::assign(flag& f, std::string_view value) {
         if (!parse_int64(value, &n))
             return unexpected(fmt::format("invalid integer value \"{}\" for flag -{}", value, f.name));
         *static_cast<std::int64_t*>(f.storage) = n;
+        break;
+    }
+    case flag_kind::floating: {
+        auto d = parse_go_float(value);
+        if (!d) return unexpected(fmt::format("invalid float value \"{}\" for flag -{}", value, f.name));
+        *static_cast<double*>(f.storage) = *d;
         break;
     }
     case flag_kind::duration: {
@@ -287,6 +312,7 @@ std::string flag_set::usage() const {
         case flag_kind::string: type = " string"; break;
         case flag_kind::string_list: type = " value (repeatable)"; break;
         case flag_kind::integer: type = " int"; break;
+        case flag_kind::floating: type = " float"; break;
         case flag_kind::duration: type = " duration"; break;
         }
         text += fmt::format("  -{}{}\n    \t{}", f->name, type, f->usage);

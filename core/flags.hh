@@ -21,6 +21,10 @@ namespace derp {
 // Units: ns, us, µs, ms, s, m, h. A bare number other than 0 is an error, as in Go.
 std::optional<std::int64_t> parse_go_duration_ns(std::string_view text) noexcept;
 
+// Parses a float64 the way Go's strconv.ParseFloat does for decimal text: an optional sign,
+// digits with a fraction and exponent, or Inf/Infinity/NaN in any case.
+std::optional<double> parse_go_float(std::string_view text) noexcept;
+
 // Formats nanoseconds the way Go's Duration.String does ("1m30s", "500ms", "0s").
 std::string format_go_duration(std::int64_t duration_ns);
 
@@ -34,6 +38,8 @@ public:
     void add_string(std::string name, std::string* value, std::string usage);
     void add_int(std::string name, std::int64_t* value, std::string usage);
     void add_duration(std::string name, std::int64_t* value_ns, std::string usage);
+    // Go's float64 flag (strconv.ParseFloat): "1.5", "2e3", "+Inf", "inf", ...
+    void add_float(std::string name, double* value, std::string usage);
     // Repeatable (Go's flag.Var over a slice): each occurrence appends; the first one given
     // replaces the defaults.
     void add_string_list(std::string name, std::vector<std::string>* values, std::string usage);
@@ -52,7 +58,7 @@ public:
     std::string usage() const;
 
 private:
-    enum class flag_kind : std::uint8_t { boolean, string, integer, duration, string_list };
+    enum class flag_kind : std::uint8_t { boolean, string, integer, duration, string_list, floating };
     struct flag {
         std::string name;
         flag_kind kind;

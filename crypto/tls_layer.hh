@@ -93,6 +93,7 @@ public:
     void discard_message(const ring::message& m) noexcept override { _inner->discard_message(m); }
     bool on_turn_end() noexcept override { return _inner->on_turn_end(); }
     void on_stop() noexcept override { _inner->on_stop(); }
+    void on_drain(std::uint64_t deadline_ns) noexcept override { _inner->on_drain(deadline_ns); }
 
 private:
     struct conn_tls {

@@ -125,7 +125,7 @@ result<std::vector<int>, std::string> open_tcp_listeners(socket_address& address
     // SO_REUSEPORT would let a second derpd (same user) bind the same port and silently take
     // half the connections. A plain socket, without SO_REUSEPORT, cannot join an existing
     // group: if it cannot bind, the port is taken, and we say so as derper would.
-    if (address.port() != 0) {
+    if (address.port() != 0 && !options.join_existing) {
         const int probe = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
         if (probe >= 0) {
             const int one = 1;
@@ -141,7 +141,8 @@ result<std::vector<int>, std::string> open_tcp_listeners(socket_address& address
             ::close(probe);
             if (in_use)
                 return unexpected(fmt::format("listen on {}: address already in use (is another "
-                                              "derpd or derper running? choose another port with -a)",
+                                              "derpd or derper running? choose another port with -a, or "
+                                              "start beside a running derpd with -takeover)",
                                               address.to_string()));
         }
     }
@@ -217,16 +218,39 @@ result<std::vector<int>, std::string> open_tcp_listeners(socket_address& address
     return fds;
 }
 
-result<int, std::string> open_udp_socket(socket_address& address) {
+result<int, std::string> open_udp_socket(socket_address& address, bool join_existing) {
+    // As for TCP: a plain socket cannot join a SO_REUSEPORT group, so its failing bind says the
+    // port is held (by anyone, derpd included) before our own socket joins silently.
+    const auto v6only_for = [&address] {
+        const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&address.storage);
+        return address.family() == AF_INET6 && !IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? 1 : 0;
+    };
+    if (address.port() != 0 && !join_existing) {
+        const int probe = ::socket(address.family(), SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_UDP);
+        if (probe >= 0) {
+            const int v6only = v6only_for();
+            if (address.family() == AF_INET6) setsockopt(probe, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only);
+            const bool in_use =
+                ::bind(probe, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0 && errno == EADDRINUSE;
+            ::close(probe);
+            if (in_use)
+                return unexpected(fmt::format("STUN on udp {}: address already in use (another STUN server or "
+                                              "derper? choose another -stun-port, or -stun=false; beside a running "
+                                              "derpd, -takeover)",
+                                              address.to_string()));
+        }
+    }
     const int fd = ::socket(address.family(), SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_UDP);
     if (fd < 0) return unexpected(fmt::format("UDP socket for {}: {}", address.to_string(), std::strerror(errno)));
     if (address.family() == AF_INET6) {
-        const auto* sin6 = reinterpret_cast<const sockaddr_in6*>(&address.storage);
-        const int v6only = IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr) ? 0 : 1;
-        if (auto r = set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, v6only, "IPV6_V6ONLY"); !r) {
+        if (auto r = set_int_option(fd, IPPROTO_IPV6, IPV6_V6ONLY, v6only_for(), "IPV6_V6ONLY"); !r) {
             ::close(fd);
             return unexpected(r.error());
         }
+    }
+    if (auto r = set_int_option(fd, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT"); !r) {
+        ::close(fd);
+        return unexpected(r.error());
     }
     if (::bind(fd, reinterpret_cast<const sockaddr*>(&address.storage), address.length) != 0) {
         const int err = errno;

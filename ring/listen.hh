@@ -37,6 +37,9 @@ struct tcp_listen_options {
     std::int64_t keepalive_idle_ns = 0;  // SO_KEEPALIVE with TCP_KEEPIDLE; 0 disables keepalive
     std::int64_t keepalive_interval_ns = 15'000'000'000;  // Go's default probe interval
     int keepalive_probes = 9;                              // Go's default probe count
+    // Join a running derpd's SO_REUSEPORT group on the same port instead of refusing the port
+    // as in use (derpd --takeover: the restart without a gap). Applies to UDP sockets too.
+    bool join_existing = false;
 };
 
 // Opens `count` listening sockets bound to the same address with SO_REUSEPORT. When the port is
@@ -47,8 +50,10 @@ result<std::vector<int>, std::string> open_tcp_listeners(socket_address& address
                                                         const tcp_listen_options& options);
 
 // Opens a UDP socket bound to the address (STUN); a wildcard IPv6 address serves IPv4 too.
-// Port 0 becomes the kernel's choice, written back into address.
-result<int, std::string> open_udp_socket(socket_address& address);
+// Port 0 becomes the kernel's choice, written back into address. SO_REUSEPORT is set so that a
+// later derpd --takeover can join (join_existing: be that one); without join_existing a port
+// someone else holds is refused as in use.
+result<int, std::string> open_udp_socket(socket_address& address, bool join_existing = false);
 
 // Raises the soft RLIMIT_NOFILE to the hard limit and returns the resulting soft limit.
 std::uint64_t raise_open_files_limit() noexcept;

@@ -39,8 +39,26 @@ void runtime::on_signal(void* context, int signal_number) noexcept {
         }
         return;
     }
+    if (self->_config.drain_timeout_ns > 0 && self->request_drain(self->_config.drain_timeout_ns)) {
+        log(log_level::info, "{}: draining for at most {} ms (closing listeners; clients are told to reconnect "
+            "elsewhere); signal again to stop at once", strsignal(signal_number), self->_config.drain_timeout_ns / 1'000'000);
+        return;
+    }
     log(log_level::info, "{}: stopping (closing listeners and connections)", strsignal(signal_number));
     self->request_stop();
+}
+
+bool runtime::request_drain(std::int64_t timeout_ns) noexcept {
+    if (!_links) return false;
+    const std::uint64_t deadline = monotonic_ns() + static_cast<std::uint64_t>(timeout_ns > 0 ? timeout_ns : 0);
+    bool first = true;
+    for (std::uint32_t t = 0; t < thread_count(); ++t) {
+        if (_links[t].stop_requested.load(std::memory_order_acquire)) first = false;
+        std::uint64_t none = 0;
+        if (!_links[t].drain_deadline_ns.compare_exchange_strong(none, deadline, std::memory_order_acq_rel)) first = false;
+    }
+    wake_all();
+    return first;
 }
 
 result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config config,
@@ -84,10 +102,11 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
     }
     std::vector<int> udp_fds;
     for (auto& address : cfg.udp_listen) {
-        auto fd = open_udp_socket(address);
+        auto fd = open_udp_socket(address, cfg.listen_options.join_existing);
         if (!fd) {
             for (auto& per_shard : listener_fds)
                 for (int f : per_shard) ::close(f);
+            for (int f : admin_fds) ::close(f);
             for (int f : udp_fds) ::close(f);
             return unexpected(fd.error());
         }

@@ -33,6 +33,9 @@ struct runtime_config {
     // The admin thread reads SIGINT/SIGTERM (stop) and SIGHUP (on_reload) from a signalfd.
     // Off in tests that run several runtimes in one process.
     bool handle_signals = false;
+    // > 0: the first SIGTERM/SIGINT drains (request_drain) for at most this long; a second
+    // one stops at once. 0: the first one stops.
+    std::int64_t drain_timeout_ns = 0;
     std::function<void()> on_reload;     // SIGHUP, on the admin thread
 };
 
@@ -55,6 +58,11 @@ public:
     // From any thread (not from a signal handler): every thread stops accepting, closes its
     // connections and leaves its loop.
     void request_stop() noexcept;
+    // From any thread: every thread stops accepting (listeners and UDP sockets close, so a
+    // process sharing the ports takes over) and tells its service (on_drain); each shard stops
+    // once its accepted connections have gone or timeout_ns has passed, the admin thread once
+    // every shard has. False when a drain or stop was already under way.
+    bool request_drain(std::int64_t timeout_ns) noexcept;
     // From any thread: wakes every loop for one turn, so services see state that a thread
     // without a ring changed (a benchmark's start flag, say).
     void wake_all() noexcept;

@@ -103,6 +103,11 @@ public:
     virtual bool on_turn_end() noexcept { return false; }
     // The runtime is stopping: the listeners are closed and every connection will be closed.
     virtual void on_stop() noexcept {}
+    // The process is draining (SIGTERM with a drain timeout): this shard accepts no more
+    // connections and stops once every accepted one has left, or at deadline_ns (monotonic),
+    // when the rest are closed. Until then it serves as usual; a service tells its clients to
+    // go elsewhere here (DERP's Restarting frame).
+    virtual void on_drain(std::uint64_t deadline_ns) noexcept { (void)deadline_ns; }
 };
 
 }  // namespace derp::ring

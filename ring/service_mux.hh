@@ -53,6 +53,10 @@ public:
         const bool b = _dialled->on_turn_end();
         return a || b;
     }
+    void on_drain(std::uint64_t deadline_ns) noexcept override {
+        _accepted->on_drain(deadline_ns);
+        _dialled->on_drain(deadline_ns);
+    }
     void on_stop() noexcept override {
         _accepted->on_stop();
         _dialled->on_stop();

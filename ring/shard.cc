@@ -16,10 +16,7 @@
 namespace derp::ring {
 namespace {
 
-constexpr std::uint8_t accept_retry_timer_id = 0x7f;
 constexpr std::uint32_t wake_slot_eventfd = 1;    // op::wake from our eventfd read
-constexpr std::uint32_t cancel_slot_listener = slot_max;
-constexpr std::uint64_t accept_retry_ns = 100'000'000;  // after EMFILE/ENFILE: 100 ms
 constexpr std::size_t pending_input_keep_bytes = 64 * 1024;
 
 std::string io_uring_disabled_value() {
@@ -64,8 +61,10 @@ shard::~shard() {
     if (_ring_ready) io_uring_queue_exit(&_ring);  // cancels whatever is still in flight
     for (auto& s : _slots)
         if (s.fd >= 0) ::close(s.fd);
-    for (int fd : _config.listen_fds) ::close(fd);
-    for (int fd : _config.udp_fds) ::close(fd);
+    for (int fd : _config.listen_fds)
+        if (fd >= 0) ::close(fd);
+    for (int fd : _config.udp_fds)
+        if (fd >= 0) ::close(fd);
 }
 
 result<void, std::string> shard::init() noexcept {
@@ -303,14 +302,6 @@ bool shard::post(std::uint32_t to_thread, message m) noexcept {
     return true;
 }
 
-void shard::prep_accept(std::uint32_t listener) noexcept {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_multishot_accept(sqe, _config.listen_fds[listener], nullptr, nullptr, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, pack_user_data(op::accept, listener, 0));
-    _accept_armed[listener] = true;
-    ++_global_ops;
-}
-
 void shard::prep_recv(std::uint32_t slot) noexcept {
     conn_slot& s = _slots[slot];
     DERP_ASSERT(!s.recv_armed);
@@ -460,6 +451,7 @@ void shard::maybe_finish_close(std::uint32_t slot) noexcept {
         _send_starved = false;
     }
     std::vector<std::uint8_t>().swap(s.pending_input);
+    if (s.accepted) --_accepted_in_use;
     const std::uint32_t next_gen = s.gen + 1;
     s = conn_slot{};
     s.gen = next_gen;
@@ -516,113 +508,6 @@ void shard::dispatch(const io_uring_cqe& cqe) noexcept {
     case op::close:
         break;
     }
-}
-
-void shard::handle_accept(std::uint32_t listener, const io_uring_cqe& cqe) noexcept {
-    const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
-    if (!more) {
-        _accept_armed[listener] = false;
-        --_global_ops;
-    }
-    if (cqe.res >= 0) {
-        const int fd = cqe.res;
-        if (_stopping) {
-            ::close(fd);
-        } else if (_free_head >= _slots.size()) {
-            ::close(fd);
-            _counters.accepts_refused_full.add();
-            if (const auto n = _accept_error_log.allow(_now_ns))
-                log(log_level::warn,
-                    "shard {}: connection table full ({} slots); refused {} connection(s). "
-                    "Raise the open-files limit (LimitNOFILE=) or add shards",
-                    _config.index, _slots.size(), n);
-        } else {
-            const std::uint32_t slot = *take_slot(fd);
-            conn_slot& s = _slots[slot];
-            if (listener < _config.listen_tags.size()) s.listener_tag = _config.listen_tags[listener];
-            _counters.accepts.add();
-            sockaddr_storage peer{};
-            socklen_t peer_length = sizeof peer;
-            if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_length) != 0)
-                peer.ss_family = AF_UNSPEC;  // reset before we looked: the service sees no address
-            _service->on_accept(conn_id{slot, s.gen}, peer);
-            if (s.state == conn_state::open) prep_recv(slot);
-        }
-    } else if (cqe.res != -ECANCELED) {
-        _counters.accept_errors.add();
-        if (const auto n = _accept_error_log.allow(_now_ns)) {
-            const bool fd_limit = cqe.res == -EMFILE || cqe.res == -ENFILE;
-            log(log_level::warn, "shard {}: accept failed {} time(s): {}{}", _config.index, n,
-                std::strerror(-cqe.res),
-                fd_limit ? " (out of file descriptors: raise LimitNOFILE= or ulimit -n)" : "");
-        }
-    }
-    if (!more && !_stopping) {
-        if (cqe.res == -EMFILE || cqe.res == -ENFILE || cqe.res == -ENOMEM) {
-            // Re-arming at once would fail at once; give closing connections time to free fds.
-            timer_node& node = _listener_retry[listener];
-            node.owner = listener;
-            node.id = accept_retry_timer_id;
-            _timers.arm(node, _now_ns + accept_retry_ns);
-        } else {
-            prep_accept(listener);
-        }
-    }
-}
-
-void shard::prep_recvmsg(std::uint32_t socket_index) noexcept {
-    io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_recvmsg_multishot(sqe, _config.udp_fds[socket_index], &_udp_msghdr, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = _udp_buffers.group();
-    io_uring_sqe_set_data64(sqe, pack_user_data(op::recvmsg, socket_index, 0));
-    _recvmsg_armed[socket_index] = true;
-    ++_global_ops;
-}
-
-void shard::handle_recvmsg(std::uint32_t socket_index, const io_uring_cqe& cqe) noexcept {
-    const bool more = (cqe.flags & IORING_CQE_F_MORE) != 0;
-    if (!more) {
-        _recvmsg_armed[socket_index] = false;
-        --_global_ops;
-    }
-    if ((cqe.flags & IORING_CQE_F_BUFFER) != 0) {
-        const auto bid = static_cast<std::uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
-        if (cqe.res >= 0) {
-            // Buffer layout of multishot recvmsg: io_uring_recvmsg_out, the name, the control
-            // data (none here), then the payload.
-            std::uint8_t* buffer = _udp_buffers.buffer(bid);
-            io_uring_recvmsg_out* out = io_uring_recvmsg_validate(buffer, cqe.res, &_udp_msghdr);
-            if (out != nullptr && _service) {
-                sockaddr_storage from{};
-                std::memcpy(&from, io_uring_recvmsg_name(out),
-                            std::min<std::size_t>(out->namelen, sizeof from));
-                const auto* payload = static_cast<const std::uint8_t*>(io_uring_recvmsg_payload(out, &_udp_msghdr));
-                const auto length = io_uring_recvmsg_payload_length(out, cqe.res, &_udp_msghdr);
-                const bool truncated = (out->flags & MSG_TRUNC) != 0;
-                _counters.datagrams_received.add();
-                if (truncated) _counters.datagrams_truncated.add();
-                _service->on_datagram(socket_index, from, {payload, length}, truncated);
-            }
-        }
-        _udp_buffers.recycle(bid);
-    }
-    if (cqe.res < 0 && cqe.res != -ENOBUFS && cqe.res != -ECANCELED)
-        log(log_level::warn, "thread {}: UDP recvmsg: {}", _config.index, std::strerror(-cqe.res));
-    if (!more && !_stopping) prep_recvmsg(socket_index);  // -ENOBUFS included: buffers return this turn
-}
-
-int shard::send_datagram(std::uint32_t socket_index, const sockaddr_storage& to, socklen_t to_length,
-                         std::span<const std::uint8_t> payload) noexcept {
-    DERP_ASSERT(socket_index < _config.udp_fds.size());
-    const ssize_t n = ::sendto(_config.udp_fds[socket_index], payload.data(), payload.size(),
-                               MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<const sockaddr*>(&to), to_length);
-    if (n < 0) {
-        _counters.datagram_send_errors.add();
-        return errno;
-    }
-    _counters.datagrams_sent.add();
-    return 0;
 }
 
 std::optional<std::uint32_t> shard::take_slot(int fd) noexcept {
@@ -905,27 +790,6 @@ void shard::publish_outbound() noexcept {
     }
 }
 
-void shard::start_stopping() noexcept {
-    _stopping = true;
-    _stop_deadline_ns = _now_ns + static_cast<std::uint64_t>(_config.shutdown_grace_ns);
-    if (_service) _service->on_stop();
-    for (std::uint32_t l = 0; l < _config.listen_fds.size(); ++l) {
-        _timers.cancel(_listener_retry[l]);
-        if (!_accept_armed[l]) continue;
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, _config.listen_fds[l], IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
-    }
-    for (std::uint32_t u = 0; u < _config.udp_fds.size(); ++u) {
-        if (!_recvmsg_armed[u]) continue;
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, _config.udp_fds[u], IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
-    }
-    for (std::uint32_t slot = 0; slot < _slots.size(); ++slot)
-        if (_slots[slot].state == conn_state::open) begin_close(slot, close_cause::shutdown);
-}
-
 void shard::run() noexcept {
     DERP_ASSERT(_ring_ready && (_service || _config.is_admin));
     thread_link& self = _links[_config.index];
@@ -939,6 +803,11 @@ void shard::run() noexcept {
         _counters.inbound_backlog.set(backlog);
         drain_inbound();
         if (!_stopping && self.stop_requested.load(std::memory_order_acquire)) start_stopping();
+        if (!_stopping && !_draining) {
+            if (const std::uint64_t deadline = self.drain_deadline_ns.load(std::memory_order_acquire); deadline != 0)
+                start_draining(deadline);
+        }
+        check_drain();
         flush_writes();
         for (std::uint32_t slot : _rearm_recv) {
             conn_slot& s = _slots[slot];
@@ -962,6 +831,9 @@ void shard::run() noexcept {
         bool may_block = (_write_list.empty() || _send_starved) && !service_busy;
         std::optional<std::uint64_t> wake_ns = _timers.next_wake_ns();
         if (_stopping) wake_ns = std::min(wake_ns.value_or(_stop_deadline_ns), _now_ns + 50'000'000);
+        // Draining: look again at least every 50 ms (the deadline; for the admin thread, the
+        // shards finishing).
+        if (_draining && !_stopping) wake_ns = std::min(wake_ns.value_or(_now_ns + 50'000'000), _now_ns + 50'000'000);
         if (_service_wake_ns != 0) wake_ns = std::min(wake_ns.value_or(_service_wake_ns), _service_wake_ns);
         _service_wake_ns = 0;
         int rc = 0;
@@ -1002,7 +874,7 @@ void shard::run() noexcept {
 
         _counters.timers_fired.add(_timers.expire(_now_ns, [this](timer_node& node) noexcept {
             if (node.id == accept_retry_timer_id) {
-                if (!_stopping && !_accept_armed[node.owner]) prep_accept(node.owner);
+                if (!_stopping && !_draining && !_accept_armed[node.owner]) prep_accept(node.owner);
                 return;
             }
             conn_slot& s = _slots[node.owner];
@@ -1016,8 +888,10 @@ void shard::run() noexcept {
     }
     // Every accept has completed: the listeners can go, so that new connections are refused
     // at once rather than queued in a backlog nobody accepts from.
-    for (int fd : _config.listen_fds) ::close(fd);
+    for (int fd : _config.listen_fds)
+        if (fd >= 0) ::close(fd);
     _config.listen_fds.clear();
+    self.finished.store(true, std::memory_order_release);
 }
 
 }  // namespace derp::ring

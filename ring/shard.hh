@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/result.hh"
+#include "ring/accept_limiter.hh"
 #include "ring/buffer_pool.hh"
 #include "ring/counters.hh"
 #include "ring/log.hh"
@@ -33,6 +34,10 @@ namespace derp::ring {
 struct alignas(cache_line_bytes) thread_link {
     std::atomic<bool> may_sleep{false};  // set by the owner just before it blocks
     std::atomic<bool> stop_requested{false};
+    // Drain (runtime::request_drain): the monotonic deadline, 0 while not draining.
+    std::atomic<std::uint64_t> drain_deadline_ns{0};
+    std::atomic<bool> finished{false};  // the thread has left its loop
+    std::atomic<bool> listeners_closed{false};  // draining, and every listener/UDP socket is closed
     int ring_fd = -1;                    // target of IORING_OP_MSG_RING
     int wake_eventfd = -1;               // for threads that own no ring (signals, main, tests)
 };
@@ -55,6 +60,10 @@ struct shard_config {
     std::vector<int> listen_fds;             // owned from start() on
     std::vector<std::uint8_t> listen_tags;   // per listen_fds entry; services read it per connection
     int signal_fd = -1;                      // admin only: SIGINT/SIGTERM/SIGHUP
+    // -accept-connection-limit: shared by every shard (not owned); nullptr = unlimited. It
+    // applies to listeners whose tag's bit is set in accept_limit_tags.
+    accept_limiter* accept_limit = nullptr;
+    std::uint32_t accept_limit_tags = ~0u;
     std::vector<int> udp_fds;                // UDP sockets read with multishot recvmsg (owned)
 };
 
@@ -148,6 +157,10 @@ public:
     shard_counters& counters() noexcept { return _counters; }
     buffer_pool& send_pool() noexcept { return *_send_pool; }
     std::uint32_t open_connections() const noexcept { return _conns_in_use; }
+    // Connections accepted from a listener that are still open (outgoing ones not counted): a
+    // draining shard stops when this reaches zero.
+    std::uint32_t accepted_connections() const noexcept { return _accepted_in_use; }
+    bool draining() const noexcept { return _draining; }
     // What the io_uring setup fell back to, for logs and metrics.
     const std::string& ring_setup_note() const noexcept { return _setup_note; }
 
@@ -155,6 +168,9 @@ private:
     enum class conn_state : std::uint8_t { free, open, closing };
     static constexpr std::uint32_t no_buffer = ~0u;
     static constexpr std::uint8_t write_timer_id = service_timer_count;
+    static constexpr std::uint8_t accept_retry_timer_id = 0x7f;
+    static constexpr std::uint32_t cancel_slot_listener = slot_max;  // user_data slot of listener cancels
+    static constexpr std::uint64_t accept_retry_ns = 100'000'000;    // after EMFILE/ENFILE: 100 ms
 
     struct conn_slot {
         int fd = -1;
@@ -167,6 +183,7 @@ private:
         bool close_when_flushed = false;
         bool cancel_sent = false;
         bool connecting = false;  // an outgoing connect is in flight: no sends yet
+        bool accepted = false;    // from a listener (counted in _accepted_in_use)
         std::uint8_t listener_tag = 0;
         bool recv_paused = false;
         bool recv_one_shot = false;  // set_recv_one_shot
@@ -214,6 +231,11 @@ private:
     void drain_inbound() noexcept;
     void publish_outbound() noexcept;
     void start_stopping() noexcept;
+    void start_draining(std::uint64_t deadline_ns) noexcept;
+    void check_drain() noexcept;  // each turn while draining: stop when done or at the deadline
+    void close_listener(std::uint32_t listener) noexcept;
+    void close_udp_socket(std::uint32_t socket_index) noexcept;
+    void note_listeners_closed() noexcept;  // publishes listeners_closed once all are
     bool inbound_empty() const noexcept;
 
     shard_config _config;
@@ -237,6 +259,7 @@ private:
     std::vector<conn_slot> _slots;
     std::uint32_t _free_head = 0;
     std::uint32_t _conns_in_use = 0;
+    std::uint32_t _accepted_in_use = 0;
     std::vector<std::uint32_t> _write_list;
     // Destination addresses of connects in flight (the kernel reads them until completion).
     std::unordered_map<std::uint32_t, std::unique_ptr<sockaddr_storage>> _connecting;
@@ -253,8 +276,12 @@ private:
     signalfd_siginfo _signal_info{};         // signalfd read target (admin)
     bool _stopping = false;
     std::uint64_t _stop_deadline_ns = 0;
+    bool _draining = false;
+    bool _drain_announced = false;  // on_drain() was called
+    std::uint64_t _drain_deadline_ns = 0;
     std::uint32_t _global_ops = 0;           // listener, eventfd and signalfd ops in flight
     log_limiter _accept_error_log{1'000'000'000};
+    log_limiter _accept_limit_log{1'000'000'000};
 };
 
 }  // namespace derp::ring

@@ -62,17 +62,23 @@ const char* to_string(admission_outcome outcome) noexcept {
     return "unknown";
 }
 
-// One HTTP/1.1 exchange (Connection: close) on a non-blocking socket.
+// One HTTP/1.1 exchange (Connection: close) on a non-blocking socket, in TLS for an https://
+// controller: the TLS session is the project's in-memory engine, so the same poll loop moves
+// its records (handshake first, then the request once the session is open).
 struct admission_checker::exchange {
-    enum class stage : std::uint8_t { whois, controller };
+    enum class stage : std::uint8_t { whois, controller, status };  // status: the self-check's first step
     stage kind = stage::whois;
     std::string cache_key;  // the decision it serves
     int fd = -1;
     bool connected = false;
-    std::string out;
-    std::size_t sent = 0;
-    std::string in;
+    std::string out;         // the request, plaintext
+    bool out_queued = false; // the request is in `wire` (at once in plain HTTP; after the handshake in TLS)
+    std::string wire;        // bytes for the socket: the request, or TLS records
+    std::size_t sent = 0;    // of wire
+    std::string in;          // the answer, plaintext
+    std::unique_ptr<tls::session> tls;
     std::uint64_t deadline_ns = 0;
+    bool all_sent() const noexcept { return out_queued && sent == wire.size(); }
     ~exchange() {
         if (fd >= 0) ::close(fd);
     }
@@ -82,6 +88,7 @@ struct admission_checker::pending {
     node_key key;
     ip16 ip{};
     std::vector<conn_ref> waiters;
+    bool self_check = false;  // the /debug/check self-check's decision (no waiters, never cached)
 };
 
 result<std::unique_ptr<admission_checker>, std::string> admission_checker::make(admission_settings settings,
@@ -89,10 +96,16 @@ result<std::unique_ptr<admission_checker>, std::string> admission_checker::make(
     std::unique_ptr<admission_checker> made(new admission_checker(std::move(settings), shard_count));
     const auto& s = made->_settings;
     if (!s.url.empty()) {
-        if (s.url.rfind("https://", 0) == 0)
-            return unexpected(std::string("-verify-client-url: https:// controllers are not supported yet; use http:// (on loopback, or behind a TLS proxy)"));
         made->_url = parse_http_url(s.url);
-        if (!made->_url) return unexpected(fmt::format("-verify-client-url: \"{}\" is not an http:// URL", s.url));
+        if (!made->_url) return unexpected(fmt::format("-verify-client-url: \"{}\" is not an http:// or https:// URL", s.url));
+        if (made->_url->tls) {
+            tls::context::client_options options;
+            options.server_name = made->_url->host;
+            options.verify = tls::context::verify_mode::system;
+            auto ctx = tls::context::make_client(options);
+            if (!ctx) return unexpected("-verify-client-url: TLS: " + ctx.error());
+            made->_tls = std::move(ctx.value());
+        }
     }
     if (s.verify_clients && s.socket_path.size() >= sizeof(sockaddr_un{}.sun_path))
         return unexpected(fmt::format("-socket: path \"{}\" is longer than a Unix socket path may be", s.socket_path));
@@ -127,6 +140,12 @@ void admission_checker::submit(const conn_ref& conn, const node_key& key, const 
     }
     const std::uint64_t one = 1;
     [[maybe_unused]] auto n = ::write(_event_fd, &one, sizeof one);
+}
+
+std::string admission_checker::self_check_problem() const {
+    std::lock_guard lock(_self_mutex);
+    if (!_self_done) return "verifyClient self-check: no answer from local tailscaled yet";
+    return _self_problem;
 }
 
 void admission_checker::take(std::uint32_t shard, std::vector<admission_decision>& out) {
@@ -197,9 +216,31 @@ void admission_checker::run() {
         return {};
     };
 
+    // The self-check: one run at a time, the next self_check_interval_ns after the last ended.
+    bool self_running = false;
+    std::uint64_t self_next_ns = 0;
+    auto self_checked = [&](std::string problem) {
+        if (!problem.empty()) ring::log(log_level::warn, "admission: /debug/check self-check: {}", problem);
+        {
+            std::lock_guard lock(_self_mutex);
+            _self_done = true;
+            _self_problem = std::move(problem);
+        }
+        self_running = false;
+        self_next_ns = now_ns() + self_check_interval_ns;
+    };
+
     auto finish_decision = [&](const std::string& cache_key, admission_outcome outcome, std::string reason) {
         auto it = deciding.find(cache_key);
         if (it == deciding.end()) return;
+        if (it->second.self_check) {
+            // derper's verifyClient returns no error for an admission, nor for a controller it
+            // could not reach with fail-open.
+            const bool admitted = outcome == admission_outcome::allowed || outcome == admission_outcome::error_allowed;
+            self_checked(admitted ? std::string() : "verifyClient for self nodekey: " + reason);
+            deciding.erase(it);
+            return;
+        }
         if (_settings.cache_ns > 0 && (outcome == admission_outcome::allowed || outcome == admission_outcome::denied)) {
             if (cache.size() >= cache_entries_max) {
                 const std::uint64_t now = now_ns();
@@ -220,7 +261,7 @@ void admission_checker::run() {
     auto open_exchange = [&](exchange& x) -> std::string {
         sockaddr_storage address{};
         socklen_t length = 0;
-        if (x.kind == exchange::stage::whois) {
+        if (x.kind != exchange::stage::controller) {  // tailscaled's LocalAPI
             auto* un = reinterpret_cast<sockaddr_un*>(&address);
             un->sun_family = AF_UNIX;
             std::memcpy(un->sun_path, _settings.socket_path.data(), _settings.socket_path.size());
@@ -260,6 +301,13 @@ void admission_checker::run() {
                                  _url->target, host, _url->port == 80 ? "" : fmt::format(":{}", _url->port),
                                  body.size(), body);
         }
+        if (kind == exchange::stage::controller && _tls) {
+            x->tls = std::make_unique<tls::session>(_tls, false);
+            x->tls->start(x->wire);  // the ClientHello, sent once connected
+        } else {
+            x->wire = x->out;
+            x->out_queued = true;
+        }
         if (in_flight.size() >= _settings.requests_in_flight_max) {
             waiting.push_back(std::move(x));
             return;
@@ -293,6 +341,27 @@ void admission_checker::run() {
                     body = std::string(rest);
                 }
             }
+        }
+        if (kind == exchange::stage::status) {
+            std::optional<node_key> self;
+            if (problem.empty() && head.status != 200)
+                problem = fmt::format("HTTP {}", head.status);
+            else if (problem.empty() && !(self = status_self_key(body)))
+                problem = "the answer has no Self.PublicKey";
+            if (!problem.empty()) {
+                self_checked("localClient.Status: " + problem);
+                return;
+            }
+            // A decision of its own (never joined with a client's, never cached), from ::1.
+            const std::string self_key = "self|" + self->to_string();
+            auto [it, fresh] = deciding.try_emplace(self_key);
+            if (!fresh) return;  // still deciding from the last run (cannot outlive its timeout)
+            it->second.key = *self;
+            it->second.ip = ip16{};
+            it->second.ip[15] = 1;
+            it->second.self_check = true;
+            begin(self_key, exchange::stage::whois);
+            return;
         }
         if (kind == exchange::stage::whois) {
             if (!problem.empty()) {
@@ -369,12 +438,26 @@ void admission_checker::run() {
             begin(cache_key, _settings.verify_clients ? exchange::stage::whois : exchange::stage::controller);
         }
         batch.clear();
+        if (_settings.verify_clients && !self_running && now >= self_next_ns) {
+            self_running = true;
+            auto x = std::make_unique<exchange>();
+            x->kind = exchange::stage::status;
+            x->out = "GET /localapi/v0/status?peers=false HTTP/1.1\r\nHost: local-tailscaled.sock\r\n"
+                     "User-Agent: derpd\r\nConnection: close\r\n\r\n";
+            x->wire = x->out;
+            x->out_queued = true;
+            x->deadline_ns = now + static_cast<std::uint64_t>(_settings.timeout_ns);
+            if (auto problem = open_exchange(*x); !problem.empty())
+                conclude(*x, problem);
+            else
+                in_flight.push_back(std::move(x));
+        }
 
         fds.clear();
         fds.push_back({_event_fd, POLLIN, 0});
         std::uint64_t next_deadline = now + 1'000'000'000;
         for (const auto& x : in_flight) {
-            const bool writing = !x->connected || x->sent < x->out.size();
+            const bool writing = !x->connected || x->sent < x->wire.size();
             fds.push_back({x->fd, static_cast<short>(writing ? POLLOUT : POLLIN), 0});
             next_deadline = std::min(next_deadline, x->deadline_ns);
         }
@@ -402,22 +485,61 @@ void admission_checker::run() {
                     x.connected = true;
                 }
             }
-            while (!done && x.connected && x.sent < x.out.size()) {
-                const ssize_t w = ::send(x.fd, x.out.data() + x.sent, x.out.size() - x.sent, MSG_NOSIGNAL);
-                if (w > 0) {
-                    x.sent += static_cast<std::size_t>(w);
-                } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-                    break;
-                } else {
-                    done = true;
-                    problem = fmt::format("send: {}", std::strerror(errno));
+            bool progress = true;
+            while (!done && x.connected && progress) {
+                progress = false;
+                while (!done && x.sent < x.wire.size()) {
+                    const ssize_t w = ::send(x.fd, x.wire.data() + x.sent, x.wire.size() - x.sent, MSG_NOSIGNAL);
+                    if (w > 0) {
+                        x.sent += static_cast<std::size_t>(w);
+                    } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+                        break;
+                    } else {
+                        done = true;
+                        problem = fmt::format("send: {}", std::strerror(errno));
+                    }
                 }
-            }
-            while (!done && x.connected && x.sent == x.out.size() && (revents & (POLLIN | POLLHUP | POLLERR))) {
+                if (x.sent == x.wire.size()) {
+                    x.wire.clear();
+                    x.sent = 0;
+                }
+                if (done || x.sent != 0 || (revents & (POLLIN | POLLHUP | POLLERR)) == 0) break;
+                // Readable: the answer (plain), or TLS records (handshake, then the answer).
                 char buffer[16384];
                 const ssize_t r = ::recv(x.fd, buffer, sizeof buffer, 0);
                 if (r > 0) {
-                    x.in.append(buffer, static_cast<std::size_t>(r));
+                    progress = true;
+                    if (x.tls) {
+                        std::string plain;
+                        const auto before = x.tls->state();
+                        x.tls->feed({reinterpret_cast<const std::uint8_t*>(buffer), static_cast<std::size_t>(r)}, plain, x.wire);
+                        if (x.tls->state() == tls::status::failed) {
+                            done = true;
+                            problem = "TLS: " + x.tls->error();
+                            break;
+                        }
+                        if (before == tls::status::handshaking && x.tls->state() == tls::status::open && !x.out_queued) {
+                            std::vector<std::uint8_t> records(x.out.size() + 1024);
+                            std::string spill;
+                            const std::size_t sealed = x.tls->write({reinterpret_cast<const std::uint8_t*>(x.out.data()), x.out.size()}, records, spill);
+                            x.wire.append(reinterpret_cast<const char*>(records.data()), sealed);
+                            x.wire += spill;
+                            x.out_queued = true;
+                        }
+                        if (plain.empty() && x.tls->state() != tls::status::closed) continue;
+                        if (!x.out_queued) {
+                            done = true;
+                            problem = "TLS: the controller closed during the handshake";
+                            break;
+                        }
+                        x.in += plain;
+                        if (x.tls->state() == tls::status::closed) {
+                            done = true;  // close_notify: the answer is whole (or the parser says not)
+                            break;
+                        }
+                    } else {
+                        x.in.append(buffer, static_cast<std::size_t>(r));
+                    }
                     // Enough of an answer: a head plus its declared body, or more than is kept.
                     http_response_head head;
                     if (parse_http_response_head(x.in, head).state == http_response_parse::complete) {
@@ -436,6 +558,7 @@ void admission_checker::run() {
                     }
                 } else if (r == 0) {
                     done = true;
+                    if (!x.out_queued) problem = "TLS: the controller closed during the handshake";
                 } else if (errno == EAGAIN || errno == EINTR) {
                     break;
                 } else {

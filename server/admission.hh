@@ -5,7 +5,8 @@
 // request at once on non-blocking sockets with poll(2), each with a deadline, remembers definite
 // answers for a short while, and posts decisions back to the asking shard's inbox, waking it.
 // A slow or dead controller therefore costs the waiting clients their timeout and nobody else
-// anything. Not here: https:// controller URLs (refused at start-up).
+// anything. https:// controllers are verified against the system trust store (OpenSSL's default
+// paths, which honour SSL_CERT_FILE/SSL_CERT_DIR) for the URL's host, as Go's http.Client does.
 #pragma once
 
 #include <atomic>
@@ -23,6 +24,7 @@
 #include "core/key.hh"
 #include "core/registry.hh"
 #include "core/result.hh"
+#include "crypto/tls.hh"
 
 namespace derp::server {
 
@@ -32,7 +34,7 @@ inline constexpr const char* default_tailscaled_socket = "/var/run/tailscale/tai
 struct admission_settings {
     bool verify_clients = false;     // -verify-clients: ask tailscaled
     std::string socket_path = default_tailscaled_socket;  // -socket
-    std::string url;                 // -verify-client-url (http:// only)
+    std::string url;                 // -verify-client-url (http:// or https://)
     bool fail_open = true;           // -verify-client-url-fail-open
     std::int64_t timeout_ns = 5'000'000'000;  // -verify-client-timeout: each request (derper: 5s)
     std::int64_t cache_ns = 10'000'000'000;   // -verify-client-cache: how long an answer is kept; 0 = never
@@ -78,6 +80,14 @@ public:
     // From shard `shard`, once per loop turn: moves its decisions into out (cheap when none).
     void take(std::uint32_t shard, std::vector<admission_decision>& out);
 
+    // derper's /debug/check self-check under -verify-clients: would this node's own key (from
+    // tailscaled's /localapi/v0/status, as connecting from ::1) be admitted? derper asks while
+    // the HTTP request waits; here the admission thread asks every self_check_interval_ns and
+    // this returns the latest verdict at once ("" when admitted), so /debug/check never blocks
+    // a shard or the admin thread. Any thread.
+    static constexpr std::uint64_t self_check_interval_ns = 10'000'000'000;
+    std::string self_check_problem() const;
+
 private:
     admission_checker(admission_settings settings, std::uint32_t shard_count);
     struct request { conn_ref conn; node_key key; ip16 ip; };
@@ -88,6 +98,7 @@ private:
 
     admission_settings _settings;
     std::optional<http_url> _url;
+    std::shared_ptr<tls::context> _tls;  // for an https:// controller
     std::uint32_t _shards;
     std::function<void(std::uint32_t)> _wake;
     int _event_fd = -1;  // written by submit() and the destructor
@@ -100,6 +111,9 @@ private:
         std::atomic<bool> ready{false};
     };
     std::unique_ptr<inbox[]> _inboxes;
+    mutable std::mutex _self_mutex;
+    bool _self_done = false;
+    std::string _self_problem;
     std::thread _thread;
 };
 

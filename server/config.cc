@@ -1,6 +1,7 @@
 // Flag registration and validation for derpd (see config.hh).
 #include "server/config.hh"
 
+#include <cmath>
 #include <cstdlib>
 
 #include <fmt/format.h>
@@ -48,11 +49,17 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_string("socket", &c.socket, "optional alternate path to tailscaled socket (only relevant when using --verify-clients)");
     flags.add_string("verify-client-url", &c.verify_client_url, "if non-empty, an admission controller URL for permitting client connections; see tailcfg.DERPAdmitClientRequest");
     flags.add_bool("verify-client-url-fail-open", &c.verify_client_url_fail_open, "whether we fail open if --verify-client-url is unreachable");
+    flags.add_float("accept-connection-limit", &c.accept_connection_limit, "rate limit for accepting new connections (per second, shared by every DERP listener; derpd resets the excess at once and keeps running)");
+    flags.add_int("accept-connection-burst", &c.accept_connection_burst, "burst limit for accepting new connections");
+    flags.add_duration("drain-timeout", &c.drain_timeout_ns, "derpd: on SIGTERM/SIGINT, stop accepting, send every client Restarting, keep relaying until they leave or this long has passed, then stop (a second signal stops at once); 0 = stop at once, as derper");
+    flags.add_duration("drain-reconnect-spread", &c.drain_reconnect_spread_ns, "derpd: each client's Restarting frame asks it to reconnect after a random delay below this, so that a node's clients do not all come back at once");
+    flags.add_bool("takeover", &c.takeover, "derpd: start beside a running derpd on the same ports (SO_REUSEPORT) instead of refusing them as in use: start the new one with -takeover, then send the old one SIGTERM to drain it (a restart without a gap)");
     flags.add_duration("verify-client-timeout", &c.verify_client_timeout_ns, "derpd: deadline for one admission request to tailscaled or the controller, connect to last byte (derper: 5s)");
     flags.add_duration("verify-client-cache", &c.verify_client_cache_ns, "derpd: how long an admission answer (allow or deny, not an error) is reused for the same key and address; 0 = ask every time");
     flags.add_int("shards", &c.shards, "derpd: shard threads, one io_uring each (0 = online cores minus one, at least 1)");
     flags.add_string("log-level", &c.log_level, "derpd: debug, info, warn or error");
     flags.add_int("conns-per-shard", &c.conns_per_shard_max, "derpd: connection slots per shard (0 = share the open-files limit among the shards)");
+    flags.add_int("unfinished-per-shard", &c.unfinished_per_shard_max, "derpd: connections per shard that may be unfinished at once (before their DERP handshake completes: HTTP, TLS, ClientInfo, admission); one more closes the oldest, so slow or silent connections cannot take the slots real clients need (0 = half of -conns-per-shard)");
 
     flags.add_string("admin-addr", &c.admin_addr, "derpd: serve /debug/varz (also as /metrics), /debug/check and /debug/ on this address from the admin thread, to any client that reaches it; \":port\" means loopback only");
     flags.add_bool("stun-strict", &c.stun_strict, "derpd: answer only Tailscale-style STUN requests (SOFTWARE tailnode + FINGERPRINT), as derper does; by default ordinary RFC 5389 Binding requests are answered too");
@@ -91,6 +98,8 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     if (c.dev && !flags.was_set("a")) c.listen_address = "localhost:3340";
     if (c.shards < 0 || c.shards > 1023)
         return unexpected(fmt::format("invalid value {} for flag -shards: want 0..1023", c.shards));
+    if (c.unfinished_per_shard_max < 0 || c.unfinished_per_shard_max > 1'000'000)
+        return unexpected(fmt::format("invalid value {} for flag -unfinished-per-shard: want 0..1000000", c.unfinished_per_shard_max));
     if (c.conns_per_shard_max < 0 || c.conns_per_shard_max > 1'000'000)
         return unexpected(fmt::format("invalid value {} for flag -conns-per-shard: want 0..1000000",
                                       c.conns_per_shard_max));
@@ -104,6 +113,13 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
         return unexpected(fmt::format("invalid value \"{}\" for flag -ktls: want auto, off or require", c.ktls));
     if (c.recv_buffers < 8 || c.recv_buffers > 4096 || (c.recv_buffers & (c.recv_buffers - 1)) != 0)
         return unexpected(fmt::format("invalid value {} for flag -recv-buffers: want a power of two from 8 to 4096", c.recv_buffers));
+    if (std::isnan(c.accept_connection_limit) || c.accept_connection_limit <= 0)
+        return unexpected(fmt::format("invalid value {} for flag -accept-connection-limit: want a positive rate per second (or +Inf)",
+                                      c.accept_connection_limit));
+    if (c.accept_connection_burst < 1)
+        return unexpected(fmt::format("invalid value {} for flag -accept-connection-burst: want at least 1", c.accept_connection_burst));
+    if (c.drain_timeout_ns < 0 || c.drain_reconnect_spread_ns < 0)
+        return unexpected(std::string("invalid negative duration for flag -drain-timeout or -drain-reconnect-spread"));
     if (c.memory_trim_interval_ns < 0)
         return unexpected(std::string("invalid negative duration for flag -memory-trim-interval"));
     if (c.cert_poll_interval_ns < 0)

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -39,12 +40,18 @@ struct config {
     std::string socket;                   // -socket (empty: tailscaled's default path)
     std::string verify_client_url;        // -verify-client-url
     bool verify_client_url_fail_open = true;  // -verify-client-url-fail-open
+    double accept_connection_limit = std::numeric_limits<double>::infinity();  // -accept-connection-limit (conns/s)
+    std::int64_t accept_connection_burst = std::numeric_limits<std::int64_t>::max();  // -accept-connection-burst
     // derpd's own.
+    std::int64_t drain_timeout_ns = 5'000'000'000;          // --drain-timeout: SIGTERM drains this long; 0 = stop
+    std::int64_t drain_reconnect_spread_ns = 2'000'000'000; // --drain-reconnect-spread: Restarting's reconnect-in range
+    bool takeover = false;                // --takeover: join a running derpd's ports (SO_REUSEPORT)
     std::int64_t verify_client_timeout_ns = 5'000'000'000;  // --verify-client-timeout (derper: 5s)
     std::int64_t verify_client_cache_ns = 10'000'000'000;   // --verify-client-cache: 0 = no cache
     std::int64_t shards = 0;              // --shards; 0 = online cores - 1, at least 1
     std::string log_level = "info";       // --log-level
     std::int64_t conns_per_shard_max = 0; // --conns-per-shard; 0 = from the open-files limit
+    std::int64_t unfinished_per_shard_max = 0;  // --unfinished-per-shard; 0 = half the slots
     std::int64_t handshake_timeout_ns = 10'000'000'000;  // --handshake-timeout (spec 1.4)
     std::int64_t keepalive_interval_ns = 60'000'000'000; // --keepalive-interval (spec 2.10)
     std::string admin_addr;               // --admin-addr: operators' HTTP listener; "" = none

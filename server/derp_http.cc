@@ -158,6 +158,7 @@ std::size_t derp_service::handle_http(conn_id conn, client& c, std::span<const s
             std::string head_text = go_http_response(200, headers, "", unix_seconds, true);
             queue_http(conn, c, head_text);
             c.stage = phase::traffic;
+            note_finished(c);  // an operator's stream, not a handshake
             _shard.cancel_timer(conn, timer_deadline);
             request_traffic_snapshot(conn);
             return in.size();

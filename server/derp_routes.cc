@@ -89,6 +89,7 @@ void derp_service::sweep_tcp_rtt() noexcept {
 bool derp_service::on_turn_end() noexcept {
     apply_rate_config();  // SIGHUP may have stored a new one
     if (_shared.admission != nullptr) apply_admissions();
+    notice_health();
     // derper samples every connection's RTT every 10 s (spec 2.13); here on the first loop turn
     // after each 10 s (keepalives guarantee turns on a busy or idle node alike).
     if (_shard.now_ns() >= _next_rtt_sweep_ns) {
@@ -305,6 +306,7 @@ void derp_service::handle_control(control& m) noexcept {
         if (c == nullptr || pending == _pending_server_info.end()) return;
         const conn_id conn{m.conn.slot, m.conn.gen};
         c->stage = phase::relay;
+        note_finished(*c);
         _counters.current_connections.add();
         if (c->preferred) _counters.current_home_connections.add();
         if (c->not_ideal) _counters.current_notideal_connections.add();
@@ -327,6 +329,7 @@ void derp_service::handle_control(control& m) noexcept {
         }
         _pending_server_info.erase(pending);
         if (c->out.pending()) _shard.want_write(conn);
+        greet(conn, *c);            // Health, Restarting: after ServerInfo, before relayed frames
         _shard.replay_input(conn);  // frames that arrived while registering
         const std::uint64_t jitter =
             splitmix64(_rng_state) % static_cast<std::uint64_t>(_settings.keepalive_jitter_ns);

@@ -106,6 +106,7 @@ void derp_service::on_accept(conn_id conn, const sockaddr_storage& peer) noexcep
     if (_tls == nullptr || !_tls->is_tls(conn)) _counters.plain_accepts.add();
     _shard.arm_timer(conn, timer_deadline,
                      _shard.now_ns() + static_cast<std::uint64_t>(_settings.http_header_timeout_ns));
+    note_unfinished(conn, c);
 }
 
 void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
@@ -160,6 +161,7 @@ void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
     drop_output(conn, c, drop_reason::gone_disconnected);
     if (c.stage == phase::traffic) _traffic.erase((std::uint64_t{conn.slot} << 32) | conn.gen);
     if (c.is_dup) --_local_dups;
+    note_finished(c);
     _pending_server_info.erase(conn.slot);
     c = client{};
 }
@@ -330,12 +332,13 @@ void derp_service::apply_admissions() noexcept {
             begin_registration(conn, c);
             continue;
         }
-        // Rejected: closed after ServerKey, before ServerInfo, with no frame saying why (spec 2.11).
+        // Rejected: closed after ServerKey, before ServerInfo, with no frame saying why (spec 2.11);
+        // over WebSocket with derper's deferred 1011 "closing".
         if (auto n = _close_log.allow(_shard.now_ns()))
             ring::log(log_level::info, "derp: {}: client nodekey:{} rejected: {}{} ({} recent)", format_addr(c.ip, c.port),
                       c.key.to_string(), d.reason, d.cached ? " (cached)" : "", n);
         _pending_server_info.erase(conn.slot);
-        _shard.close(conn);
+        end_connection(conn);
     }
 }
 

@@ -9,9 +9,11 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <ctime>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -67,11 +69,38 @@ struct derp_settings {
     bool tls_mode = false;                                 // the main listener serves TLS (spec 3.1)
     std::uint32_t small_transfer_buffers = 8192;           // frames up to 2 KiB, per shard
     std::uint32_t large_transfer_buffers = 128;            // frames up to 64 KiB + 37, per shard
+    // Drain (SIGTERM with -drain-timeout): each client's Restarting frame says "reconnect in"
+    // a time drawn evenly from [0, spread), so that the clients of a restarting node do not
+    // all come back in the same millisecond, and "try for" this long.
+    std::int64_t drain_reconnect_spread_ns = 2'000'000'000;
+    std::int64_t restart_try_for_ns = 30'000'000'000;
+    // Connections per shard that have not finished the DERP handshake (HTTP, TLS, WebSocket,
+    // ClientInfo, admission): past this, each new one closes the oldest such connection, so a
+    // slowloris holding connections open cannot take the slots real clients need (they finish
+    // in milliseconds and are never the oldest for long). 0 = no bound.
+    std::uint32_t unfinished_conns_max = 0;
     // Messages a shard keeps waiting for full rings to other shards before it refuses new
     // work that would add more (registrations, ClosePeer, repeated WatchConns): see
     // post_or_backlog. Messages already owed (unregistrations, routes) are never refused.
     std::uint64_t cross_shard_backlog_max = 16384;
     bool advertise_rate_limit = false;  // -advertise-rate-limit: the bucket goes into ServerInfo
+};
+
+// The node's health as its clients hear it (spec 1.x Health frames): a problem text, empty
+// when healthy. Set by whoever notices (the ACME client when renewals fail), from any thread;
+// every shard sends a Health frame to each of its clients when it changes, and to each new
+// client after ServerInfo while it is not empty.
+class node_health {
+public:
+    static constexpr std::size_t problem_bytes_max = 512;
+    void set(std::string problem);  // cut to problem_bytes_max
+    std::uint64_t generation() const noexcept { return _generation.load(std::memory_order_acquire); }
+    std::string problem() const;
+
+private:
+    mutable std::mutex _mutex;
+    std::string _problem;
+    std::atomic<std::uint64_t> _generation{0};
 };
 
 // What the shards share: the settings, read-only once the runtime runs, and the counters and
@@ -83,6 +112,7 @@ struct derp_shared : admin::metric_sources {
     const bootstrap_resolver* bootstrap = nullptr;  // when bootstrap DNS names are configured
     const mesh_config* mesh = nullptr;              // when -mesh-with names peers
     admission_checker* admission = nullptr;         // -verify-clients / -verify-client-url
+    node_health health;
 };
 
 // One client connection's line of /debug/traffic.
@@ -107,6 +137,7 @@ public:
     void discard_message(const ring::message& m) noexcept override;
     bool on_turn_end() noexcept override;
     void on_stop() noexcept override;
+    void on_drain(std::uint64_t deadline_ns) noexcept override;
 
     // Listener tags (ring::shard::listener_tag): the main listener, TLS or not, and the
     // port-80 listener of a TLS server.
@@ -151,6 +182,7 @@ private:
         std::unique_ptr<server_handshake> handshake;  // only while handshaking
         node_key key;
         bool can_mesh = false;
+        bool unfinished = false;  // counted in _unfinished (derp_bounds.cc)
         bool is_prober = false;
         bool not_ideal = false;
         bool preferred = false;
@@ -216,6 +248,15 @@ private:
     void queue_control(ring::conn_id conn, client& c, std::span<const std::uint8_t> frame) noexcept;
     void queue_http(ring::conn_id conn, client& c, std::string_view text) noexcept;
     void queue_peer_gone(ring::conn_id conn, client& c, const node_key& peer, peer_gone_reason reason) noexcept;
+    // What the node says about itself (derp_notices.cc): Restarting while draining, Health
+    // when it changes; greet() gives a client that just got ServerInfo the ones in force.
+    void queue_restarting(ring::conn_id conn, client& c) noexcept;
+    void queue_health(ring::conn_id conn, client& c) noexcept;
+    void greet(ring::conn_id conn, client& c) noexcept;
+    void notice_health() noexcept;  // each turn: a new problem (or none) goes to every client
+    // The bound on unfinished connections (derp_bounds.cc).
+    void note_unfinished(ring::conn_id conn, client& c) noexcept;
+    void note_finished(client& c) noexcept;
     // False when the queue was full and a packet was dropped to make room.
     bool enqueue(ring::conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept;
     void count_drop(drop_reason reason, packet_kind kind, std::size_t packet_bytes) noexcept;
@@ -244,6 +285,14 @@ private:
     // Owner side: carries out what a region table change means for the key's route.
     void apply_region(const node_key& key, const region_effects& fx) noexcept;
     void count_region() noexcept;
+
+    bool _draining = false;
+    std::uint64_t _drain_deadline_ns = 0;
+    std::deque<ring::conn_id> _unfinished_order;  // accept order; finished entries are skipped
+    std::uint32_t _unfinished = 0;
+    ring::log_limiter _eviction_log{1'000'000'000};
+    std::uint64_t _health_generation = 0;  // of _shared.health, as last sent
+    std::string _health_problem;
 
     ring::shard& _shard;
     derp_shared& _shared;

@@ -1,5 +1,6 @@
 // derpd: the DERP relay daemon. Parses derper's flags, loads the server key, starts the shard
 // runtime with the DERP service on every shard, and runs until SIGINT or SIGTERM.
+#include <cmath>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
@@ -241,6 +242,9 @@ int main(int argc, char** argv) {
             settings.debug_policy.trusted_prefixes.push_back(*prefix);
         }
     }
+    settings.unfinished_conns_max = static_cast<std::uint32_t>(
+        cfg.unfinished_per_shard_max > 0 ? std::min<std::uint64_t>(static_cast<std::uint64_t>(cfg.unfinished_per_shard_max), per_shard)
+                                         : std::max<std::uint64_t>(per_shard / 2, 1));
     settings.write_timeout_ns = cfg.tcp_write_timeout_ns;
     settings.handshake_timeout_ns = cfg.handshake_timeout_ns;
     // Go's 30 s ReadTimeout for the request head, kept at 3x the handshake deadline so that
@@ -250,6 +254,8 @@ int main(int argc, char** argv) {
     settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
     settings.advertise_rate_limit = cfg.advertise_rate_limit;
     settings.cross_shard_backlog_max = static_cast<std::uint64_t>(cfg.cross_shard_backlog_max);
+    // Clients told to reconnect should be back before the drain ends: at most half of it.
+    settings.drain_reconnect_spread_ns = std::min(cfg.drain_reconnect_spread_ns, cfg.drain_timeout_ns / 2);
     server::derp_shared shared(settings, shards);
     // --rate-config (spec 2.12): a bad file refuses the start; on SIGHUP it keeps the old limit.
     const auto apply_rate = [&shared](const rate_config& rate) {
@@ -305,6 +311,7 @@ int main(int argc, char** argv) {
         if (!made) return fail(made.error());
         admission = std::move(made.value());
         shared.admission = admission.get();
+        if (cfg.verify_clients) shared.self_check = [a = admission.get()] { return a->self_check_problem(); };
         ring::log(log_level::info, "admission: {}{}{} (timeout {} ms, answers kept {} ms)",
                   cfg.verify_clients ? "tailscaled at " + admission->settings().socket_path : "",
                   cfg.verify_clients && !cfg.verify_client_url.empty() ? ", then " : "",
@@ -344,6 +351,19 @@ int main(int argc, char** argv) {
             apply_rate(*rate);
             if (running != nullptr) running->wake_all();  // each shard applies it on its next turn
         };
+    rc.listen_options.join_existing = cfg.takeover;
+    rc.drain_timeout_ns = cfg.drain_timeout_ns;
+    // -accept-connection-limit: one bucket for the process, on the DERP listeners (derper: the
+    // TLS listener; derpd's plain one too), not the port-80 listener of ACME and redirects.
+    std::unique_ptr<ring::accept_limiter> accept_limit;
+    if (std::isfinite(cfg.accept_connection_limit)) {
+        accept_limit = std::make_unique<ring::accept_limiter>(cfg.accept_connection_limit, cfg.accept_connection_burst);
+        rc.shard_defaults.accept_limit = accept_limit.get();
+        rc.shard_defaults.accept_limit_tags = 1u << server::derp_service::listener_main_plain |
+                                              1u << server::derp_service::listener_main_tls;
+        ring::log(log_level::info, "accepting at most {} connections/s (burst {}) on the DERP listeners",
+                  cfg.accept_connection_limit, cfg.accept_connection_burst);
+    }
     rc.listen_options.user_timeout_ns = cfg.tcp_user_timeout_ns;
     rc.listen_options.keepalive_idle_ns = cfg.tcp_keepalive_time_ns;
     rc.shard_defaults.conn_slots = static_cast<std::uint32_t>(per_shard);

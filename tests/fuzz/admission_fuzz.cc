@@ -1,6 +1,7 @@
 // libFuzzer target for what derpd's client admission reads from the network and the command
 // line: the first byte picks the parser (the admission controller's answer, tailscaled's whois
-// answer, an -verify-client-url URL, and the answer head those requests are read with), the
+// answer, an -verify-client-url URL, the answer head those requests are read with, and
+// tailscaled's status answer for the self-check), the
 // rest is its input. Each must return a verdict without crashing.
 #include <cstdint>
 #include <string>
@@ -17,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     using namespace derp;
     if (size == 0) return 0;
     const std::string_view in(reinterpret_cast<const char*>(data + 1), size - 1);
-    switch (data[0] % 4) {
+    switch (data[0] % 5) {
         case 0: {
             const auto verdict = parse_admission_answer(in.substr(0, admission_answer_bytes_max));
             DERP_ASSERT(verdict == admission_answer::allow || verdict == admission_answer::deny ||
@@ -38,6 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             if (verdict.state == http_response_parse::complete) DERP_ASSERT(head.head_bytes <= in.size());
             break;
         }
+        case 4: (void)status_self_key(in); break;
     }
     return 0;
 }

@@ -24,6 +24,8 @@
 #include "tests/support/derp_test_client.hh"
 #include "tests/support/derpd_process.hh"
 #include "tests/support/http_stub_server.hh"
+#include "tests/support/test_ca.hh"
+#include "crypto/tls.hh"
 
 namespace {
 
@@ -68,13 +70,25 @@ void expect_admitted(derp_client& c, std::chrono::milliseconds timeout = 5000ms)
 
 std::string sanitized_log(const derpd_process& server) { return server.log_tail(20); }
 
-// derpd's /debug/varz (loopback may read it), the whole response.
-std::string varz(const derpd_process& server) {
+// GET path from derpd (loopback may read /debug/), the whole response.
+std::string http_get(const derpd_process& server, const std::string& path) {
     tcp_conn c = tcp_conn::connect_loopback(server.port());
-    REQUIRE(c.write_all(std::string_view("GET /debug/varz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")) ==
-            io_status::ok);
+    REQUIRE(c.write_all("GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n") == io_status::ok);
     const auto closed = c.wait_closed(5000ms);
     return std::string(closed.data_before.begin(), closed.data_before.end());
+}
+
+std::string varz(const derpd_process& server) { return http_get(server, "/debug/varz"); }
+
+// /debug/check once the admission thread's first self-check has an answer.
+std::string settled_check(const derpd_process& server) {
+    std::string answer;
+    for (int i = 0; i < 100; ++i) {
+        answer = http_get(server, "/debug/check");
+        if (answer.find("no answer from local tailscaled yet") == std::string::npos) break;
+        std::this_thread::sleep_for(50ms);
+    }
+    return answer;
 }
 
 }  // namespace
@@ -123,6 +137,63 @@ TEST_CASE("controller: allow admits, with derper's request; deny, 500 and garbag
     // Already connected clients are not touched by later decisions.
     b.send_packet(a.key(), packet);
     CHECK(a.expect_recv_packet(storage).packet.size() == packet.size());
+}
+
+TEST_CASE("https:// controller: verified against the trust store; an untrusted certificate is a transport error") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("derpd-admission-tls-" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    test_ca ca;
+    ca.issue(dir, "controller", {"127.0.0.1"});
+    ca.write_cert(dir / "ca.pem");
+    test_ca stranger("another CA");
+    stranger.write_cert(dir / "stranger.pem");
+    tls::server_identity identity;
+    identity.hostname = "127.0.0.1";
+    identity.cert_path = (dir / "controller.crt").string();
+    identity.key_path = (dir / "controller.key").string();
+    auto ctx = tls::context::make_server(identity);
+    REQUIRE_MESSAGE(ctx, ctx.error());
+    std::atomic<bool> allow{true};
+    http_stub_server controller(
+        [&](const stub_request&) { return stub_answer{http_answer(200, allow ? R"({"Allow":true})" : R"({"Allow":false})")}; },
+        ctx.value());
+    REQUIRE(controller.url().rfind("https://127.0.0.1:", 0) == 0);
+
+    SUBCASE("trusted: the answer decides") {
+        derpd_options o = with_controller(controller.url(), {"-verify-client-cache", "0", "-verify-client-url-fail-open=false"});
+        o.env = {"SSL_CERT_FILE=" + (dir / "ca.pem").string()};
+        derpd_process server(o);
+        auto a = start_client(server);
+        expect_admitted(a);
+        allow = false;
+        auto b = start_client(server);
+        expect_refused(b);
+        CHECK(server.wait_for_log("rejected: admission controller: not allowed", 2000ms));
+        const auto requests = controller.requests();
+        REQUIRE(requests.size() == 2);
+        CHECK(requests[1].body == R"({"NodePublic":"nodekey:)" + b.key().to_string() + R"(","Source":"127.0.0.1"})");
+        CHECK(controller.tls_failures() == 0);
+    }
+    SUBCASE("untrusted certificate: fail-closed refuses, fail-open admits, both say why") {
+        for (const bool fail_open : {false, true}) {
+            CAPTURE(fail_open);
+            derpd_options o = with_controller(controller.url(),
+                                              {"-verify-client-cache", "0", fail_open ? "-verify-client-url-fail-open=true"
+                                                                                      : "-verify-client-url-fail-open=false"});
+            o.env = {"SSL_CERT_FILE=" + (dir / "stranger.pem").string()};
+            derpd_process server(o);
+            auto c = start_client(server);
+            if (fail_open)
+                expect_admitted(c);
+            else
+                expect_refused(c);
+            CHECK_MESSAGE(server.wait_for_log("admission controller unreachable", 2000ms), sanitized_log(server));
+            CHECK_MESSAGE(server.wait_for_log("certificate verify failed", 1000ms), sanitized_log(server));
+        }
+        CHECK(controller.request_count() == 0);
+    }
+    fs::remove_all(dir);
 }
 
 TEST_CASE("controller slow past the timeout or gone: fail-open admits, fail-closed refuses") {
@@ -326,4 +397,62 @@ TEST_CASE("1,000 clients waiting on a slow controller do not stall the clients a
         }
     }
     CHECK(admitted == waiting_clients);
+}
+
+TEST_CASE("/debug/check under -verify-clients: would this node's own key (tailscaled's status) be admitted") {
+    const auto dir = std::filesystem::temp_directory_path() / ("derpd-selfcheck-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    const std::string socket_path = (dir / "tailscaled.sock").string();
+    const std::string self = "nodekey:" + public_key_of(generate_private_key()).to_string();
+    std::mutex mutex;
+    std::string status_answer;  // what /localapi/v0/status?peers=false answers
+    bool self_known = true;     // whether whois knows the node's own key
+    std::vector<std::string> whois_sources;
+    http_stub_server localapi(socket_path, [&](const stub_request& r) {
+        std::lock_guard lock(mutex);
+        const std::string target = r.target();
+        if (target == "/localapi/v0/status?peers=false") return stub_answer{status_answer};
+        if (target == "/localapi/v0/whois?addr=" + self && self_known)
+            return stub_answer{http_answer(200, R"({"Node":{"ID":1,"Key":")" + self + R"("},"UserProfile":{"ID":1},"CapMap":{}})")};
+        return stub_answer{http_answer(404, "peer not found\n")};
+    });
+    auto start = [&](std::string status, bool known) {
+        {
+            std::lock_guard lock(mutex);
+            status_answer = std::move(status);
+            self_known = known;
+        }
+        derpd_options o;
+        o.extra_args = {"-verify-clients", "-socket", socket_path};
+        return derpd_process(o);
+    };
+    const std::string good_status =
+        http_answer(200, R"({"Version":"1.76.1","BackendState":"Running","Self":{"ID":"n1","PublicKey":")" + self + R"("}})");
+    SUBCASE("admitted: okay") {
+        derpd_process server = start(good_status, true);
+        const std::string answer = settled_check(server);
+        CHECK_MESSAGE(answer.rfind("HTTP/1.1 200 OK\r\n", 0) == 0, answer);
+        CHECK(answer.find("derp.Server ConsistencyCheck okay") != std::string::npos);
+        CHECK(localapi.request_count() >= 2);  // status, then whois
+    }
+    SUBCASE("own key unknown to whois: 500 saying why") {
+        derpd_process server = start(good_status, false);
+        const std::string answer = settled_check(server);
+        CHECK_MESSAGE(answer.rfind("HTTP/1.1 500 Internal Server Error\r\n", 0) == 0, answer);
+        CHECK_MESSAGE(answer.find("verifyClient for self nodekey: not authorized (not found in local tailscaled)") !=
+                          std::string::npos, answer);
+    }
+    SUBCASE("status unusable: 500 naming localClient.Status") {
+        for (const auto& [status, text] : std::vector<std::pair<std::string, std::string>>{
+                 {http_answer(500, "no backend\n"), "localClient.Status: HTTP 500"},
+                 {http_answer(200, R"({"BackendState":"NeedsLogin","Self":null})"), "localClient.Status: the answer has no Self.PublicKey"},
+                 {http_answer(200, R"({"Self":{"PublicKey":")"), "localClient.Status: the answer has no Self.PublicKey"}}) {
+            CAPTURE(text);
+            derpd_process server = start(status, true);
+            const std::string answer = settled_check(server);
+            CHECK_MESSAGE(answer.find(text) != std::string::npos, answer);
+            CHECK(server.wait_for_log("self-check: " + text, 1000ms));
+        }
+    }
+    std::filesystem::remove_all(dir);
 }

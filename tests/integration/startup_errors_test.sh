@@ -30,10 +30,20 @@ expect_failure "bad boolean" 'invalid boolean value "maybe" for flag -stun' "$de
 expect_failure "missing value" "flag needs an argument: -a" "$derpd" -a
 expect_failure "stray argument" 'unexpected argument "extra"' "$derpd" -dev extra
 expect_failure "bad listen address" 'bad port' "$derpd" -dev -a 127.0.0.1:99999
-expect_failure "https admission controller" '-verify-client-url: https:// controllers are not supported yet' \
-  "$derpd" -dev -a 127.0.0.1:0 -verify-client-url https://admit.example/
-expect_failure "malformed admission URL" '-verify-client-url: "http://h:0/" is not an http:// URL' \
+expect_failure "malformed admission URL" '-verify-client-url: "http://h:0/" is not an http:// or https:// URL' \
   "$derpd" -dev -a 127.0.0.1:0 -verify-client-url http://h:0/
+expect_failure "ftp admission URL" '-verify-client-url: "ftp://h/" is not an http:// or https:// URL' \
+  "$derpd" -dev -a 127.0.0.1:0 -verify-client-url ftp://h/
+expect_failure "zero -accept-connection-limit" 'invalid value 0 for flag -accept-connection-limit: want a positive rate' \
+  "$derpd" -dev -accept-connection-limit 0
+expect_failure "NaN -accept-connection-limit" 'invalid value nan for flag -accept-connection-limit' \
+  "$derpd" -dev -accept-connection-limit NaN
+expect_failure "bad -accept-connection-limit" 'invalid float value "fast" for flag -accept-connection-limit' \
+  "$derpd" -dev -accept-connection-limit fast
+expect_failure "zero -accept-connection-burst" 'invalid value 0 for flag -accept-connection-burst: want at least 1' \
+  "$derpd" -dev -accept-connection-limit 10 -accept-connection-burst 0
+expect_failure "negative -drain-timeout" 'invalid negative duration for flag -drain-timeout' \
+  "$derpd" -dev -drain-timeout -1s
 expect_failure "admission timeout" 'invalid value for flag -verify-client-timeout: want 1ms to 60s' \
   "$derpd" -dev -verify-client-timeout 2m
 # -rate-config (spec 2.12): a file derper would not decode refuses the start.

@@ -203,6 +203,27 @@ TEST_CASE("node ws: wss:// relays through derpd's TLS, then the WebSocket layer"
     CHECK(WEXITSTATUS(*status) == 0);
 }
 
+TEST_CASE("node ws: a client refused by admission sees 1011 \"closing\" after ServerKey, as derper's") {
+    require_node();
+    derpd_options o;
+    // A controller nobody answers at, fail-closed: every client is refused (error_denied).
+    o.extra_args = {"-verify-client-url", "http://127.0.0.1:1/admit", "-verify-client-url-fail-open=false"};
+    derpd_process d(o);
+    const fs::path out = d.dir() / "node-denied.txt";
+    child node({*find_program("node"), (scripts_dir() / "edge.js").string(), std::to_string(d.port()),
+                hex_of(generate_private_key().bytes()), std::string(64, '0'), "ws", "denied"},
+               out, {std::string("NODE_PATH=") + node_path});
+    const auto status = node.wait(60s);
+    INFO(read_file(out));
+    REQUIRE(status.has_value());
+    CHECK(WIFEXITED(*status));
+    CHECK(WEXITSTATUS(*status) == 0);
+    INFO(d.log_tail(20));
+    CHECK(d.wait_for_log("rejected: admission controller unreachable: connect: Connection refused", 1000ms));
+    CHECK(metric(d, "derpd_client_admissions_total", {{"result", "error_denied"}}) == 1);
+    CHECK(metric(d, "derpd_websocket_closes_total", {{"reason", "session_end"}}) == 1);
+}
+
 // The page's server: GET / is the page, GET /nacl-fast.js and /derp_ws.js the scripts, POST
 // /result the verdict (then it stops).
 class page_server {

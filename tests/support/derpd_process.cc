@@ -80,7 +80,9 @@ derpd_process::derpd_process(derpd_options options) : _options(std::move(options
              "-keepalive-interval",
              _options.keepalive_interval,
              "-log-level",
-             "debug"};
+             "debug",
+             // A stop is a stop unless a test asks for a drain (extra_args come later and win).
+             "-drain-timeout=0"};
     if (_options.mesh_psk) {
         write_file(_dir / "mesh.psk", *_options.mesh_psk);
         _args.push_back("-mesh-psk-file");

@@ -13,6 +13,8 @@
 #include <list>
 #include <stdexcept>
 
+#include "crypto/tls.hh"
+
 namespace derp::test {
 
 std::string stub_request::target() const {
@@ -27,7 +29,10 @@ std::string http_answer(int status, std::string_view body) {
            std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
 }
 
-http_stub_server::http_stub_server(handler h) : _handler(std::move(h)) {
+http_stub_server::http_stub_server(handler h) : http_stub_server(std::move(h), nullptr) {}
+
+http_stub_server::http_stub_server(handler h, std::shared_ptr<tls::context> tls_server)
+    : _handler(std::move(h)), _tls(std::move(tls_server)) {
     _listen_fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -67,7 +72,7 @@ http_stub_server::~http_stub_server() {
 }
 
 std::string http_stub_server::url(std::string_view path) const {
-    return "http://127.0.0.1:" + std::to_string(_port) + std::string(path);
+    return (_tls ? "https://127.0.0.1:" : "http://127.0.0.1:") + std::to_string(_port) + std::string(path);
 }
 
 std::vector<stub_request> http_stub_server::requests() const {
@@ -83,11 +88,14 @@ std::size_t http_stub_server::request_count() const {
 void http_stub_server::run() {
     using clock = std::chrono::steady_clock;
     struct conn {
-        int fd;
-        std::string in;
-        bool answered = false;  // the request is complete and the answer chosen
+        int fd = -1;
+        std::unique_ptr<tls::session> tls;
+        std::string in;          // the request, plaintext
+        bool answered = false;   // the request is complete and the answer chosen
         stub_answer answer;
         clock::time_point send_at;
+        bool answer_queued = false;  // the answer is in `out`
+        std::string out;         // bytes for the socket (TLS records, or the answer)
         std::size_t sent = 0;
     };
     std::list<conn> conns;
@@ -101,15 +109,24 @@ void http_stub_server::run() {
         const auto now = clock::now();
         int wait_ms = 1000;
         for (auto& c : conns) {
-            short events = POLLIN;
-            if (c.answered) {
+            if (c.answered && !c.answer_queued) {
                 if (c.send_at <= now) {
-                    events = POLLOUT;
+                    if (c.tls) {
+                        std::vector<std::uint8_t> records(c.answer.bytes.size() + 4096);
+                        std::string spill;
+                        const std::size_t n = c.tls->write({reinterpret_cast<const std::uint8_t*>(c.answer.bytes.data()), c.answer.bytes.size()}, records, spill);
+                        c.out.append(reinterpret_cast<const char*>(records.data()), n);
+                        c.out += spill;
+                    } else {
+                        c.out += c.answer.bytes;
+                    }
+                    c.answer_queued = true;
                 } else {
-                    events = 0;
                     wait_ms = std::min<int>(wait_ms, static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(c.send_at - now).count()) + 1);
                 }
             }
+            short events = c.answered ? 0 : POLLIN;
+            if (c.sent < c.out.size()) events |= POLLOUT;
             fds.push_back({c.fd, events, 0});
             order.push_back(&c);
         }
@@ -119,7 +136,9 @@ void http_stub_server::run() {
             for (;;) {
                 const int fd = ::accept4(_listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
                 if (fd < 0) break;
-                conns.push_back({fd, {}, false, {}, {}, 0});
+                conn& c = conns.emplace_back();
+                c.fd = fd;
+                if (_tls) c.tls = std::make_unique<tls::session>(_tls, false);
             }
             if (conns.size() > _open_max.load()) _open_max.store(conns.size());
         }
@@ -127,6 +146,15 @@ void http_stub_server::run() {
         for (std::size_t i = 0; i < order.size(); ++i) {
             conn& c = *order[i];
             const short revents = fds[i + 2].revents;
+            if (revents == 0) continue;
+            if (c.sent < c.out.size() && (revents & (POLLOUT | POLLHUP | POLLERR))) {
+                const ssize_t n = ::send(c.fd, c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+                if (n > 0) c.sent += static_cast<std::size_t>(n);
+                if (n <= 0 || (c.answer_queued && c.sent == c.out.size())) {
+                    done.push_back(&c);
+                    continue;
+                }
+            }
             if (!c.answered && (revents & (POLLIN | POLLHUP | POLLERR))) {
                 char buffer[16384];
                 const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, 0);
@@ -134,7 +162,18 @@ void http_stub_server::run() {
                     done.push_back(&c);
                     continue;
                 }
-                c.in.append(buffer, static_cast<std::size_t>(n));
+                if (c.tls) {
+                    c.tls->feed({reinterpret_cast<const std::uint8_t*>(buffer), static_cast<std::size_t>(n)}, c.in, c.out);
+                    if (c.tls->state() == tls::status::failed) {
+                        ++_tls_failures;
+                        if (c.sent == c.out.size()) done.push_back(&c);  // else the alert goes first
+                        c.answered = true;
+                        c.answer_queued = true;
+                        continue;
+                    }
+                } else {
+                    c.in.append(buffer, static_cast<std::size_t>(n));
+                }
                 const auto end = c.in.find("\r\n\r\n");
                 if (end == std::string::npos) continue;
                 stub_request r;
@@ -150,10 +189,6 @@ void http_stub_server::run() {
                 c.send_at = clock::now() + c.answer.delay;
                 std::lock_guard lock(_mutex);
                 _requests.push_back(std::move(r));
-            } else if (c.answered && (revents & (POLLOUT | POLLHUP | POLLERR))) {
-                const ssize_t n = ::send(c.fd, c.answer.bytes.data() + c.sent, c.answer.bytes.size() - c.sent, MSG_NOSIGNAL);
-                if (n > 0) c.sent += static_cast<std::size_t>(n);
-                if (n <= 0 || c.sent == c.answer.bytes.size()) done.push_back(&c);
             }
         }
         for (conn* c : done) {

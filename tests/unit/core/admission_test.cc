@@ -49,7 +49,29 @@ TEST_CASE("whois answer: a WhoIsResponse object") {
     CHECK_FALSE(whois_answer_valid(""));
 }
 
-TEST_CASE("http URL: host, port, target; anything else refused") {
+TEST_CASE("status answer: Self.PublicKey as ipnstate.Status decodes it") {
+    const std::string hex(64, 'a');
+    const auto key = node_key::from_hex(hex);
+    REQUIRE(key);
+    auto got = status_self_key(R"({"Version":"1.76.1","BackendState":"Running","Self":{"ID":"n1","PublicKey":"nodekey:)" + hex +
+                               R"(","HostName":"relay"},"Peer":null})");
+    REQUIRE(got);
+    CHECK(*got == *key);
+    got = status_self_key(R"({"self":{"publickey":"nodekey:)" + hex + R"("}})");  // Go folds key case
+    REQUIRE(got);
+    CHECK(*got == *key);
+    CHECK_FALSE(status_self_key(R"({"Self":{"PublicKey":")" + hex + R"("}})"));  // no prefix
+    CHECK_FALSE(status_self_key(R"({"Self":{"PublicKey":"nodekey:abc"}})"));
+    CHECK_FALSE(status_self_key(R"({"Self":{"PublicKey":"nodekey:)" + std::string(64, 'g') + R"("}})"));
+    CHECK_FALSE(status_self_key(R"({"Self":null})"));
+    CHECK_FALSE(status_self_key(R"({"Self":{}})"));
+    CHECK_FALSE(status_self_key(R"({"BackendState":"NeedsLogin"})"));
+    CHECK_FALSE(status_self_key("[1]"));
+    CHECK_FALSE(status_self_key(R"({"Self":{"PublicKey":"nodekey:)" + hex + R"("})"));  // truncated
+    CHECK_FALSE(status_self_key(""));
+}
+
+TEST_CASE("http(s) URL: scheme, host, port, target; anything else refused") {
     auto u = parse_http_url("http://127.0.0.1:8080/admit?x=1");
     REQUIRE(u);
     CHECK(u->host == "127.0.0.1");
@@ -66,7 +88,18 @@ TEST_CASE("http URL: host, port, target; anything else refused") {
     u = parse_http_url("http://h?q");
     REQUIRE(u);
     CHECK(u->target == "/?q");
-    for (const char* bad : {"https://h/", "http://", "http:///x", "http://u@h/", "http://h:0/", "http://h:65536/",
+    CHECK_FALSE(u->tls);
+    u = parse_http_url("https://admit.example/v1/admit");
+    REQUIRE(u);
+    CHECK(u->tls);
+    CHECK(u->host == "admit.example");
+    CHECK(u->port == 443);
+    CHECK(u->target == "/v1/admit");
+    u = parse_http_url("HTTPS://[::1]:8443");
+    REQUIRE(u);
+    CHECK(u->tls);
+    CHECK(u->port == 8443);
+    for (const char* bad : {"https://", "https:/h/", "httpss://h/", "http://", "http:///x", "http://u@h/", "http://h:0/", "http://h:65536/",
                             "http://h:/", "http://[::1/", "http://[::1]x/", "http://h/a b", "ftp://h/", ""})
         CHECK_MESSAGE(!parse_http_url(bad), bad);
 }

@@ -2,6 +2,8 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -158,4 +160,31 @@ TEST_CASE("a repeatable flag appends; the first occurrence replaces the default"
     CHECK(urls == std::vector<std::string>{"https://a:443/derp", "https://b:443/derp"});
     CHECK(flags.was_set("url"));
     CHECK(flags.usage().find("-url value (repeatable)") != std::string::npos);
+}
+
+TEST_CASE("flags: float64 as Go's strconv.ParseFloat, +Inf default shown as Go shows it") {
+    double limit = std::numeric_limits<double>::infinity();
+    derp::flag_set set{"derpd"};
+    set.add_float("accept-connection-limit", &limit, "rate");
+    CHECK(set.usage().find("-accept-connection-limit float\n    \trate (default +Inf)") != std::string::npos);
+    std::vector<std::string_view> args = {"-accept-connection-limit=2.5e2"};
+    REQUIRE(set.parse(args).has_value());
+    CHECK(limit == 250.0);
+    for (const auto& [text, want] : std::vector<std::pair<std::string_view, double>>{
+             {"100", 100.0}, {"+1.5", 1.5}, {"-3", -3.0}, {".5", 0.5}, {"inf", INFINITY}, {"+Inf", INFINITY},
+             {"-Infinity", -INFINITY}}) {
+        CAPTURE(text);
+        const auto got = derp::parse_go_float(text);
+        REQUIRE(got);
+        CHECK(*got == want);
+    }
+    CHECK(std::isnan(*derp::parse_go_float("NaN")));
+    for (std::string_view bad : {"", "+", "1.5x", "++1", "+-1", "0x", "one", " 1"}) {
+        CAPTURE(bad);
+        CHECK_FALSE(derp::parse_go_float(bad));
+    }
+    args = {"-accept-connection-limit", "fast"};
+    const auto r = set.parse(args);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error() == "invalid float value \"fast\" for flag -accept-connection-limit");
 }

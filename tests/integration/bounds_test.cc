@@ -1,0 +1,149 @@
+// Each bound of issue 16 hit on purpose: the limit holds, the refusal is counted and logged,
+// and the clients already connected relay as before. -accept-connection-limit (derper's flag;
+// derpd resets the excess and keeps running where derper exits), the per-shard connection
+// table (-conns-per-shard), and the bound on unfinished connections (-unfinished-per-shard),
+// which keeps a slowloris from taking the slots a real client needs.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "crypto/box.hh"
+#include "tests/support/derp_test_client.hh"
+#include "tests/support/derpd_process.hh"
+#include "tests/support/mesh_region.hh"
+
+namespace {
+
+using namespace derp;
+using namespace derp::test;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+// From the admin listener (-admin-addr): a read through the DERP listener would itself be an
+// unfinished connection and draw on the accept bucket.
+double metric(const derpd_process& d, std::string_view name) {
+    return varz_sum(http_get_body("127.0.0.1", d.admin_port(), "/debug/varz"), name, {}).value_or(-1);
+}
+
+derpd_options with_admin() {
+    derpd_options o;
+    o.admin_addr = "127.0.0.1:0";
+    return o;
+}
+
+void relays(derp_client& from, derp_client& to, std::string_view text) {
+    from.send_packet(to.key(), {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+    bytes storage;
+    const auto got = to.expect_recv_packet(storage, 5000ms);
+    CHECK(got.src == from.key());
+    CHECK(std::string(got.packet.begin(), got.packet.end()) == text);
+}
+
+// Waits until the metric reaches want (it is counted as the shard gets to the connections).
+double wait_metric(const derpd_process& d, std::string_view name, double want) {
+    const auto deadline = clock_type::now() + 10s;
+    double v = metric(d, name);
+    while (v < want && clock_type::now() < deadline) {
+        std::this_thread::sleep_for(20ms);
+        v = metric(d, name);
+    }
+    return v;
+}
+
+}  // namespace
+
+TEST_CASE("-accept-connection-limit: the excess is reset at once and counted; connected clients relay; derpd runs on") {
+    derpd_options o = with_admin();
+    o.shards = 2;
+    o.extra_args = {"-accept-connection-limit", "1", "-accept-connection-burst", "4"};
+    derpd_process d(o);
+    auto a = derp_client::connect(d.port(), d.server_public());
+    auto b = derp_client::connect(d.port(), d.server_public());
+    const auto start = clock_type::now();
+    constexpr int flood = 60;
+    std::vector<tcp_conn> conns;
+    for (int i = 0; i < flood; ++i) conns.push_back(tcp_conn::connect_loopback(d.port()));
+    const double elapsed_s = std::chrono::duration<double>(clock_type::now() - start).count();
+    // The bucket held 4 - 2 tokens and refills at 1/s: at most that many of the flood stay.
+    const double may_stay = 2 + 1 + elapsed_s * 1.0;
+    std::size_t reset = 0;
+    for (auto& c : conns) {
+        const auto closed = c.wait_closed(2000ms);
+        if (closed.status == io_status::reset || closed.status == io_status::eof) ++reset;
+    }
+    CHECK(static_cast<double>(reset) >= flood - may_stay);
+    conns.clear();
+    const double counted = metric(d, "derpd_shard_accepts_rate_limited_total");
+    CHECK(counted >= flood - may_stay);
+    CHECK(counted <= flood);
+    CHECK(d.wait_for_log("over -accept-connection-limit; reset", 2000ms));
+    CHECK(d.running());
+    relays(a, b, "after the flood");
+    relays(b, a, "both ways");
+}
+
+TEST_CASE("-conns-per-shard: past the table, connections are refused and counted; the connected relay") {
+    derpd_options o = with_admin();
+    o.shards = 1;
+    o.extra_args = {"-conns-per-shard", "24", "-unfinished-per-shard", "24"};
+    derpd_process d(o);
+    std::vector<derp_client> clients;
+    for (int i = 0; i < 22; ++i) clients.push_back(derp_client::connect(d.port(), d.server_public()));
+    // Two slots left: 2 of these are held, the other 8 closed at once by derpd.
+    std::vector<tcp_conn> extra;
+    for (int i = 0; i < 10; ++i) extra.push_back(tcp_conn::connect_loopback(d.port()));
+    std::size_t closed_at_once = 0;
+    for (auto& c : extra) {
+        const auto closed = c.wait_closed(500ms);
+        if (closed.status == io_status::reset || closed.status == io_status::eof) ++closed_at_once;
+    }
+    CHECK(closed_at_once == 8);
+    CHECK(d.wait_for_log("connection table full (24 slots)", 2000ms));
+    relays(clients[0], clients[21], "table full");
+    extra.clear();
+    // The slots come back: a new client gets in, and the refusals were counted.
+    auto late = derp_client::connect(d.port(), d.server_public());
+    relays(late, clients[0], "room again");
+    CHECK(metric(d, "derpd_shard_accepts_refused_full_total") == 8);
+}
+
+TEST_CASE("-unfinished-per-shard: a slowloris beyond the table closes its own oldest; a real client still gets in") {
+    derpd_options o = with_admin();
+    o.shards = 1;
+    o.handshake_timeout = "10s";  // the request head then has 30 s: no deadline ends a slow one here
+    o.extra_args = {"-conns-per-shard", "400", "-unfinished-per-shard", "100"};
+    derpd_process d(o);
+    auto a = derp_client::connect(d.port(), d.server_public());
+    // 600 connections that never finish (half send one byte of a request head, half nothing),
+    // more than the table's 400 slots: in batches of 100, each waited for, so that the closes
+    // of one batch have freed their slots before the next (a close completes a loop turn later).
+    std::vector<tcp_conn> slow;
+    for (int batch = 0; batch < 6; ++batch) {
+        for (int i = 0; i < 100; ++i) {
+            slow.push_back(tcp_conn::connect_loopback(d.port()));
+            if (i % 2 == 0) REQUIRE(slow.back().write_all(std::string_view("G")) == io_status::ok);
+        }
+        // Every connection past the 100th closes the oldest unfinished one.
+        CHECK(wait_metric(d, "derpd_unfinished_evictions_total", 100.0 * batch) == 100.0 * batch);
+    }
+    CHECK(metric(d, "derpd_unfinished_connections") == 100);
+    CHECK(metric(d, "derpd_shard_accepts_refused_full_total") == 0);
+    CHECK(d.wait_for_log("100 unfinished connections (the most allowed); closed the oldest", 2000ms));
+    // A real client completes its handshake among them, and relays with the one from before.
+    const auto t0 = clock_type::now();
+    auto b = derp_client::connect(d.port(), d.server_public());
+    MESSAGE("handshake among 100 unfinished connections: "
+            << std::chrono::duration<double, std::milli>(clock_type::now() - t0).count() << " ms");
+    relays(a, b, "past the slowloris");
+    relays(b, a, "both ways");
+    // The oldest 500 were the ones closed.
+    std::size_t closed = 0;
+    for (std::size_t i = 0; i < 500; ++i) {
+        const auto r = slow[i].wait_closed(1000ms);
+        if (r.status == io_status::reset || r.status == io_status::eof) ++closed;
+    }
+    CHECK(closed == 500);
+}
