@@ -101,6 +101,8 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter health_frames;      // Health frames sent (a problem, or the all-clear)
     counter unfinished;         // gauge: connections that have not finished the DERP handshake
     counter unfinished_evictions;  // of those, closed to make room (unfinished_conns_max)
+    counter staged_bytes;       // gauge: bytes in the clients' staging (derp_settings::staged_total_max)
+    counter transfer_bytes;     // gauge: bytes of the shard's transfer buffers holding a frame
     std::array<counter, 8> websocket_closes;  // by ws_close_kind
 };
 
@@ -212,6 +214,12 @@ struct metric_sources {
     // that the port-80 listener serves.
     acme_counters* acme = nullptr;
     const tls::acme_challenges* acme_challenges = nullptr;
+    // What each shard may hold at most, in bytes, by pool (derpd_memory_ceiling_bytes): fixed
+    // pools (registered send buffers, transfer buffers) and ceilings (input, staging).
+    struct memory_ceilings {
+        std::uint64_t send_buffer_bytes = 0;  // one registered send buffer
+        std::uint64_t send_buffers = 0, transfer_buffers = 0, input = 0, staging = 0;
+    } memory;
     // -verify-clients: the admission thread's latest self-check verdict for /debug/check ("" when
     // this node's own key would be admitted). Any thread may call it.
     std::function<std::string()> self_check;

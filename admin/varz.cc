@@ -388,6 +388,29 @@ std::string render_varz(const metric_sources& shared) {
             out += fmt::format("{}{{shard=\"{}\"}} {}\n", std::get<0>(g), s, (shared.counters[s].*member).get());
     }
 
+    // Memory by pool: what is held now and the most it may be (every shard together). The
+    // fixed pools are allocated whole at start; input and staging grow up to their ceilings,
+    // past which new work is refused (stalest input closed, packets dropped, not staged).
+    {
+        std::uint64_t send_in_use = 0, input_in_use = 0;
+        for (std::uint32_t s = 0; s < shared.shards; ++s)
+            if (const shard_counters* c = shared.ring_counters[s]) {
+                send_in_use += c->send_buffers_in_use.get();
+                input_in_use += c->input_buffered_bytes.get();
+            }
+        const auto& m = shared.memory;
+        out += "# HELP derpd_memory_bytes Bytes held now, by pool, over every shard.\n# TYPE derpd_memory_bytes gauge\n";
+        out += fmt::format("derpd_memory_bytes{{pool=\"send_buffers\"}} {}\n", send_in_use * m.send_buffer_bytes);
+        out += fmt::format("derpd_memory_bytes{{pool=\"transfer_buffers\"}} {}\n", derp_sum(&derp_counters::transfer_bytes));
+        out += fmt::format("derpd_memory_bytes{{pool=\"input\"}} {}\n", input_in_use);
+        out += fmt::format("derpd_memory_bytes{{pool=\"staging\"}} {}\n", derp_sum(&derp_counters::staged_bytes));
+        out += "# HELP derpd_memory_ceiling_bytes The most each pool may hold, over every shard.\n"
+               "# TYPE derpd_memory_ceiling_bytes gauge\n";
+        for (const auto& [pool, bytes] : {std::pair{"send_buffers", m.send_buffers}, std::pair{"transfer_buffers", m.transfer_buffers},
+                                          std::pair{"input", m.input}, std::pair{"staging", m.staging}})
+            out += fmt::format("derpd_memory_ceiling_bytes{{pool=\"{}\"}} {}\n", pool, bytes * shared.shards);
+    }
+
     // Runtime counters, per shard (label shard="N").
     struct ring_metric {
         const char* name;
@@ -403,6 +426,9 @@ std::string render_varz(const metric_sources& shared) {
          &shard_counters::accepts_refused_full},
         {"derpd_shard_accepts_rate_limited_total", "counter", "Connections reset at once: over -accept-connection-limit.",
          &shard_counters::accepts_rate_limited},
+        {"derpd_shard_input_shed_closes_total", "counter",
+         "Connections closed because the shard's unconsumed input passed its ceiling (the stalest holders go).",
+         &shard_counters::input_shed_closes},
         {"derpd_shard_recv_bytes_total", "counter", "Bytes received.", &shard_counters::recv_bytes},
         {"derpd_shard_send_bytes_total", "counter", "Bytes sent.", &shard_counters::send_bytes},
         {"derpd_shard_recv_no_buffers_total", "counter", "Multishot recvs stopped by an empty buffer ring.",

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -32,6 +33,23 @@ inline std::vector<std::int64_t> comma_ints(std::string_view text) {
     std::vector<std::int64_t> out;
     for (const auto& entry : comma_list(text)) out.push_back(std::stoll(entry));
     return out;
+}
+
+// "host:port", "[v6]:port" or "host" -> (host, port), default_port when none is given; nullopt
+// for an unclosed '['.
+inline std::optional<std::pair<std::string, std::string>> split_host_port(const std::string& hostport,
+                                                                          const std::string& default_port) {
+    std::string host = hostport, port = default_port;
+    if (!hostport.empty() && hostport.front() == '[') {
+        const auto close = hostport.find(']');
+        if (close == std::string::npos) return std::nullopt;
+        host = hostport.substr(1, close - 1);
+        if (close + 1 < hostport.size() && hostport[close + 1] == ':') port = hostport.substr(close + 2);
+    } else if (const auto colon = hostport.rfind(':'); colon != std::string::npos) {
+        host = hostport.substr(0, colon);
+        port = hostport.substr(colon + 1);
+    }
+    return std::pair{host, port};
 }
 
 // Pins the calling thread to `cpu` (modulo the online cores).

@@ -1,54 +1,63 @@
 #!/usr/bin/env bash
-# The capacity table of docs/BENCHMARKS.md, made with derpbench against a one-shard derpd on
-# this machine: per packet size the highest rate delivered with under 1 % loss (sweep), the
-# server's CPU per Gbit there, p99 round-trip latency at half that rate, and memory per idle
-# connection. Prints a Markdown table whose every row names the commands that made it.
-# usage: bench/capacity_table.sh [BUILD_DIR] [plain|tls]
+# The capacity run behind docs/BENCHMARKS.md's capacity table: derpbench against a one-shard
+# derpd on this machine, once per write mode (per-packet: one frame per send, as Go's derphttp
+# client writes; batched: as many frames as fit), each on a fresh derpd: memory per idle
+# connection (10,000 clients), per packet size the highest rate delivered with under 1 % loss
+# (sweep) with the server's CPU, and round trips at a quarter, half and three quarters of it. Every measurement is
+# appended to RUN_FILE as run records; the table is `derpbench report RUN_FILE --format
+# markdown`, printed at the end (and the page: `derpbench report RUN_FILE -o report.html`).
+# usage: bench/capacity_table.sh [BUILD_DIR] [plain|tls] [RUN_FILE] [SIZES]
 set -euo pipefail
 build=${1:-build}
 transport=${2:-plain}
+run_file=${3:-capacity.jsonl}
+sizes=${4:-64,570,1400}
 derpd="$build/server/derpd"
 bench="$build/bench/derpbench"
 tmp=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+pid=
+trap '[[ -n "$pid" ]] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; }; rm -rf "$tmp"' EXIT
+version=$("$derpd" -version)
 
 # derpd's shard goes on core 0 (its own pinning); derpbench pins the load to the last core.
-args=(-a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 1)
-[[ "$transport" == tls ]] && args+=(-certmode manual -hostname 127.0.0.1 -certdir "$tmp/certs" -http-port -1)
-"$derpd" "${args[@]}" >"$tmp/derpd.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do grep -q "serving on" "$tmp/derpd.log" && break; sleep 0.05; done
-port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/derpd.log" | head -n 1)
-if [[ "$transport" == tls ]]; then
-  url="https://127.0.0.1:$port/derp"
-  pin=$(grep -o 'sha256-raw:[0-9a-f]*' "$tmp/derpd.log" | head -n 1)
-  target=(--url "$url" --cert-name "$pin")
-  shown="--url $url --cert-name sha256-raw:..."
-else
-  url="http://127.0.0.1:$port/derp"
-  target=(--url "$url")
-  shown="--url $url"
-fi
-field() { sed -n "s/.*\"$1\":\"\{0,1\}\([0-9.a-z]*\).*/\1/p" <<<"$2" | head -n 1; }
+start_derpd() {
+  args=(-a 127.0.0.1:0 -c "$tmp/derper.key" -stun=false -shards 1 -http-port -1)
+  [[ "$transport" == tls ]] && args+=(-certmode manual -hostname 127.0.0.1 -certdir "$tmp/certs")
+  : >"$tmp/derpd.log"
+  "$derpd" "${args[@]}" >"$tmp/derpd.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do grep -q "serving on" "$tmp/derpd.log" && break; sleep 0.05; done
+  port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/derpd.log" | head -n 1)
+  if [[ "$transport" == tls ]]; then
+    target=(--url "https://127.0.0.1:$port/derp" --cert-name "$(grep -o 'sha256-raw:[0-9a-f]*' "$tmp/derpd.log" | head -n 1)")
+  else
+    target=(--url "http://127.0.0.1:$port/derp")
+  fi
+}
+stop_derpd() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=; }
 
-echo "| bytes | delivered pkt/s (<1 % loss) | Gbit/s | server CPU s per Gbit | p99 RTT at half load | commands |"
-echo "|---|---|---|---|---|---|"
-for size in 64 570 1400; do
-  sweep_cmd=(sweep "${target[@]}" --sizes "$size" --pairs 4 --duration 1s --warmup 300ms --start-rate 50000
-             --max-rate 6400000 --server-pid "$pid" --json)
-  out=$("$bench" "${sweep_cmd[@]}" 2>/dev/null)
-  pps=$(field delivered_pps "$out")
-  bps=$(field delivered_bps "$out")
-  cpu=$(field server_cpu_s_per_gbit "$out")
-  rate=$(field max_rate_under_1pct_loss_pps "$out")
-  half=$(awk "BEGIN{printf \"%d\", $rate / 2}")
-  lat_cmd=(latency "${target[@]}" --size "$size" --rate "$half" --pairs 4 --duration 3s --probe-interval 1ms --json)
-  lat=$("$bench" "${lat_cmd[@]}" 2>/dev/null)
-  p99=$(field rtt_p99_us "$lat")
-  gbps=$(awk "BEGIN{printf \"%.3f\", $bps / 1e9}")
-  echo "| $size | $pps | $gbps | $cpu | $p99 us | \`derpbench sweep $shown --sizes $size --pairs 4 --duration 1s --warmup 300ms --start-rate 50000 --max-rate 6400000 --server-pid PID\`; \`derpbench latency $shown --size $size --rate $half --pairs 4 --duration 3s --probe-interval 1ms\` |"
+for mode in per-packet batched; do
+  start_derpd
+  # The flags go into the records as typed here (the temporary paths of the real ones are noise).
+  common=("${target[@]}" --write "$mode" --label "derpd $version, $mode writes, $transport" --derpd-flags "-shards 1"
+          --out "$run_file")
+  # Memory first, on the fresh process: RSS growth per idle client.
+  echo "$mode: connections" >&2
+  "$bench" connections "${common[@]}" --count 10000 --duration 60s --server-pid "$pid" >&2
+  for size in ${sizes//,/ }; do
+    echo "$mode: sweep $size B" >&2
+    out=$("$bench" sweep "${common[@]}" --sizes "$size" --pairs 4 --rounds 3 --duration 700ms --warmup 300ms \
+      --start-rate 20000 --max-rate 6400000 --server-pid "$pid" --json 2>/dev/null)
+    # Half of what was delivered at the knee (the offered rate may be more than the load
+    # generator could send).
+    rate=$(sed -n 's/.*"max_rate_under_1pct_loss_pps":[0-9]*,"delivered_pps":\([0-9]*\).*/\1/p' <<<"$out")
+    for quarters in 1 2 3; do
+      load=$((rate * quarters / 4))
+      ((load > 0)) || continue
+      echo "$mode: latency $size B at $load pkt/s" >&2
+      "$bench" latency "${common[@]}" --size "$size" --rate "$load" --pairs 4 --duration 2s --probe-interval 1ms >&2
+    done
+  done
+  stop_derpd
 done
-conn_cmd=(connections "${target[@]}" --count 10000 --duration 60s --server-pid "$pid" --json)
-out=$("$bench" "${conn_cmd[@]}" 2>/dev/null)
-echo
-echo "Memory per idle connection: $(field server_rss_bytes_per_connection "$out") bytes of derpd RSS over 10,000 connections (\`derpbench connections $shown --count 10000 --duration 60s --server-pid PID\`)."
+"$bench" report "$run_file" --format markdown

@@ -1,10 +1,16 @@
 // derpbench: capacity planning against any DERP server (derpd or Tailscale's derper), built on
-// the project's client library and the ring runtime. Workloads so far:
+// the project's client library and the ring runtime. Workloads:
 //   throughput   N sender/receiver pairs, fixed packet size or a realistic mix (--size mix),
 //                paced (--rate) or unlimited
 //   latency      round trips through the relay (p50..max), beside an optional paced load
 //   connections  ramps idle clients to --count; time per connect, server RSS per connection
-//   sweep        per packet size, the highest rate delivered with loss under 1 % (--plot SVG)
+//   sweep        per packet size, the highest rate delivered with loss under 1 % (--plot: a
+//                page of charts, as `derpbench report` draws them)
+// and commands on the run files the workloads append to with --out (bench/report_cli):
+//   report       RUN.jsonl... -o report.html: charts, table and sizing; --format markdown
+//   size         RUN.jsonl... --target clients=N,gbps=G: shards and nodes for a region
+// Senders write one frame per send by default, as Go's derphttp client does (--write
+// per-packet); --write batched packs as many as fit, which costs the server far less per packet.
 // Reports sent, delivered and lost packets always, the server's CPU and RSS when --server-pid
 // is given, and says when the load generator, not the server, was the bottleneck. Exits 1 when
 // clients failed or the server closed them unexpectedly. Targets: http:// or https:// (with
@@ -31,8 +37,11 @@
 #include <fmt/format.h>
 
 #include "bench/bench_util.hh"
-#include "client/derp_client.hh"
+#include "bench/derpbench_clients.hh"
 #include "bench/pair_load.hh"
+#include "bench/report_cli.hh"
+#include "bench/run_facts.hh"
+#include "client/derp_client.hh"
 #include "core/key.hh"
 #include "crypto/box.hh"
 #include "crypto/tls.hh"
@@ -41,301 +50,8 @@
 namespace {
 
 using namespace derp;
+using namespace derp::bench;
 using clock_type = std::chrono::steady_clock;
-
-struct target {
-    std::string url;
-    std::string host;  // the Host header and TLS name
-    bool tls = false;
-    bool websocket = false;  // ws:// or wss://: DERP over WebSocket (spec 3.4)
-    ring::socket_address address;
-    std::shared_ptr<tls::context> context;  // https: this node's name (SNI, verification)
-};
-
-// The servers of one run: every --url, and the TLS setup they share.
-struct targets {
-    std::vector<target> list;
-    std::shared_ptr<client::client_tls> tls;
-    std::string urls() const {
-        std::string text;
-        for (const auto& t : list) text += (text.empty() ? "" : ",") + t.url;
-        return text;
-    }
-    std::vector<ring::socket_address> addresses() const {
-        std::vector<ring::socket_address> out;
-        for (const auto& t : list) out.push_back(t.address);
-        return out;
-    }
-    // The client options for node i: its Host header and TLS context.
-    client::client_options for_node(client::client_options base, std::size_t i) const {
-        base.host = list[i].host;
-        base.tls_context = list[i].context;
-        base.websocket = list[i].websocket;
-        return base;
-    }
-};
-
-// http(s)://host[:port]/derp or ws(s)://host[:port]/derp -> the address to dial.
-result<target, std::string> parse_url(const std::string& url) {
-    const bool websocket = url.rfind("ws://", 0) == 0 || url.rfind("wss://", 0) == 0;
-    const bool tls = url.rfind("https://", 0) == 0 || url.rfind("wss://", 0) == 0;
-    const std::string_view scheme = websocket ? (tls ? "wss://" : "ws://") : (tls ? "https://" : "http://");
-    if (url.rfind(scheme, 0) != 0) return unexpected(fmt::format("--url {}: want http(s)://host:port/derp or ws(s)://", url));
-    std::string rest = url.substr(scheme.size());
-    const auto slash = rest.find('/');
-    const std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
-    if (path != "/derp") return unexpected(fmt::format("--url {}: the path must be /derp", url));
-    const std::string hostport = rest.substr(0, slash);
-    std::string host = hostport, port = tls ? "443" : "80";
-    if (!hostport.empty() && hostport.front() == '[') {  // [v6]:port
-        const auto close = hostport.find(']');
-        if (close == std::string::npos) return unexpected(fmt::format("--url {}: unclosed [", url));
-        host = hostport.substr(1, close - 1);
-        if (close + 1 < hostport.size() && hostport[close + 1] == ':') port = hostport.substr(close + 2);
-    } else if (const auto colon = hostport.rfind(':'); colon != std::string::npos) {
-        host = hostport.substr(0, colon);
-        port = hostport.substr(colon + 1);
-    }
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    addrinfo* list = nullptr;
-    if (const int err = getaddrinfo(host.c_str(), port.c_str(), &hints, &list); err != 0)
-        return unexpected(fmt::format("--url {}: {}", url, gai_strerror(err)));
-    target t;
-    t.url = url;
-    t.host = host;
-    t.tls = tls;
-    t.websocket = websocket;
-    std::memcpy(&t.address.storage, list->ai_addr, list->ai_addrlen);
-    t.address.length = list->ai_addrlen;
-    freeaddrinfo(list);
-    return t;
-}
-
-// ---- connections: idle clients up to a count. ----
-struct idle_stats {
-    std::atomic<std::uint64_t> ready{0};
-    std::atomic<std::uint64_t> failed{0};
-    std::atomic<bool> dialled{false};
-};
-
-class idle_clients final : public client::handler {
-public:
-    // At most `concurrency` clients between dial and handshake at once (0: all at once), as
-    // clients arrive at a real server: a TLS server given 18,000 handshakes in one instant
-    // times most of them out, which measures the burst, not the server.
-    idle_clients(idle_stats& st, std::vector<ring::socket_address> servers, std::uint64_t count,
-                 std::vector<client::client_options> per_server, std::uint64_t concurrency)
-        : _st(st), _servers(std::move(servers)), _count(count), _per_server(std::move(per_server)),
-          _concurrency(concurrency) {}
-    void attach(client::client_pool& pool) { _pool = &pool; }
-    void on_ready(ring::conn_id conn, const node_key&) noexcept override {
-        _st.ready++;
-        settle(conn);
-    }
-    void on_packet(ring::conn_id, const node_key&, std::span<const std::uint8_t>) noexcept override {}
-    void on_closed(ring::conn_id conn, client::client_failure) noexcept override {
-        _st.failed++;
-        settle(conn);
-    }
-    std::size_t fill(ring::conn_id, std::span<std::uint8_t>) noexcept override { return 0; }
-    bool on_turn() noexcept override {
-        while (_next < _count && (_concurrency == 0 || _in_flight < _concurrency)) {
-            const std::uint64_t i = _next++;
-            client::client_options options = _per_server[i % _servers.size()];
-            options.key = generate_private_key();
-            auto conn = _pool->dial(_servers[i % _servers.size()], options);
-            if (!conn) {
-                _st.failed++;
-                continue;
-            }
-            if (_pending.size() <= conn->slot) _pending.resize(conn->slot + 1, 0);
-            _pending[conn->slot] = conn->gen + 1;
-            ++_in_flight;
-        }
-        if (_next == _count) _st.dialled = true;
-        return false;
-    }
-
-private:
-    idle_stats& _st;
-    std::vector<ring::socket_address> _servers;
-    std::uint64_t _count;
-    std::vector<client::client_options> _per_server;
-    std::uint64_t _concurrency;
-    client::client_pool* _pool = nullptr;
-    std::uint64_t _next = 0;       // clients dialled so far
-    std::uint64_t _in_flight = 0;  // dialled, not yet ready or failed
-    std::vector<std::uint32_t> _pending;  // by slot: gen + 1 while in flight, else 0
-    void settle(ring::conn_id conn) noexcept {
-        if (conn.slot < _pending.size() && _pending[conn.slot] == conn.gen + 1) {
-            _pending[conn.slot] = 0;
-            --_in_flight;
-        }
-    }
-};
-
-// ---- latency: round trips through the relay, beside an optional background load. ----
-// Client A sends a probe (sequence number and send time) every interval to client B; B echoes
-// each probe back to A; A records the round-trip time. Both clients live in this process, so
-// one clock times both ends.
-struct latency_stats {
-    std::atomic<int> ready{0};
-    std::atomic<bool> running{false};
-    std::atomic<std::uint64_t> sent{0};
-    std::atomic<std::uint64_t> failures{0};
-};
-
-class latency_probe final : public client::handler {
-public:
-    latency_probe(latency_stats& st, ring::socket_address server_a, ring::socket_address server_b, std::size_t size,
-                  std::uint64_t interval_ns, client::client_options base_a, client::client_options base_b)
-        : _st(st), _server_a(server_a), _server_b(server_b), _size(std::max<std::size_t>(size, 16)),
-          _interval_ns(interval_ns), _base_a(std::move(base_a)), _base_b(std::move(base_b)) {}
-    void attach(client::client_pool& pool) { _pool = &pool; }
-    std::vector<double>& rtts_us() { return _rtts_us; }
-
-    void on_ready(ring::conn_id, const node_key&) noexcept override { _st.ready++; }
-    void on_packet(ring::conn_id conn, const node_key&, std::span<const std::uint8_t> packet) noexcept override {
-        if (packet.size() < 16) return;
-        if (conn == _b) {  // echo it home
-            _echoes.emplace_back(packet.begin(), packet.end());
-            _pool->want_send(_b);
-            return;
-        }
-        std::uint64_t sent_ns = 0;
-        std::memcpy(&sent_ns, packet.data() + 8, 8);
-        _rtts_us.push_back(static_cast<double>(ring::monotonic_ns() - sent_ns) / 1e3);
-    }
-    void on_closed(ring::conn_id, client::client_failure) noexcept override {
-        if (_st.running.load()) _st.failures++;
-    }
-    std::size_t fill(ring::conn_id conn, std::span<std::uint8_t> out) noexcept override {
-        std::size_t n = 0;
-        const std::size_t frame = send_packet_frame_bytes(_size);
-        if (conn == _a) {
-            while (_due > 0 && n + frame <= out.size()) {
-                std::vector<std::uint8_t> payload(_size, 0);
-                const std::uint64_t now = ring::monotonic_ns();
-                std::memcpy(payload.data(), &_seq, 8);
-                std::memcpy(payload.data() + 8, &now, 8);
-                n += encode_send_packet(out.subspan(n), _b_key, payload);
-                ++_seq;
-                --_due;
-                _st.sent++;
-            }
-            if (_due > 0) _pool->want_send(_a);
-        } else if (conn == _b) {
-            while (!_echoes.empty() && n + frame <= out.size()) {
-                n += encode_send_packet(out.subspan(n), _a_key, _echoes.front());
-                _echoes.erase(_echoes.begin());
-            }
-            if (!_echoes.empty()) _pool->want_send(_b);
-        }
-        return n;
-    }
-    bool on_turn() noexcept override {
-        if (!_dialled) {
-            _dialled = true;
-            client::client_options a = _base_a, b = _base_b;
-            a.key = generate_private_key();
-            b.key = generate_private_key();
-            _a_key = public_key_of(a.key);
-            _b_key = public_key_of(b.key);
-            auto ca = _pool->dial(_server_a, a);
-            auto cb = _pool->dial(_server_b, b);
-            if (!ca || !cb) {
-                _st.failures++;
-                return false;
-            }
-            _a = *ca;
-            _b = *cb;
-        }
-        if (_st.running.load()) {
-            const std::uint64_t now = ring::monotonic_ns();
-            if (_next_ns == 0) _next_ns = now;
-            if (now >= _next_ns) {
-                ++_due;
-                _next_ns += _interval_ns;
-                _pool->want_send(_a);
-            }
-            _pool->wake_at(_next_ns);
-        }
-        return false;
-    }
-
-private:
-    latency_stats& _st;
-    ring::socket_address _server_a, _server_b;
-    std::size_t _size;
-    std::uint64_t _interval_ns;
-    client::client_options _base_a, _base_b;
-    client::client_pool* _pool = nullptr;
-    ring::conn_id _a{}, _b{};
-    node_key _a_key, _b_key;
-    bool _dialled = false;
-    std::uint64_t _seq = 0, _due = 0, _next_ns = 0;
-    std::vector<std::vector<std::uint8_t>> _echoes;
-    std::vector<double> _rtts_us;
-};
-
-double percentile(std::vector<double>& sorted, double p) {
-    if (sorted.empty()) return 0;
-    const auto index = static_cast<std::size_t>(p * static_cast<double>(sorted.size() - 1) + 0.5);
-    return sorted[std::min(index, sorted.size() - 1)];
-}
-
-// ---- sweep: for each packet size, the highest offered rate delivered with loss under 1 %. ----
-struct sweep_point {
-    std::int64_t pairs;
-    std::int64_t size;
-    double offered_pps;
-    double delivered_pps;
-    double loss;
-};
-
-// An SVG of delivered packets/s (solid) and loss (dashed, right axis) against offered load,
-// one colour per packet size.
-std::string sweep_svg(const std::vector<sweep_point>& points) {
-    constexpr double w = 720, h = 420, left = 70, right = 60, top = 30, bottom = 50;
-    double max_rate = 1;
-    for (const auto& p : points) max_rate = std::max({max_rate, p.offered_pps, p.delivered_pps});
-    const auto x = [&](double v) { return left + v / max_rate * (w - left - right); };
-    const auto y = [&](double v) { return h - bottom - v / max_rate * (h - top - bottom); };
-    const auto y_loss = [&](double v) { return h - bottom - std::min(v, 1.0) * (h - top - bottom); };
-    std::string svg = fmt::format(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n"
-        "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-        "<text x=\"{}\" y=\"18\">derpbench sweep: delivered (solid) and loss (dashed, right axis) vs offered packets/s</text>\n"
-        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n"
-        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n"
-        "<text x=\"{}\" y=\"{}\">offered packets/s (max {:.0f})</text>\n"
-        "<text x=\"5\" y=\"{}\">delivered</text><text x=\"{}\" y=\"{}\">loss 100 %</text>\n",
-        w, h, left, left, h - bottom, w - right, h - bottom, left, top, left, h - bottom, left + 200, h - 15, max_rate,
-        top + 10, w - right + 5, top + 10);
-    static constexpr const char* colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"};
-    // One series per (pairs, size) of the grid.
-    std::vector<std::pair<std::int64_t, std::int64_t>> sizes;
-    for (const auto& p : points)
-        if (std::find(sizes.begin(), sizes.end(), std::pair{p.pairs, p.size}) == sizes.end()) sizes.emplace_back(p.pairs, p.size);
-    for (std::size_t i = 0; i < sizes.size(); ++i) {
-        std::vector<sweep_point> series;
-        for (const auto& p : points)
-            if (std::pair{p.pairs, p.size} == sizes[i]) series.push_back(p);
-        std::sort(series.begin(), series.end(), [](const sweep_point& a, const sweep_point& b) { return a.offered_pps < b.offered_pps; });
-        std::string delivered, loss;
-        for (const auto& p : series) {
-            delivered += fmt::format("{:.1f},{:.1f} ", x(p.offered_pps), y(p.delivered_pps));
-            loss += fmt::format("{:.1f},{:.1f} ", x(p.offered_pps), y_loss(p.loss));
-        }
-        const char* colour = colours[i % 5];
-        svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n", colour, delivered);
-        svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-dasharray=\"5,4\" points=\"{}\"/>\n", colour, loss);
-        svg += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{} B, {} pairs</text>\n", w - right - 110,
-                           top + 20 + 16 * static_cast<double>(i), colour, sizes[i].second, sizes[i].first);
-    }
-    return svg + "</svg>\n";
-}
 
 struct options {
     std::string workload;
@@ -354,10 +70,17 @@ struct options {
     std::string pairs_grid;                // sweep: comma-separated pairs values; empty = --pairs
     std::int64_t start_rate = 50000;       // sweep: first offered rate
     std::int64_t max_rate = 2'000'000;     // sweep: stop doubling here
-    std::string plot;                      // sweep: SVG file
+    std::int64_t rounds = 1;               // sweep: windows per rate; the median loss decides
+    std::string plot;                      // sweep: an HTML page of charts
+    std::string out;                       // append run records (JSON Lines) here
+    std::string label;                     // the run's label in the records; empty: made up
+    std::string derpd_flags;               // the server's flags for the records
+    std::string varz_url;                  // where the server's version and shards are read
+    std::string write = "per-packet";      // per-packet | batched (frames_per_write 1 | 0)
+    run_record context;                    // machine, server and load of this run's records
     bool live = false;                     // a progress line on stderr (a terminal)
     std::int64_t stop_reading_after_ns = -1;  // fault injection
-    std::int64_t frames_per_write = 0;  // throughput, sweep: 0 = as many as fit
+    std::int64_t frames_per_write = 1;  // throughput, sweep: 0 = as many as fit (from --write)
     // The core the load runs on: by default the last one, since derpd puts its first shard on
     // core 0 (and only its mostly idle admin thread on the last).
     std::int64_t cpu = static_cast<std::int64_t>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)) - 1);
@@ -409,8 +132,34 @@ void end_progress_line(const options& o) {
     if (o.live) std::fprintf(stderr, "\r%100s\r", "");
 }
 
+// Appends the run's records to --out (when given); false (and says why) when that failed.
+bool save_records(const options& o, const std::vector<run_record>& records) {
+    if (o.out.empty() || records.empty()) return true;
+    auto saved = append_run_file(o.out, records);
+    if (!saved) std::fprintf(stderr, "derpbench: %s\n", saved.error().c_str());
+    return saved.has_value();
+}
+
+// A record of this run with its context, for a measurement of `kind`.
+run_record record_of(const options& o, record_kind kind) {
+    run_record r = o.context;
+    r.kind = kind;
+    return r;
+}
+
+// A record of one sweep cell (pairs, size) with its window length.
+run_record sweep_record(const options& o, record_kind kind, std::int64_t pairs, std::int64_t size, const std::string& label,
+                        double duration_s) {
+    run_record r = record_of(o, kind);
+    r.pairs = pairs;
+    r.size = size;
+    r.size_label = label;
+    r.duration_s = duration_s;
+    return r;
+}
+
 int run_sweep(const options& o, const targets& ts) {
-    std::vector<sweep_point> points;
+    std::vector<run_record> records;
     std::string json = "[";
     bool failed = false;
     // The grid: every pairs value (--pairs-grid, else --pairs) x every size x the rates found.
@@ -428,13 +177,28 @@ int run_sweep(const options& o, const targets& ts) {
         double good_cpu_per_gbit = 0;
         // Double the offered rate until loss reaches 1 %, then bisect three times between the
         // last good and the first bad rate.
-        double good = 0, bad = 0, good_delivered = 0;
+        double good = 0, bad = 0, good_delivered = 0, good_sent = 0;
+        // Each rate is measured --rounds times and the round with the median loss stands for
+        // it: on a shared machine one window in which the load generator was descheduled (its
+        // receivers stop reading, the server's 32-deep queues drop) does not end the sweep.
         auto measure = [&](double rate) {
             p.rate_pps = rate;
-            const auto m = bench::measure_pairs(ts.addresses(), p);
-            end_progress_line(o);
-            if (m.failures > 0 || !m.error.empty()) failed = true;
-            points.push_back({pairs_value, size, rate, m.delivered_pps, m.loss});
+            std::vector<bench::pair_measurement> rounds;
+            for (std::int64_t round = 0; round < o.rounds; ++round) {
+                rounds.push_back(bench::measure_pairs(ts.addresses(), p));
+                end_progress_line(o);
+                if (rounds.back().failures > 0 || !rounds.back().error.empty()) failed = true;
+            }
+            std::sort(rounds.begin(), rounds.end(), [](const auto& a, const auto& b) { return a.loss < b.loss; });
+            const bench::pair_measurement m = rounds[rounds.size() / 2];
+            run_record r = sweep_record(o, record_kind::sweep_point, pairs_value, size, size_text, p.duration_s);
+            r.offered_pps = rate;
+            r.delivered_pps = m.delivered_pps;
+            r.delivered_bps = m.delivered_gbps * 1e9;
+            r.sent_pps = static_cast<double>(m.sent_packets) / p.duration_s;
+            r.loss = m.loss;
+            if (m.server_cpu_s > 0) r.server_cpu_share = m.server_cpu_share;
+            records.push_back(r);
             if (!o.json) fmt::print(stderr, "  {} pairs, {} B at {:.0f} pkt/s: delivered {:.0f} pkt/s, loss {:.3f} %\n",
                                     pairs_value, size, rate, m.delivered_pps, m.loss * 100);
             return m;
@@ -448,6 +212,7 @@ int run_sweep(const options& o, const targets& ts) {
             }
             good = rate;
             good_delivered = m.delivered_pps;
+            good_sent = static_cast<double>(m.sent_packets) / p.duration_s;
             good_cpu_per_gbit = m.server_cpu_s > 0 && m.delivered_gbps > 0 ? m.server_cpu_share / m.delivered_gbps : 0;
             return true;
         };
@@ -455,6 +220,14 @@ int run_sweep(const options& o, const targets& ts) {
             if (!probe(rate)) break;
         for (int step = 0; step < 3 && bad > 0 && good > 0; ++step) probe((good + bad) / 2);
         const double gbps = good_delivered * (mix ? bench::mean_size(p.sizes) : static_cast<double>(size)) * 8 / 1e9;
+        run_record knee = sweep_record(o, record_kind::sweep_knee, pairs_value, size, size_text, p.duration_s);
+        knee.offered_pps = good;
+        knee.delivered_pps = good_delivered;
+        knee.delivered_bps = gbps * 1e9;
+        knee.sent_pps = good_sent;
+        knee.limit_reached = bad > 0;
+        if (good_cpu_per_gbit > 0) knee.server_cpu_s_per_gbit = good_cpu_per_gbit;
+        records.push_back(knee);
         if (o.json)
             json += fmt::format("{}{{\"pairs\":{},\"size\":{},\"size_label\":\"{}\",\"max_rate_under_1pct_loss_pps\":{:.0f},"
                                 "\"delivered_pps\":{:.0f},\"delivered_bps\":{:.0f},\"limit_reached\":{}{}}}",
@@ -463,25 +236,26 @@ int run_sweep(const options& o, const targets& ts) {
                                 good_cpu_per_gbit > 0 ? fmt::format(",\"server_cpu_s_per_gbit\":{:.4f}", good_cpu_per_gbit)
                                                       : std::string());
         else
-            fmt::print("{:>4} pairs {:>6} B{}: {:.0f} pkt/s ({:.3f} Gbit/s) delivered with loss under 1 %{}{}\n",
-                       pairs_value, size, mix ? " (mix)" : "", good_delivered, gbps,
+            fmt::print("{:>4} pairs {:>6} B{}, {} writes: {:.0f} pkt/s ({:.3f} Gbit/s) delivered with loss under 1 %{}{}\n",
+                       pairs_value, size, mix ? " (mix)" : "", o.write, good_delivered, gbps,
                        good_cpu_per_gbit > 0 ? fmt::format(", server {:.3f} CPU s per Gbit", good_cpu_per_gbit) : "",
                        bad > 0 ? "" : fmt::format(" (no loss up to {} pkt/s: raise --max-rate)", o.max_rate));
     }
     }
-    if (o.json) fmt::print("{{\"workload\":\"sweep\",\"url\":\"{}\",\"pairs\":{},\"results\":{}]}}\n", ts.urls(), o.pairs, json);
+    if (o.json)
+        fmt::print("{{\"workload\":\"sweep\",\"url\":\"{}\",\"write\":\"{}\",\"pairs\":{},\"results\":{}]}}\n", ts.urls(),
+                   o.write, o.pairs, json);
+    bool saved = save_records(o, records);
     if (!o.plot.empty()) {
-        std::FILE* f = std::fopen(o.plot.c_str(), "w");
-        if (f == nullptr) {
-            std::fprintf(stderr, "derpbench: --plot %s: %s\n", o.plot.c_str(), std::strerror(errno));
-            return 1;
+        report_options page;
+        page.title = fmt::format("derpbench sweep of {} ({} writes)", ts.urls(), o.write);
+        if (auto written = write_html_report(o.plot, records, page); !written) {
+            std::fprintf(stderr, "derpbench: --plot %s\n", written.error().c_str());
+            saved = false;
         }
-        const std::string svg = sweep_svg(points);
-        std::fwrite(svg.data(), 1, svg.size(), f);
-        std::fclose(f);
     }
     if (failed) std::fprintf(stderr, "derpbench: client failures during the sweep\n");
-    return failed ? 1 : 0;
+    return failed || !saved ? 1 : 0;
 }
 
 int run_latency(const options& o, const targets& ts) {
@@ -509,12 +283,14 @@ int run_latency(const options& o, const targets& ts) {
     // Background load (when --rate > 0) on its own runtime, for the same time.
     bench::pair_measurement background;
     std::thread load_thread;
+    // Declared out here: the load thread reads these options for the whole window (they were
+    // once scoped to the if below, and the thread read a destroyed object).
+    bench::pair_options background_options = o.pair_base(ts);
     if (o.rate > 0) {
-        bench::pair_options p = o.pair_base(ts);
-        p.rate_pps = static_cast<double>(o.rate);
-        p.warmup_s = 0;
-        p.progress = nullptr;
-        load_thread = std::thread([&] { background = bench::measure_pairs(servers, p); });
+        background_options.rate_pps = static_cast<double>(o.rate);
+        background_options.warmup_s = 0;
+        background_options.progress = nullptr;
+        load_thread = std::thread([&] { background = bench::measure_pairs(servers, background_options); });
     }
     st.running = true;
     rt.value()->wake_all();
@@ -530,12 +306,28 @@ int run_latency(const options& o, const targets& ts) {
     const double loss = sent > 0 ? 1.0 - static_cast<double>(rtts.size()) / static_cast<double>(sent) : 0;
     const double p50 = percentile(rtts, 0.5), p90 = percentile(rtts, 0.9), p99 = percentile(rtts, 0.99),
                  p999 = percentile(rtts, 0.999), max = rtts.empty() ? 0 : rtts.back();
+    run_record r = record_of(o, record_kind::latency);
+    r.pairs = o.rate > 0 ? o.pairs : 0;
+    r.size = o.size;
+    r.size_label = o.size_text;
+    r.duration_s = static_cast<double>(o.duration_ns) / 1e9;
+    r.offered_pps = static_cast<double>(o.rate);
+    r.delivered_pps = o.rate > 0 ? background.delivered_pps : 0;
+    r.loss = o.rate > 0 ? background.loss : 0;
+    r.probes_sent = sent;
+    r.probes_answered = rtts.size();
+    r.rtt_p50_us = p50;
+    r.rtt_p90_us = p90;
+    r.rtt_p99_us = p99;
+    r.rtt_p999_us = p999;
+    r.rtt_max_us = max;
+    const bool saved = save_records(o, {r});
     if (o.json) {
-        fmt::print("{{\"workload\":\"latency\",\"url\":\"{}\",\"pairs\":{},\"size\":{},\"background_rate_pps\":{},"
+        fmt::print("{{\"workload\":\"latency\",\"url\":\"{}\",\"write\":\"{}\",\"pairs\":{},\"size\":{},\"background_rate_pps\":{},"
                    "\"duration_s\":{:.3f},\"sent_packets\":{},\"delivered_packets\":{},\"loss_ratio\":{:.6f},"
                    "\"rtt_p50_us\":{:.1f},\"rtt_p90_us\":{:.1f},\"rtt_p99_us\":{:.1f},\"rtt_p999_us\":{:.1f},\"rtt_max_us\":{:.1f}"
                    "{}}}\n",
-                   ts.urls(), o.rate > 0 ? o.pairs : 0, o.size, o.rate, static_cast<double>(o.duration_ns) / 1e9, sent,
+                   ts.urls(), o.write, o.rate > 0 ? o.pairs : 0, o.size, o.rate, static_cast<double>(o.duration_ns) / 1e9, sent,
                    rtts.size(), loss, p50, p90, p99, p999, max,
                    o.rate > 0 ? fmt::format(",\"background_delivered_pps\":{:.0f},\"background_loss_ratio\":{:.6f}",
                                             background.delivered_pps, background.loss)
@@ -546,15 +338,15 @@ int run_latency(const options& o, const targets& ts) {
         fmt::print("  round trip: p50 {:.1f} us  p90 {:.1f} us  p99 {:.1f} us  p99.9 {:.1f} us  max {:.1f} us\n", p50,
                    p90, p99, p999, max);
         if (o.rate > 0)
-            fmt::print("  background: {} pairs offering {} pkt/s, delivered {:.0f} pkt/s ({:.3f} % lost)\n", o.pairs,
-                       o.rate, background.delivered_pps, background.loss * 100);
+            fmt::print("  background: {} pairs offering {} pkt/s ({} writes), delivered {:.0f} pkt/s ({:.3f} % lost)\n",
+                       o.pairs, o.rate, o.write, background.delivered_pps, background.loss * 100);
     }
     const std::uint64_t failures = st.failures.load() + background.failures;
     if (failures > 0) {
         std::fprintf(stderr, "derpbench: %llu client failure(s)\n", static_cast<unsigned long long>(failures));
         return 1;
     }
-    return rtts.empty() ? 1 : 0;
+    return rtts.empty() || !saved ? 1 : 0;
 }
 
 int run_throughput(const options& o, const targets& ts) {
@@ -567,32 +359,47 @@ int run_throughput(const options& o, const targets& ts) {
     const double delivered_bps = m.delivered_gbps * 1e9;
     const std::string size_label = o.size_text == "mix" ? fmt::format("\"mix\",\"size_mean\":{:.0f}", bench::mean_size(p.sizes))
                                                         : std::to_string(o.size);
+    run_record r = record_of(o, record_kind::throughput);
+    r.pairs = o.pairs;
+    r.size = o.size;
+    r.size_label = o.size_text;
+    r.duration_s = p.duration_s;
+    r.offered_pps = static_cast<double>(o.rate);
+    r.delivered_pps = m.delivered_pps;
+    r.delivered_bps = delivered_bps;
+    r.sent_pps = static_cast<double>(m.sent_packets) / p.duration_s;
+    r.loss = m.loss;
+    if (sampled) {
+        r.server_cpu_share = m.server_cpu_share;
+        r.server_rss_bytes = static_cast<std::int64_t>(m.server_rss_bytes);
+    }
+    const bool saved = save_records(o, {r});
     if (o.json) {
         std::string extra;
         if (sampled)
             extra = fmt::format(",\"server_cpu_s\":{:.3f},\"server_cpu_us_per_packet\":{:.3f},\"server_rss_bytes\":{}",
                                 m.server_cpu_s, m.server_cpu_us_per_packet, m.server_rss_bytes);
-        fmt::print("{{\"workload\":\"throughput\",\"url\":\"{}\",\"pairs\":{},\"size\":{},\"rate_offered_pps\":{},"
+        fmt::print("{{\"workload\":\"throughput\",\"url\":\"{}\",\"write\":\"{}\",\"pairs\":{},\"size\":{},\"rate_offered_pps\":{},"
                    "\"duration_s\":{:.3f},\"sent_packets\":{},\"delivered_packets\":{},\"dropped_packets\":{},"
                    "\"late_packets\":{},\"loss_ratio\":{:.6f},"
                    "\"delivered_bps\":{:.0f},\"delivered_pps\":{:.0f},\"client_cpu_share\":{:.3f},\"failures\":{}{}}}\n",
-                   ts.urls(), o.pairs, size_label, o.rate, p.duration_s, m.sent_packets, m.delivered_packets,
+                   ts.urls(), o.write, o.pairs, size_label, o.rate, p.duration_s, m.sent_packets, m.delivered_packets,
                    m.sent_packets - m.delivered_packets, m.late_packets, m.loss, delivered_bps, m.delivered_pps,
                    m.client_cpu_share, m.failures, extra);
     } else if (o.csv) {
-        fmt::print("workload,url,pairs,size,rate_offered_pps,duration_s,sent_packets,delivered_packets,dropped_packets,"
+        fmt::print("workload,url,write,pairs,size,rate_offered_pps,duration_s,sent_packets,delivered_packets,dropped_packets,"
                    "late_packets,loss_ratio,delivered_bps,delivered_pps,server_cpu_s,server_rss_bytes,failures\n");
-        fmt::print("throughput,{},{},{},{},{:.3f},{},{},{},{},{:.6f},{:.0f},{:.0f},{},{},{}\n", ts.urls(), o.pairs,
+        fmt::print("throughput,{},{},{},{},{},{:.3f},{},{},{},{},{:.6f},{:.0f},{:.0f},{},{},{}\n", ts.urls(), o.write, o.pairs,
                    o.size_text == "mix" ? std::string("mix") : std::to_string(o.size), o.rate, p.duration_s,
                    m.sent_packets, m.delivered_packets, m.sent_packets - m.delivered_packets, m.late_packets, m.loss,
                    delivered_bps, m.delivered_pps,
                    sampled ? fmt::format("{:.3f}", m.server_cpu_s) : "", sampled ? std::to_string(m.server_rss_bytes) : "",
                    m.failures);
     } else {
-        fmt::print("throughput to {}: {} pairs, {} packets, offered {}\n", ts.urls(), o.pairs,
+        fmt::print("throughput to {}: {} pairs, {} packets, offered {}, {} writes\n", ts.urls(), o.pairs,
                    o.size_text == "mix" ? fmt::format("a realistic mix (mean {:.0f} B) of", bench::mean_size(p.sizes))
                                         : fmt::format("{} B", o.size),
-                   o.rate > 0 ? fmt::format("{} pkt/s", o.rate) : std::string("as fast as possible"));
+                   o.rate > 0 ? fmt::format("{} pkt/s", o.rate) : std::string("as fast as possible"), o.write);
         fmt::print("  sent {}  delivered {}  dropped {} ({:.3f} %)  late {}\n", m.sent_packets, m.delivered_packets,
                    m.sent_packets - m.delivered_packets, m.loss * 100, m.late_packets);
         fmt::print("  delivered {:.0f} pkt/s = {:.3f} Gbit/s\n", m.delivered_pps, delivered_bps / 1e9);
@@ -613,7 +420,7 @@ int run_throughput(const options& o, const targets& ts) {
                      static_cast<unsigned long long>(m.failures));
         return 1;
     }
-    return m.error.empty() ? 0 : 1;
+    return m.error.empty() && saved ? 0 : 1;
 }
 
 int run_connections(const options& o, const targets& ts) {
@@ -652,6 +459,12 @@ int run_connections(const options& o, const targets& ts) {
     const double per_conn = ready > 0 && rss_after > rss_before
                                 ? static_cast<double>(rss_after - rss_before) / static_cast<double>(ready)
                                 : 0;
+    run_record r = record_of(o, record_kind::connections);
+    r.duration_s = elapsed;
+    r.connections = static_cast<std::int64_t>(ready);
+    r.connect_failures = static_cast<std::int64_t>(failed);
+    if (o.server_pid > 0 && per_conn > 0) r.server_rss_bytes_per_connection = per_conn;
+    const bool saved = save_records(o, {r});
     if (o.json) {
         fmt::print("{{\"workload\":\"connections\",\"url\":\"{}\",\"target\":{},\"connected\":{},\"failed\":{},"
                    "\"duration_s\":{:.3f},\"connect_us_mean\":{:.1f}{}}}\n",
@@ -676,7 +489,7 @@ int run_connections(const options& o, const targets& ts) {
     }
     rt.value()->request_stop();
     rt.value()->wait();
-    return failed > 0 || ready < static_cast<std::uint64_t>(o.count) ? 1 : 0;
+    return failed > 0 || ready < static_cast<std::uint64_t>(o.count) || !saved ? 1 : 0;
 }
 
 }  // namespace
@@ -685,7 +498,12 @@ int main(int argc, char** argv) {
     options o;
     derp::flag_set flags("derpbench");
     flags.add_string_list("url", &o.urls, "DERP server, http(s)://host:port/derp, or ws(s)://host:port/derp for DERP over WebSocket; repeat for the nodes of a region");
-    flags.add_int("frames-per-write", &o.frames_per_write, "throughput, sweep: at most this many frames per send (1 = as the Go and browser clients write; over WebSocket one message each); 0 = as many as fit");
+    flags.add_string("write", &o.write, "throughput, sweep, latency's load: per-packet (one frame per send, as Go's derphttp client and browsers write) or batched (as many frames as fit in one send)");
+    flags.add_int("frames-per-write", &o.frames_per_write, "throughput, sweep: at most this many frames per send, instead of --write (1 = per-packet, 0 = batched)");
+    flags.add_string("out", &o.out, "append this run's results to this file as JSON lines (run records for derpbench report and size)");
+    flags.add_string("label", &o.label, "--out: the run's name in the records and the report (default: server version, write mode, machine)");
+    flags.add_string("derpd-flags", &o.derpd_flags, "--out: the server's flags, for the records (default: its command line, with --server-pid)");
+    flags.add_string("varz-url", &o.varz_url, "--out: the server's /debug/varz, where its version and shard count are read (default: from an http:// or ws:// --url)");
     flags.add_bool("insecure", &o.insecure, "https: do not verify the server's certificate");
     flags.add_string("ca", &o.ca, "https: trust only this PEM CA bundle");
     flags.add_string("cert-name", &o.cert_name, "https: a DERPMap CertName, sha256-raw:<64 hex> pins the server certificate");
@@ -706,7 +524,8 @@ int main(int argc, char** argv) {
     flags.add_string("pairs-grid", &o.pairs_grid, "sweep: comma-separated pair counts to sweep (default: --pairs)");
     flags.add_int("start-rate", &o.start_rate, "sweep: first offered packets/s");
     flags.add_int("max-rate", &o.max_rate, "sweep: highest offered packets/s");
-    flags.add_string("plot", &o.plot, "sweep: write an SVG of delivered and loss against offered load here");
+    flags.add_int("rounds", &o.rounds, "sweep: windows per offered rate; the one with the median loss counts (1..15)");
+    flags.add_string("plot", &o.plot, "sweep: write an HTML page of charts (delivered and loss against offered load, the knees) here");
     flags.add_duration("probe-interval", &o.probe_interval_ns, "latency: time between probes");
     flags.add_int("server-pid", &o.server_pid, "sample this process's CPU and RSS from /proc");
     flags.add_bool("json", &o.json, "one JSON object on stdout");
@@ -714,11 +533,32 @@ int main(int argc, char** argv) {
     flags.add_string("log-level", &log_level, "client runtime log: debug, info, warn or error (debug shows why a TLS handshake failed)");
     flags.add_bool("csv", &o.csv, "a CSV header and row on stdout");
     if (argc < 2 || argv[1][0] == '-') {
-        std::fprintf(stderr, "usage: derpbench throughput|latency|connections|sweep [flags]\n%s", flags.usage().c_str());
+        std::fprintf(stderr, "usage: derpbench throughput|latency|connections|sweep [flags]\n"
+                             "       derpbench report RUN.jsonl... [-o report.html | --format markdown] (-h for more)\n"
+                             "       derpbench size RUN.jsonl... --target clients=N,gbps=G (-h for more)\n%s",
+                     flags.usage().c_str());
         return 2;
     }
     o.workload = argv[1];
+    if (o.workload == "report") return report_command(argc - 1, argv + 1);
+    if (o.workload == "size") return size_command(argc - 1, argv + 1);
     if (auto exit_status = derp::bench::parse_flags(flags, argc - 1, argv + 1)) return *exit_status;
+    // --write names the mode; --frames-per-write (kept for scripts) gives the number itself.
+    if (o.write != "per-packet" && o.write != "batched")
+        return std::fprintf(stderr, "derpbench: --write: want per-packet or batched\n"), 2;
+    if (flags.was_set("frames-per-write")) {
+        if (o.frames_per_write < 0 || o.frames_per_write > 65536)
+            return std::fprintf(stderr, "derpbench: --frames-per-write must be 0..65536\n"), 2;
+        const std::string implied = o.frames_per_write == 1   ? "per-packet"
+                                    : o.frames_per_write == 0 ? "batched"
+                                                              : fmt::format("{}-frames", o.frames_per_write);
+        if (flags.was_set("write") && implied != o.write)
+            return std::fprintf(stderr, "derpbench: --write %s and --frames-per-write %lld disagree\n", o.write.c_str(),
+                                static_cast<long long>(o.frames_per_write)), 2;
+        o.write = implied;
+    } else {
+        o.frames_per_write = o.write == "per-packet" ? 1 : 0;
+    }
     if (o.size_text == "mix") {
         o.size = static_cast<std::int64_t>(bench::mean_size(bench::realistic_size_mix()));
     } else {
@@ -733,6 +573,7 @@ int main(int argc, char** argv) {
     }
     // The progress line only where someone watches it.
     o.live = isatty(STDERR_FILENO) == 1 && !o.json && !o.csv;
+    if (o.rounds < 1 || o.rounds > 15) return std::fprintf(stderr, "derpbench: -rounds must be 1..15\n"), 2;
     if (o.pairs < 1 || o.pairs > 4096) return std::fprintf(stderr, "derpbench: -pairs must be 1..4096\n"), 2;
     if (o.count < 1 || o.count > 100000) return std::fprintf(stderr, "derpbench: -count must be 1..100000\n"), 2;
     if (!crypto_init()) return 1;
@@ -772,6 +613,20 @@ int main(int argc, char** argv) {
             t.context = ctx.value();
         }
     }
+    // What the records say this run was measured on (asked once, before any load).
+    o.context.machine = this_machine();
+    o.context.server = server_of(ts.urls(), o.varz_url.empty() ? varz_url_for(ts.list.front().url) : o.varz_url,
+                                 static_cast<pid_t>(o.server_pid), o.derpd_flags);
+    o.context.load.write = o.write;
+    o.context.load.frames_per_write = o.frames_per_write;
+    o.context.load.pairs = o.pairs;
+    o.context.load.sizes = o.workload == "sweep" ? o.sizes : o.size_text;
+    o.context.time = utc_now_text();
+    o.context.run = !o.label.empty() ? o.label
+                                     : fmt::format("{}, {} writes, {} cores",
+                                                   o.context.server.version == "unknown" ? "server of unknown version"
+                                                                                         : "derpd " + o.context.server.version,
+                                                   o.write, o.context.machine.cores);
     if (o.workload == "throughput") return run_throughput(o, ts);
     if (o.workload == "connections") return run_connections(o, ts);
     if (o.workload == "latency") return run_latency(o, ts);

@@ -143,7 +143,8 @@ void client_output::stage(const std::uint8_t* begin, const std::uint8_t* end, co
     _staged_frames.push_back(s);
 }
 
-bool client_output::enqueue(const queued_frame& frame, packet_kind kind, output_events& events) {
+bool client_output::enqueue(const queued_frame& frame, packet_kind kind, output_events& events,
+                            std::size_t staged_room_bytes) {
     DERP_ASSERT(frame.frame_bytes >= recv_packet_header_bytes);
     const auto k = static_cast<std::size_t>(kind);
     frame_queue& q = _queues[k];
@@ -163,9 +164,12 @@ bool client_output::enqueue(const queued_frame& frame, packet_kind kind, output_
             _partial = unit::staged;
         }
         std::uint32_t moved = 0;
+        std::size_t added = 0;
         while (q.count > 0 && moved < _queue_depth_max / 2) {
             const queued_frame& oldest = head_of(k);
             if (_staged.size() + oldest.frame_bytes > _staged_bytes_max) break;
+            if (added + oldest.frame_bytes > staged_room_bytes) break;
+            added += oldest.frame_bytes;
             stage(oldest.data, oldest.data + oldest.frame_bytes, oldest, kind);
             events.release(oldest);
             pop(k);

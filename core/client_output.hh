@@ -113,8 +113,11 @@ public:
     bool queue_full(packet_kind kind) const noexcept;
     // Queues a RecvPacket frame. A full queue first moves its frames (and the rest of a frame
     // begun in the last send) into staging, within staged_bytes_max; if it is still full the
-    // oldest packet goes (queue_head). False when a packet was dropped.
-    bool enqueue(const queued_frame& frame, packet_kind kind, output_events& events);
+    // oldest packet goes (queue_head). False when a packet was dropped. staged_room_bytes: what
+    // whole frames may add to staging now (the shard's staging ceiling less what every client
+    // stages; the rest of a frame begun in the last send moves regardless, as it must).
+    bool enqueue(const queued_frame& frame, packet_kind kind, output_events& events,
+                 std::size_t staged_room_bytes = SIZE_MAX);
     // Drops every packet not yet written (queued or staged): the connection is gone.
     void drop_all(drop_reason reason, output_events& events) noexcept;
 

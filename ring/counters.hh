@@ -32,6 +32,8 @@ struct alignas(cache_line_bytes) shard_counters {
     counter accept_errors;          // accept CQEs with an error (EMFILE, ENFILE, ...)
     counter accepts_refused_full;   // accepted, then closed at once: the slot table was full
     counter accepts_rate_limited;   // accepted, then reset at once: -accept-connection-limit
+    counter input_buffered_bytes;   // gauge: unconsumed input held by the shard's connections
+    counter input_shed_closes;      // connections closed because that input passed its max
     counter conns_open;             // gauge: connections in the slot table (open or closing)
     std::array<counter, close_cause_count> closes;  // by close_cause
     counter recv_bytes;

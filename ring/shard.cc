@@ -351,6 +351,8 @@ void shard::maybe_finish_close(std::uint32_t slot) noexcept {
         _send_starved = false;
     }
     std::vector<std::uint8_t>().swap(s.pending_input);
+    _input_total -= s.input_accounted;
+    _counters.input_buffered_bytes.set(_input_total);
     if (s.accepted) --_accepted_in_use;
     const std::uint32_t next_gen = s.gen + 1;
     s = conn_slot{};
@@ -524,6 +526,53 @@ void shard::handle_recv(std::uint32_t slot, std::uint32_t gen, const io_uring_cq
 }
 
 void shard::deliver_input(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept {
+    deliver_input_unbudgeted(slot, bytes);
+    account_input(slot);
+}
+
+void shard::account_input(std::uint32_t slot) noexcept {
+    conn_slot& s = _slots[slot];
+    if (s.state == conn_state::free) return;  // maybe_finish_close took its count off
+    const std::size_t capacity = s.pending_input.capacity();
+    _input_total = _input_total - s.input_accounted + capacity;
+    s.input_accounted = capacity;
+    if (s.pending_input.empty() || s.pending_input.size() < s.input_size_seen) s.input_progress_ns = _now_ns;
+    s.input_size_seen = s.pending_input.size();
+    _counters.input_buffered_bytes.set(_input_total);
+    if (_input_total > _config.input_buffered_total_max) shed_input();
+}
+
+// Over the shard's input maximum: the connections whose unconsumed input has waited longest
+// for the service to take any go first (their input is released at once, so the total is
+// right while their close completes).
+void shard::shed_input() noexcept {
+    std::uint32_t shed = 0;
+    while (_input_total > _config.input_buffered_total_max) {
+        std::uint32_t stalest = no_buffer;
+        for (std::uint32_t i = 0; i < _slots.size(); ++i) {
+            const conn_slot& c = _slots[i];
+            if (c.state != conn_state::open || c.pending_input.empty()) continue;
+            if (stalest == no_buffer || c.input_progress_ns < _slots[stalest].input_progress_ns) stalest = i;
+        }
+        if (stalest == no_buffer) break;
+        conn_slot& victim = _slots[stalest];
+        _input_total -= victim.input_accounted;
+        victim.input_accounted = 0;
+        victim.input_size_seen = 0;
+        std::vector<std::uint8_t>().swap(victim.pending_input);
+        _counters.input_shed_closes.add();
+        ++shed;
+        begin_close(stalest, close_cause::input_overflow);
+    }
+    _counters.input_buffered_bytes.set(_input_total);
+    if (shed > 0) {
+        if (const auto n = _input_shed_log.allow(_now_ns))
+            log(log_level::warn, "shard {}: unconsumed input over {} bytes; closed the {} connection(s) holding the "
+                "stalest, {} lately", _config.index, _config.input_buffered_total_max, shed, n);
+    }
+}
+
+void shard::deliver_input_unbudgeted(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept {
     conn_slot& s = _slots[slot];
     const conn_id id{slot, s.gen};
     // After pause_recv, completions already posted still arrive: at most one turn's worth of

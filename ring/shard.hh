@@ -54,6 +54,11 @@ struct shard_config {
     std::uint32_t send_buffer_count = 1024;
     std::uint32_t send_buffer_bytes = 16384;
     std::uint32_t input_buffered_bytes_max = 1u << 20;
+    // Unconsumed input held by all of the shard's connections together (partial frames, a
+    // request head in pieces). Past it, the connections whose input has gone longest without
+    // the service consuming any are closed until the total fits: a client that completes its
+    // frames never holds input for long, one that sends partial frames and stops does.
+    std::uint64_t input_buffered_total_max = 64ull << 20;
     std::uint32_t inbound_batch_max = 256;   // messages taken from one ring per loop turn
     std::int64_t default_write_timeout_ns = 0;  // 0 = none
     std::int64_t shutdown_grace_ns = 5'000'000'000;
@@ -157,6 +162,7 @@ public:
     shard_counters& counters() noexcept { return _counters; }
     buffer_pool& send_pool() noexcept { return *_send_pool; }
     std::uint32_t open_connections() const noexcept { return _conns_in_use; }
+    std::uint64_t input_buffered_bytes() const noexcept { return _input_total; }
     // Connections accepted from a listener that are still open (outgoing ones not counted): a
     // draining shard stops when this reaches zero.
     std::uint32_t accepted_connections() const noexcept { return _accepted_in_use; }
@@ -200,6 +206,9 @@ private:
         std::vector<std::uint8_t> send_heap;
         std::int64_t write_timeout_ns = 0;
         std::vector<std::uint8_t> pending_input;
+        std::size_t input_accounted = 0;   // pending_input's capacity as counted in _input_total
+        std::size_t input_size_seen = 0;   // its size at the last count
+        std::uint64_t input_progress_ns = 0;  // last time it was empty or shrank (consumed)
         timer_node timers[service_timer_count + 1];
         std::uint32_t next_free = 0;
     };
@@ -227,6 +236,9 @@ private:
     void handle_recvmsg(std::uint32_t socket_index, const io_uring_cqe& cqe) noexcept;
     std::optional<std::uint32_t> take_slot(int fd) noexcept;
     void deliver_input(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept;
+    void deliver_input_unbudgeted(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept;
+    void account_input(std::uint32_t slot) noexcept;  // _input_total follows the slot; sheds past the max
+    void shed_input() noexcept;
     void flush_writes() noexcept;
     void drain_inbound() noexcept;
     void publish_outbound() noexcept;
@@ -260,6 +272,7 @@ private:
     std::uint32_t _free_head = 0;
     std::uint32_t _conns_in_use = 0;
     std::uint32_t _accepted_in_use = 0;
+    std::uint64_t _input_total = 0;  // bytes of pending_input capacity over every slot
     std::vector<std::uint32_t> _write_list;
     // Destination addresses of connects in flight (the kernel reads them until completion).
     std::unordered_map<std::uint32_t, std::unique_ptr<sockaddr_storage>> _connecting;
@@ -282,6 +295,7 @@ private:
     std::uint32_t _global_ops = 0;           // listener, eventfd and signalfd ops in flight
     log_limiter _accept_error_log{1'000'000'000};
     log_limiter _accept_limit_log{1'000'000'000};
+    log_limiter _input_shed_log{1'000'000'000};
 };
 
 }  // namespace derp::ring

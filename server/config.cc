@@ -59,6 +59,8 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_int("shards", &c.shards, "derpd: shard threads, one io_uring each (0 = online cores minus one, at least 1)");
     flags.add_string("log-level", &c.log_level, "derpd: debug, info, warn or error");
     flags.add_int("conns-per-shard", &c.conns_per_shard_max, "derpd: connection slots per shard (0 = share the open-files limit among the shards)");
+    flags.add_int("shard-input-max", &c.shard_input_max, "derpd: bytes of unconsumed input (partial frames, request heads) all of a shard's connections may hold together; past it the connections whose input has waited longest are closed");
+    flags.add_int("shard-staging-max", &c.shard_staging_max, "derpd: bytes of output all of a shard's clients may stage together beyond their 32-deep queues (slow readers); past it a full queue drops its oldest packet instead");
     flags.add_int("unfinished-per-shard", &c.unfinished_per_shard_max, "derpd: connections per shard that may be unfinished at once (before their DERP handshake completes: HTTP, TLS, ClientInfo, admission); one more closes the oldest, so slow or silent connections cannot take the slots real clients need (0 = half of -conns-per-shard)");
 
     flags.add_string("admin-addr", &c.admin_addr, "derpd: serve /debug/varz (also as /metrics), /debug/check and /debug/ on this address from the admin thread, to any client that reaches it; \":port\" means loopback only");
@@ -98,6 +100,8 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     if (c.dev && !flags.was_set("a")) c.listen_address = "localhost:3340";
     if (c.shards < 0 || c.shards > 1023)
         return unexpected(fmt::format("invalid value {} for flag -shards: want 0..1023", c.shards));
+    if (c.shard_input_max < 1 << 20 || c.shard_staging_max < 1 << 20)
+        return unexpected(std::string("invalid value for flag -shard-input-max or -shard-staging-max: at least 1048576 bytes"));
     if (c.unfinished_per_shard_max < 0 || c.unfinished_per_shard_max > 1'000'000)
         return unexpected(fmt::format("invalid value {} for flag -unfinished-per-shard: want 0..1000000", c.unfinished_per_shard_max));
     if (c.conns_per_shard_max < 0 || c.conns_per_shard_max > 1'000'000)

@@ -81,14 +81,20 @@ bool derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, p
     }
     output_hooks hooks(*this, conn, c);
     _counters.queued_packets.add();
-    const bool kept_all = c.out.enqueue(frame, kind, hooks);
+    // The shard's staging ceiling: what is left of it is all this client may stage now.
+    const std::size_t staged_before = c.out.staged_bytes();
+    const std::size_t room = _staged_total < _settings.staged_total_max ? _settings.staged_total_max - _staged_total : 0;
+    const bool kept_all = c.out.enqueue(frame, kind, hooks, room);
+    note_staged(staged_before, c.out.staged_bytes());
     if (c.out.pending()) _shard.want_write(conn);
     return kept_all;
 }
 
 void derp_service::drop_output(conn_id conn, client& c, drop_reason reason) noexcept {
     output_hooks hooks(*this, conn, c);
+    const std::size_t staged_before = c.out.staged_bytes();
     c.out.drop_all(reason, hooks);
+    note_staged(staged_before, c.out.staged_bytes());
 }
 
 std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out) noexcept {
@@ -96,7 +102,9 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
     if (found == nullptr) return 0;
     client& c = *found;
     output_hooks hooks(*this, conn, c);
+    const std::size_t staged_before = c.out.staged_bytes();
     const client_output::write_result w = c.out.write(out, hooks);
+    note_staged(staged_before, c.out.staged_bytes());
     c.bytes_out += w.bytes;
     if (w.pong) _counters.sent_pong.add();
     if (c.stage == phase::relay && w.bytes > 0) {
@@ -113,6 +121,11 @@ std::size_t derp_service::on_writable(conn_id conn, std::span<std::uint8_t> out)
     }
     if (c.out.pending()) _shard.want_write(conn);
     return w.bytes;
+}
+
+void derp_service::note_staged(std::size_t before, std::size_t after) noexcept {
+    _staged_total = _staged_total + after - before;
+    _counters.staged_bytes.set(_staged_total);
 }
 
 }  // namespace derp::server

@@ -97,6 +97,7 @@ bool derp_service::on_turn_end() noexcept {
         _next_rtt_sweep_ns = _shard.now_ns() + 10'000'000'000;
     }
     _counters.transfer_buffers_in_use.set(_transfer[0]->in_use() + _transfer[1]->in_use());
+    _counters.transfer_bytes.set(_transfer[0]->in_use() * small_frame_bytes_max + _transfer[1]->in_use() * large_frame_bytes_max);
     // Controls to ourselves run here, outside any handler, in the order they were made.
     while (!_local_controls.empty()) {
         control* c = _local_controls.front();

@@ -66,6 +66,7 @@ struct derp_settings {
     debug_access_policy debug_policy;                      // TS_DEBUG_KEY_PATH & co. (spec 3.8)
     std::uint32_t queue_depth_max = 32;                    // per queue, two queues per client
     std::uint32_t staged_bytes_max = 64 * 1024;            // per client: frames waiting for the next send
+    std::uint64_t staged_total_max = 64ull << 20;          // per shard: every client's staging together
     bool tls_mode = false;                                 // the main listener serves TLS (spec 3.1)
     std::uint32_t small_transfer_buffers = 8192;           // frames up to 2 KiB, per shard
     std::uint32_t large_transfer_buffers = 128;            // frames up to 64 KiB + 37, per shard
@@ -260,6 +261,7 @@ private:
     // False when the queue was full and a packet was dropped to make room.
     bool enqueue(ring::conn_id conn, client& c, const queued_frame& frame, packet_kind kind) noexcept;
     void count_drop(drop_reason reason, packet_kind kind, std::size_t packet_bytes) noexcept;
+    void note_staged(std::size_t before, std::size_t after) noexcept;  // _staged_total follows a client
     void release_transfer(const queued_frame& frame) noexcept;
     void drop_output(ring::conn_id conn, client& c, drop_reason reason) noexcept;
     class output_hooks;  // client_output's events for one client (derp_output.cc)
@@ -290,6 +292,7 @@ private:
     std::uint64_t _drain_deadline_ns = 0;
     std::deque<ring::conn_id> _unfinished_order;  // accept order; finished entries are skipped
     std::uint32_t _unfinished = 0;
+    std::size_t _staged_total = 0;  // bytes staged by every client of this shard
     ring::log_limiter _eviction_log{1'000'000'000};
     std::uint64_t _health_generation = 0;  // of _shared.health, as last sent
     std::string _health_problem;

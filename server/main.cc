@@ -27,6 +27,7 @@
 #include "ring/service_mux.hh"
 #include "server/config.hh"
 #include "server/mesh.hh"
+#include "server/derp_internal.hh"
 #include "server/derp_service.hh"
 #include "admin/admin_service.hh"
 #include "server/files.hh"
@@ -245,6 +246,7 @@ int main(int argc, char** argv) {
     settings.unfinished_conns_max = static_cast<std::uint32_t>(
         cfg.unfinished_per_shard_max > 0 ? std::min<std::uint64_t>(static_cast<std::uint64_t>(cfg.unfinished_per_shard_max), per_shard)
                                          : std::max<std::uint64_t>(per_shard / 2, 1));
+    settings.staged_total_max = static_cast<std::uint64_t>(cfg.shard_staging_max);
     settings.write_timeout_ns = cfg.tcp_write_timeout_ns;
     settings.handshake_timeout_ns = cfg.handshake_timeout_ns;
     // Go's 30 s ReadTimeout for the request head, kept at 3x the handshake deadline so that
@@ -367,6 +369,7 @@ int main(int argc, char** argv) {
     rc.listen_options.user_timeout_ns = cfg.tcp_user_timeout_ns;
     rc.listen_options.keepalive_idle_ns = cfg.tcp_keepalive_time_ns;
     rc.shard_defaults.conn_slots = static_cast<std::uint32_t>(per_shard);
+    rc.shard_defaults.input_buffered_total_max = static_cast<std::uint64_t>(cfg.shard_input_max);
     // Input kept per connection beyond a whole frame: ClientInfo may be 256 KiB (spec 1.1).
     rc.shard_defaults.input_buffered_bytes_max = 512 * 1024;
     // Send buffers of 64 KiB hold 45 full-size RecvPacket frames: a client's whole queue
@@ -379,6 +382,13 @@ int main(int argc, char** argv) {
     // that find the ring empty are re-armed the next turn.
     rc.shard_defaults.recv_buffer_count = static_cast<std::uint32_t>(cfg.recv_buffers);
     rc.handle_signals = true;
+    // What each shard may hold, for /debug/varz (derpd_memory_ceiling_bytes).
+    shared.memory.send_buffer_bytes = rc.shard_defaults.send_buffer_bytes;
+    shared.memory.send_buffers = std::uint64_t{rc.shard_defaults.send_buffer_count} * rc.shard_defaults.send_buffer_bytes;
+    shared.memory.transfer_buffers = std::uint64_t{shared.settings.small_transfer_buffers} * server::small_frame_bytes_max +
+                                     std::uint64_t{shared.settings.large_transfer_buffers} * server::large_frame_bytes_max;
+    shared.memory.input = rc.shard_defaults.input_buffered_total_max;
+    shared.memory.staging = shared.settings.staged_total_max;
     // STUN on the admin core: UDP on the host of -a at -stun-port (spec 3.1).
     stun::stun_counters stun_counters;
     if (cfg.stun) {

@@ -76,7 +76,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             const auto kind = (op & 0x80) ? packet_kind::disco : packet_kind::other;
             const std::size_t bytes = std::size_t{p.next()} * 16 + (op >> 3 & 0x0f);
             c.kind_of.push_back(kind);
-            c.out.enqueue(c.store.make(c.next_id++, bytes), kind, c.events);
+            // The shard's staging room: none, a little, or unbounded (op's bits 4..5).
+            const std::size_t room = (op >> 4 & 3) == 0 ? 0 : (op >> 4 & 3) == 1 ? 2048 : SIZE_MAX;
+            c.out.enqueue(c.store.make(c.next_id++, bytes), kind, c.events, room);
             break;
         }
         case 2:

@@ -147,3 +147,78 @@ TEST_CASE("-unfinished-per-shard: a slowloris beyond the table closes its own ol
     }
     CHECK(closed == 500);
 }
+
+namespace {
+
+double memory_metric(const derpd_process& d, std::string_view pool) {
+    return varz_sum(http_get_body("127.0.0.1", d.admin_port(), "/debug/varz"), "derpd_memory_bytes", {{"pool", std::string(pool)}})
+        .value_or(-1);
+}
+
+}  // namespace
+
+TEST_CASE("-shard-input-max: partial frames that never finish are shed, stalest first; complete frames relay") {
+    derpd_options o = with_admin();
+    o.shards = 1;
+    o.extra_args = {"-shard-input-max", "1048576"};
+    derpd_process d(o);
+    auto a = derp_client::connect(d.port(), d.server_public());
+    auto b = derp_client::connect(d.port(), d.server_public());
+    // 40 clients each send a SendPacket header announcing 65,000 bytes and 60,000 of them, then
+    // stop: 2.4 MB of input that can never be consumed, against a 1 MiB ceiling.
+    std::vector<derp_client> stalled;
+    bytes head = {0x04, 0, 0, 0xfd, 0xe8};  // SendPacket, 65,000 bytes
+    const bytes body(60'000, 0x5a);
+    for (int i = 0; i < 40; ++i) {
+        stalled.push_back(derp_client::connect(d.port(), d.server_public()));
+        stalled.back().send_raw(head);
+        stalled.back().send_raw(body);
+    }
+    // At most 1 MiB can be held: of 40 holders of about 60 KB, at least 23 are closed.
+    CHECK(wait_metric(d, "derpd_shard_input_shed_closes_total", 23) >= 23);
+    CHECK(memory_metric(d, "input") <= 1048576);
+    CHECK(d.wait_for_log("unconsumed input over 1048576 bytes; closed the", 2000ms));
+    relays(a, b, "whole frames are never held");
+    relays(b, a, "both ways");
+}
+
+TEST_CASE("-shard-staging-max: slow readers' staging stays under the shard's ceiling; a healthy pair relays") {
+    derpd_options o = with_admin();
+    o.shards = 1;
+    o.extra_args = {"-shard-staging-max", "1048576", "-tcp-write-timeout", "0"};
+    derpd_process d(o);
+    auto sender = derp_client::connect(d.port(), d.server_public());
+    auto a = derp_client::connect(d.port(), d.server_public());
+    auto b = derp_client::connect(d.port(), d.server_public());
+    // 24 receivers with tiny socket buffers that never read: once the kernel's send buffers
+    // towards them are full (up to tcp_wmem's maximum), each send stalls, their queues fill,
+    // and whole frames would move to staging (64 KiB each, 1.5 MiB in all).
+    client_options slow_options;
+    slow_options.rcvbuf_bytes = 4096;
+    std::vector<derp_client> slow;
+    for (int i = 0; i < 24; ++i) slow.push_back(derp_client::connect(d.port(), d.server_public(), slow_options));
+    const bytes packet(1000, 0x33);
+    auto queue_head_drops = [&] {
+        return varz_sum(http_get_body("127.0.0.1", d.admin_port(), "/debug/varz"), "derp_packets_dropped",
+                        {{"reason", "queue_head"}}).value_or(0);
+    };
+    // Until every receiver's queue overflows (the kernel buffers are full), then as much again
+    // as staging could take: 100 more packets each.
+    int rounds = 0;
+    for (; rounds < 20'000; ++rounds) {
+        for (auto& r : slow) sender.send_packet(r.key(), packet);
+        if (rounds % 500 == 499 && queue_head_drops() >= 24 * 32) break;
+    }
+    REQUIRE(rounds < 20'000);
+    for (int more = 0; more < 100; ++more)
+        for (auto& r : slow) sender.send_packet(r.key(), packet);
+    relays(a, b, "beside the slow readers");
+    // Every packet of the sender was read (one client, and the relay above came after them):
+    // staging is as full as it gets, the ceiling plus at most the rest of one frame per
+    // receiver (a frame cut by a send moves whatever the room).
+    const double staged = memory_metric(d, "staging");
+    MESSAGE("staged bytes with 24 stalled readers: " << staged << " after " << rounds << " rounds");
+    CHECK(staged <= 1048576 + 24 * 1037);
+    CHECK(staged > 1048576 - 64 * 1037);  // it did fill up to the ceiling
+    relays(b, a, "still");
+}

@@ -48,15 +48,36 @@ p50=$(field rtt_p50_us "$out"); answered=$(field delivered_packets "$out")
   echo "ok: latency: $answered round trips, p50 $p50 us" || fail "latency (exit $rc): $out"
 
 out=$("$bench" sweep --url "$url" --sizes 200 --pairs-grid 1,2 --duration 300ms --warmup 100ms --start-rate 20000 \
-  --max-rate 40000 --plot "$tmp/sweep.svg" --json 2>/dev/null)
+  --max-rate 40000 --rounds 2 --plot "$tmp/sweep.html" --out "$tmp/runs.jsonl" --server-pid "$pid" --json 2>/dev/null)
 rc=$?
-((rc == 0)) && grep -q '"workload":"sweep"' <<<"$out" && grep -q '"pairs":1,"size":200,"size_label":"200","max_rate_under_1pct_loss_pps":' <<<"$out" &&
-  grep -q '"pairs":2,"size":200,' <<<"$out" && grep -q '200 B, 2 pairs' "$tmp/sweep.svg" &&
-  grep -q '<polyline' "$tmp/sweep.svg" && grep -q '</svg>' "$tmp/sweep.svg" && echo "ok: sweep with --plot" ||
-  fail "sweep (exit $rc): $out"
+# --plot is the report's page (Chart.js inlined); --out appends a record per probe and per knee.
+((rc == 0)) && grep -q '"workload":"sweep","url":"[^"]*","write":"per-packet"' <<<"$out" &&
+  grep -q '"pairs":1,"size":200,"size_label":"200","max_rate_under_1pct_loss_pps":' <<<"$out" &&
+  grep -q '"pairs":2,"size":200,' <<<"$out" && grep -q '"name":"200 B, 2 pairs"' "$tmp/sweep.html" &&
+  grep -q 'Chart.js v3' "$tmp/sweep.html" && ! grep -q '<script src=' "$tmp/sweep.html" &&
+  (($(grep -c '"workload":"sweep-knee"' "$tmp/runs.jsonl") == 2)) && (($(grep -c '"workload":"sweep-point"' "$tmp/runs.jsonl") >= 4)) &&
+  echo "ok: sweep with --plot and --out" || fail "sweep (exit $rc): $out"
+# Every record names the machine, derpd's version and shards (from its /debug/varz), its flags
+# (its command line, from --server-pid) and the load's write mode.
+record=$(head -n 1 "$tmp/runs.jsonl")
+grep -q '"schema":"derpbench-run/1"' <<<"$record" && grep -q '"machine":{"cores":[0-9]*,"cpu":"[^"]' <<<"$record" &&
+  grep -q '"version":"[0-9][^"]*","shards":1,"flags":"[^"]*-shards 1' <<<"$record" &&
+  grep -q '"load":{"write":"per-packet","frames_per_write":1,' <<<"$record" && echo "ok: run records carry their context" ||
+  fail "record context: $record"
+out=$("$bench" throughput --url "$url" --pairs 1 --size 300 --rate 2000 --duration 300ms --warmup 100ms --write batched \
+  --label "batched check" --out "$tmp/runs.jsonl")
+(($? == 0)) && grep -q "300 B packets, offered 2000 pkt/s, batched writes" <<<"$out" &&
+  tail -n 1 "$tmp/runs.jsonl" | grep -q '"run":"batched check".*"write":"batched","frames_per_write":0,.*"workload":"throughput"' &&
+  echo "ok: --write batched, reported and recorded" || fail "--write batched: $out $(tail -n 1 "$tmp/runs.jsonl")"
+out=$("$bench" throughput --url "$url" --write batched --frames-per-write 1 2>&1)
+(($? == 2)) && grep -q "disagree" <<<"$out" && echo "ok: --write and --frames-per-write that disagree" || fail "write conflict: $out"
+out=$("$bench" sweep --url "$url" --rounds 0 2>&1)
+(($? == 2)) && grep -q "rounds must be 1..15" <<<"$out" && echo "ok: --rounds 0 refused" || fail "--rounds 0: $out"
+out=$("$bench" throughput --url "$url" --write bursty 2>&1)
+(($? == 2)) && grep -q "per-packet or batched" <<<"$out" && echo "ok: unknown --write" || fail "bad --write: $out"
 
 csv=$("$bench" throughput --url "$url" --pairs 1 --size 100 --rate 1000 --duration 300ms --warmup 100ms --csv)
-[[ "$(head -n 1 <<<"$csv")" == workload,url,pairs,* && "$(sed -n 2p <<<"$csv")" == throughput,* ]] && echo "ok: CSV" ||
+[[ "$(head -n 1 <<<"$csv")" == workload,url,write,pairs,* && "$(sed -n 2p <<<"$csv")" == throughput,* ]] && echo "ok: CSV" ||
   fail "CSV: $csv"
 
 # Failures are clear and non-zero.

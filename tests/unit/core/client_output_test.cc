@@ -126,6 +126,26 @@ TEST_CASE("client_output: a queue frame cut at the end of a send moves to stagin
     CHECK(f.stream.packet_ids == std::vector<std::uint64_t>{1, 2, 3, 4, 5});
 }
 
+TEST_CASE("client_output: no staging room (the shard's ceiling) drops the oldest instead of staging it") {
+    fixture f;
+    f.write_all();
+    for (std::uint32_t i = 0; i < depth; ++i) f.enqueue(packet_kind::other);
+    // The queue is full and staging has no room: the oldest whole packet goes at once.
+    CHECK_FALSE(f.out.enqueue(f.store.make(f.next_id++, 1000), packet_kind::other, f.events, 0));
+    CHECK(f.out.staged_bytes() == 0);
+    REQUIRE(f.events.drops.size() == 1);
+    f.write_all();
+    CHECK(f.stream.packet_ids.front() == 2);
+    // A frame begun in the last send still moves, room or not (its rest must go next), and
+    // that frees the slot the new packet needs.
+    for (std::uint32_t i = 0; i < depth; ++i) f.enqueue(packet_kind::other);
+    f.write(500);
+    CHECK(f.out.enqueue(f.store.make(f.next_id++, 1000), packet_kind::other, f.events, 0));
+    CHECK(f.out.staged_bytes() == 1037 - 500);  // the 1,000 + 37-byte frame less what was sent
+    f.write_all();
+    CHECK(f.store.live() == 0);
+}
+
 TEST_CASE("client_output: queues are taken in turn; a full queue beyond staging drops its oldest") {
     fixture f;
     f.write_all();
