@@ -17,6 +17,7 @@
 
 #include "core/close_reason.hh"
 #include "core/drop_reason.hh"
+#include "core/rate_limit.hh"
 #include "crypto/tls_layer.hh"
 #include "ring/counters.hh"
 #include "stun/server.hh"
@@ -74,6 +75,10 @@ struct alignas(ring::cache_line_bytes) derp_counters {
     counter admissions_cached;
     counter cross_shard_packets;           // relayed through a ring to another shard
     counter control_backlog;               // gauge-ish: control messages waiting for ring space
+    // Messages refused because the backlog for a full ring was at control_backlog_max
+    // (derpd_control_backlog_refused_total): what they were is logged, rate-limited.
+    counter control_backlog_refused;
+    counter rate_limit_waited;             // derper's rate_limit_per_client_waited: frames that waited
     // derper's tcp_rtt{le}: RTT samples of every connection, every 10 s (spec 2.13).
     std::array<counter, 9> tcp_rtt;  // 10ms 20ms 50ms 100ms 150ms 250ms 500ms inf error
     // derper's buffered_write_frames histogram: frames per flush (bucket upper bounds below).
@@ -151,6 +156,39 @@ struct acme_counters {
     std::atomic<std::uint64_t> http01_unknown{0};
 };
 
+// --rate-config (spec 2.12): the per-client receive limit in force. Written by one thread (the
+// admin thread: at start and on SIGHUP), read by every shard at the top of a loop turn and by
+// the metrics; a sequence lock, so that a reader never pairs one config's rate with another's
+// burst. `sequence` is odd while a write is under way and grows by 2 per config.
+struct rate_limit_shared {
+    bool configured = false;  // --rate-config was given (set before the threads start)
+    std::atomic<std::uint64_t> sequence{0};
+    std::atomic<std::uint64_t> bytes_per_second{0};
+    std::atomic<std::uint64_t> burst_bytes{0};
+
+    void store(const rate_config& config) noexcept {
+        const std::uint64_t s = sequence.load(std::memory_order_relaxed);
+        sequence.store(s + 1, std::memory_order_relaxed);
+        std::atomic_thread_fence(std::memory_order_release);
+        bytes_per_second.store(config.bytes_per_second, std::memory_order_relaxed);
+        burst_bytes.store(config.burst_bytes, std::memory_order_relaxed);
+        sequence.store(s + 2, std::memory_order_release);
+    }
+    // The config and the sequence it was stored under.
+    rate_config load(std::uint64_t& at_sequence) const noexcept {
+        for (;;) {
+            const std::uint64_t before = sequence.load(std::memory_order_acquire);
+            rate_config out{bytes_per_second.load(std::memory_order_relaxed),
+                            burst_bytes.load(std::memory_order_relaxed)};
+            std::atomic_thread_fence(std::memory_order_acquire);
+            if ((before & 1) == 0 && sequence.load(std::memory_order_relaxed) == before) {
+                at_sequence = before;
+                return out;
+            }
+        }
+    }
+};
+
 struct metric_sources {
     explicit metric_sources(std::uint32_t shard_count, bool mesh_key_set)
         : counters(std::make_unique<derp_counters[]>(shard_count)), shards(shard_count),
@@ -185,6 +223,7 @@ struct metric_sources {
     // -verify-clients: the admission thread's latest self-check verdict for /debug/check ("" when
     // this node's own key would be admitted). Any thread may call it.
     std::function<std::string()> self_check;
+    rate_limit_shared rate_limit;  // --rate-config; `configured` false without it
 };
 
 }  // namespace derp::admin

@@ -150,6 +150,15 @@ std::string render_varz(const metric_sources& shared) {
     metric(out, "derp_peer_gone_disconnected_frames", "counter",
            derp_sum(&derp_counters::peer_gone_disconnected_frames));
     metric(out, "derp_peer_gone_not_here_frames", "counter", derp_sum(&derp_counters::peer_gone_not_here_frames));
+    if (shared.rate_limit.configured) {
+        // derper's three, only with --rate-config (spec 7.3). The burst is the one in force
+        // (raised to 64 KiB + 32, spec 2.12).
+        std::uint64_t sequence = 0;
+        const rate_config rate = shared.rate_limit.load(sequence);
+        metric(out, "derp_rate_limit_per_client_burst_bytes", "untyped", rate.enabled() ? rate.effective_burst() : 0);
+        metric(out, "derp_rate_limit_per_client_bytes_per_second", "untyped", rate.bytes_per_second);
+        metric(out, "derp_rate_limit_per_client_waited", "counter", derp_sum(&derp_counters::rate_limit_waited));
+    }
     metric(out, "derp_sclient_write_timeouts", "counter", derp_sum(&derp_counters::sclient_write_timeouts));
     out += "# TYPE derp_tcp_rtt counter\n";
     for (std::size_t b = 0; b < tcp_rtt_labels.size(); ++b)
@@ -362,8 +371,14 @@ std::string render_varz(const metric_sources& shared) {
            derp_sum(&derp_counters::health_frames));
     metric(out, "derpd_cross_shard_packets_total", "counter", "Packets relayed through a ring to another shard.",
            derp_sum(&derp_counters::cross_shard_packets));
+    metric(out, "derpd_control_backlog_refused_total", "counter",
+           "Messages between shards refused because the backlog waiting for a full ring was at its bound.",
+           derp_sum(&derp_counters::control_backlog_refused));
     for (const auto& g : {std::tuple{"derpd_shard_queued_packets", "Packets waiting in the send queues of the shard's clients.",
                                      &derp_counters::queued_packets},
+                          std::tuple{"derpd_shard_cross_backlog",
+                                     "Messages to other shards waiting for space in a full ring (bounded by -cross-shard-backlog).",
+                                     &derp_counters::control_backlog},
                           std::tuple{"derpd_shard_transfer_buffers_in_use",
                                      "Transfer buffers of the shard holding a frame (on any shard).",
                                      &derp_counters::transfer_buffers_in_use}}) {

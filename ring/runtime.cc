@@ -198,7 +198,11 @@ result<std::unique_ptr<runtime>, std::string> runtime::start(runtime_config conf
     for (std::uint32_t t = 0; t < threads; ++t) {
         shard* sh = rt->_shards[t].get();
         service_factory factory = t == admin ? admin_service : shard_services;
-        rt->_threads.emplace_back([sh, gate, t, factory]() {
+        rt->_threads.emplace_back([sh, gate, t, factory, admin]() {
+            // Named so that an operator (top -H, perf) and a test (ptrace of one shard) can tell
+            // the threads apart: "shard-N", "admin".
+            const std::string name = t == admin ? std::string("admin") : fmt::format("shard-{}", t);
+            pthread_setname_np(pthread_self(), name.c_str());
             auto ready = sh->init();
             if (ready && factory) sh->set_service(factory(*sh));
             {

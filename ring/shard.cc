@@ -200,23 +200,6 @@ std::uint8_t shard::listener_tag(conn_id conn) const noexcept {
     return s != nullptr ? s->listener_tag : 0;
 }
 
-void shard::want_write(conn_id conn) noexcept {
-    conn_slot* s = lookup(conn);
-    if (s == nullptr) return;
-    s->want_write = true;
-    if (!s->in_write_list && !s->send_in_flight && !s->connecting) {
-        s->in_write_list = true;
-        _write_list.push_back(conn.slot);
-    }
-}
-
-void shard::flush_now(conn_id conn) noexcept {
-    conn_slot* s = lookup(conn);
-    if (s == nullptr || s->send_in_flight || s->connecting || _send_starved) return;
-    s->want_write = true;
-    submit_send(conn.slot);
-}
-
 void shard::replay_input(conn_id conn) noexcept {
     conn_slot* s = lookup(conn);
     if (s == nullptr) return;
@@ -248,6 +231,10 @@ void shard::resume_recv(conn_id conn) noexcept {
     if (s == nullptr || !s->recv_paused) return;
     s->recv_paused = false;
     if (s->state == conn_state::open && !s->recv_armed) prep_recv(conn.slot);
+}
+
+void shard::set_recv_one_shot(conn_id conn, bool one_shot) noexcept {
+    if (conn_slot* s = lookup(conn)) s->recv_one_shot = one_shot;
 }
 
 void shard::close(conn_id conn) noexcept {
@@ -302,7 +289,12 @@ void shard::prep_recv(std::uint32_t slot) noexcept {
     conn_slot& s = _slots[slot];
     DERP_ASSERT(!s.recv_armed);
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_recv_multishot(sqe, s.fd, nullptr, 0, 0);
+    // Length 0 with a provided buffer: up to the buffer's size. A one-shot recv ends (no
+    // IORING_CQE_F_MORE) after one buffer and is re-armed like a multishot recv that ended.
+    if (s.recv_one_shot)
+        io_uring_prep_recv(sqe, s.fd, nullptr, 0, 0);
+    else
+        io_uring_prep_recv_multishot(sqe, s.fd, nullptr, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = 0;
     io_uring_sqe_set_data64(sqe, pack_user_data(op::recv, slot, s.gen));
@@ -320,58 +312,6 @@ void shard::prep_signal_read() noexcept {
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_read(sqe, _config.signal_fd, &_signal_info, sizeof _signal_info, 0);
     io_uring_sqe_set_data64(sqe, pack_user_data(op::signal_read, 0, 0));
-}
-
-void shard::submit_send(std::uint32_t slot) noexcept {
-    conn_slot& s = _slots[slot];
-    DERP_ASSERT(s.state == conn_state::open && !s.send_in_flight);
-    if (s.send_buffer == no_buffer) {
-        auto buffer = _send_pool->acquire();
-        if (!buffer) {
-            // Every send buffer is on the wire: retry when a send completes. The data stays in
-            // the service's queues, which apply their own limits.
-            _counters.send_pool_exhausted.add();
-            _send_starved = true;
-            if (!s.in_write_list) {
-                s.in_write_list = true;
-                _write_list.push_back(slot);
-            }
-            return;
-        }
-        s.send_buffer = *buffer;
-    }
-    s.want_write = false;
-    const conn_id id{slot, s.gen};
-    const std::size_t written = _service->on_writable(id, _send_pool->data(s.send_buffer));
-    DERP_ASSERT(written <= _config.send_buffer_bytes);
-    if (s.state != conn_state::open) return;  // the service closed it from on_writable
-    if (written == 0) {
-        _send_pool->release(s.send_buffer);
-        s.send_buffer = no_buffer;
-        _send_starved = false;
-        if (s.close_when_flushed && !s.want_write) close_flushed(slot);
-        return;
-    }
-    s.send_offset = 0;
-    s.send_length = static_cast<std::uint32_t>(written);
-    _send_pool->start_sending(s.send_buffer);
-    std::uint8_t* data = _send_pool->data(s.send_buffer).data();
-    io_uring_sqe* sqe = get_sqe();
-    // WRITE_FIXED, not SEND with IORING_RECVSEND_FIXED_BUF (-EINVAL on the kernels we target).
-    // A write to a socket has no MSG_NOSIGNAL: the runtime ignores SIGPIPE process-wide.
-    if (_use_fixed_sends)
-        io_uring_prep_write_fixed(sqe, s.fd, data, s.send_length, 0, 0);
-    else
-        io_uring_prep_send(sqe, s.fd, data, s.send_length, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, pack_user_data(op::send, slot, s.gen));
-    s.send_in_flight = true;
-    ++s.ops_in_flight;
-    if (s.write_timeout_ns > 0) {
-        timer_node& node = s.timers[write_timer_id];
-        node.owner = slot;
-        node.id = write_timer_id;
-        _timers.arm(node, _now_ns + static_cast<std::uint64_t>(s.write_timeout_ns));
-    }
 }
 
 void shard::begin_close(std::uint32_t slot, close_cause cause) noexcept {
@@ -635,20 +575,25 @@ void shard::shed_input() noexcept {
 void shard::deliver_input_unbudgeted(std::uint32_t slot, std::span<const std::uint8_t> bytes) noexcept {
     conn_slot& s = _slots[slot];
     const conn_id id{slot, s.gen};
+    // After pause_recv, completions already posted still arrive: at most one turn's worth of
+    // receive buffers (the cancel leaves with the next submit). The service stopped reading on
+    // purpose (a rate limit), so those bytes wait beyond its bound instead of closing it.
+    const std::size_t input_max = _config.input_buffered_bytes_max +
+        (s.recv_paused ? std::size_t{_config.recv_buffer_count} * _config.recv_buffer_bytes : 0);
     if (s.pending_input.empty()) {
         // Fast path: the service parses straight out of the receive buffer; only a partial
         // frame at the end is copied.
         const std::size_t consumed = _service->on_data(id, bytes);
         DERP_ASSERT(consumed <= bytes.size());
         if (s.state != conn_state::open || s.gen != id.gen || consumed == bytes.size()) return;
-        if (bytes.size() - consumed > _config.input_buffered_bytes_max) {
+        if (bytes.size() - consumed > input_max) {
             begin_close(slot, close_cause::input_overflow);
             return;
         }
         s.pending_input.assign(bytes.begin() + static_cast<std::ptrdiff_t>(consumed), bytes.end());
         return;
     }
-    if (s.pending_input.size() + bytes.size() > _config.input_buffered_bytes_max) {
+    if (s.pending_input.size() + bytes.size() > input_max) {
         begin_close(slot, close_cause::input_overflow);
         return;
     }
@@ -660,80 +605,6 @@ void shard::deliver_input_unbudgeted(std::uint32_t slot, std::span<const std::ui
                           s.pending_input.begin() + static_cast<std::ptrdiff_t>(consumed));
     if (s.pending_input.empty() && s.pending_input.capacity() > pending_input_keep_bytes)
         std::vector<std::uint8_t>().swap(s.pending_input);
-}
-
-void shard::handle_send(std::uint32_t slot, std::uint32_t gen, const io_uring_cqe& cqe) noexcept {
-    conn_slot& s = _slots[slot];
-    // A slot is never freed while its send is in flight, so a mismatch is a bug.
-    DERP_ASSERT(s.gen == gen && s.send_in_flight);
-    s.send_in_flight = false;
-    op_done(slot);
-    _timers.cancel(s.timers[write_timer_id]);
-    _send_pool->finish_sending(s.send_buffer);
-    if (cqe.res < 0) {
-        if (s.state == conn_state::open) {
-            const bool reset = cqe.res == -EPIPE || cqe.res == -ECONNRESET;
-            if (!reset)
-                log(log_level::debug, "shard {}: send on slot {}: {}", _config.index, slot,
-                    std::strerror(-cqe.res));
-            begin_close(slot, reset ? close_cause::peer_closed : close_cause::io_error);
-        }
-        maybe_finish_close(slot);
-        return;
-    }
-    const auto sent = static_cast<std::uint32_t>(cqe.res);
-    _counters.send_bytes.add(sent);
-    s.send_offset += sent;
-    if (s.state != conn_state::open) {
-        maybe_finish_close(slot);
-        return;
-    }
-    if (s.send_offset < s.send_length) {
-        // Short write (socket buffer full): send the rest of the same buffer.
-        _counters.send_partial.add();
-        _send_pool->start_sending(s.send_buffer);
-        std::uint8_t* data = _send_pool->data(s.send_buffer).data() + s.send_offset;
-        const std::uint32_t remaining = s.send_length - s.send_offset;
-        io_uring_sqe* sqe = get_sqe();
-        if (_use_fixed_sends)
-            io_uring_prep_write_fixed(sqe, s.fd, data, remaining, 0, 0);
-        else
-            io_uring_prep_send(sqe, s.fd, data, remaining, MSG_NOSIGNAL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::send, slot, s.gen));
-        s.send_in_flight = true;
-        ++s.ops_in_flight;
-        if (s.write_timeout_ns > 0)
-            _timers.arm(s.timers[write_timer_id], _now_ns + static_cast<std::uint64_t>(s.write_timeout_ns));
-        return;
-    }
-    if (s.want_write) {
-        submit_send(slot);  // refill the same buffer
-        return;
-    }
-    _send_pool->release(s.send_buffer);
-    s.send_buffer = no_buffer;
-    _send_starved = false;  // a buffer is free again: starved writers get their turn
-    if (s.close_when_flushed) close_flushed(slot);
-}
-
-void shard::flush_writes() noexcept {
-    if (_write_list.empty() || _send_starved) return;
-    // Swap in the spare list: on_writable() may ask for more writes while we walk this one.
-    _write_batch.swap(_write_list);
-    for (std::size_t i = 0; i < _write_batch.size(); ++i) {
-        const std::uint32_t slot = _write_batch[i];
-        conn_slot& s = _slots[slot];
-        if (!s.in_write_list) continue;
-        s.in_write_list = false;
-        if (s.state != conn_state::open || s.send_in_flight || !s.want_write) continue;
-        if (_send_starved) {  // no buffer was free a moment ago: keep the order for next time
-            s.in_write_list = true;
-            _write_list.push_back(slot);
-            continue;
-        }
-        submit_send(slot);
-    }
-    _write_batch.clear();
 }
 
 void shard::drain_inbound() noexcept {

@@ -133,6 +133,11 @@ public:
     // window: a completion already posted would hold bytes read under the old rules.
     void pause_recv(conn_id conn) noexcept;
     void resume_recv(conn_id conn) noexcept;
+    // One receive buffer per recv instead of a multishot recv, from the next arming on. For a
+    // connection whose reading is paced (a rate limit): a multishot recv re-armed on a socket
+    // that queued megabytes meanwhile would fill every free buffer of the shard before the
+    // service could pause it again, and that input would wait in memory.
+    void set_recv_one_shot(conn_id conn, bool one_shot) noexcept;
     void close(conn_id conn) noexcept;
     // Sends one datagram on UDP socket `socket_index` at once (sendto, non-blocking). Returns
     // 0 or the errno; UDP has no queue to wait in, so a full socket buffer drops (counted).
@@ -187,10 +192,18 @@ private:
         bool accepted = false;    // from a listener (counted in _accepted_in_use)
         std::uint8_t listener_tag = 0;
         bool recv_paused = false;
+        bool recv_one_shot = false;  // set_recv_one_shot
         std::uint16_t ops_in_flight = 0;
         std::uint32_t send_buffer = no_buffer;
         std::uint32_t send_offset = 0;
         std::uint32_t send_length = 0;
+        // A connection whose socket was full (a short write) writes from its own memory until
+        // a send goes out whole again, so that a receiver that stopped reading holds no buffer
+        // of the shard's send pool while it waits (submit_send explains).
+        bool send_slow = false;
+        bool send_was_short = false;   // the send in flight came back short at least once
+        bool send_from_heap = false;   // the send in flight writes send_heap
+        std::vector<std::uint8_t> send_heap;
         std::int64_t write_timeout_ns = 0;
         std::vector<std::uint8_t> pending_input;
         std::size_t input_accounted = 0;   // pending_input's capacity as counted in _input_total
@@ -208,6 +221,7 @@ private:
     void prep_wake_read() noexcept;
     void prep_signal_read() noexcept;
     void submit_send(std::uint32_t slot) noexcept;
+    void prep_send(std::uint32_t slot) noexcept;  // the bytes send_offset..send_length
     void begin_close(std::uint32_t slot, close_cause cause) noexcept;
     void close_flushed(std::uint32_t slot) noexcept;  // close_after_flush's end
     void maybe_finish_close(std::uint32_t slot) noexcept;

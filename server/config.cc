@@ -82,6 +82,10 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_duration("acme-retry-interval", &c.acme_retry_interval_ns, "derpd: wait after a failed ACME order, doubled after each further failure up to 30m (derper: 1m)");
     flags.add_bool("letsencrypt-any-port", &c.letsencrypt_any_port, "derpd: with -certmode letsencrypt, serve TLS on the -a port even when it is not 443 (behind a port forward from 443); derper serves plain HTTP there");
 
+    flags.add_string("rate-config", &c.rate_config_path, "file containing per-client rate limit configuration (JSON: PerClientRateLimitBytesPerSec, PerClientRateBurstBytes); re-read on SIGHUP. Reading from a client beyond its rate is delayed, never dropped; mesh peers are exempt");
+    flags.add_bool("advertise-rate-limit", &c.advertise_rate_limit, "derpd: with -rate-config, tell clients the limit in ServerInfo (TokenBucketBytesPerSecond/Burst; derper never does). Caution: a Go client that is told silently DROPS its own sends beyond that bucket instead of waiting, so only advertise a limit the clients' real traffic fits");
+    flags.add_int("cross-shard-backlog", &c.cross_shard_backlog_max, "derpd: messages a shard keeps waiting for another shard's full ring before it refuses new registrations, ClosePeer and repeated WatchConns (counted in derpd_control_backlog_refused_total)");
+
     auto parsed = flags.parse(args);
     if (!parsed) return unexpected(parsed.error());
     if (parsed->help_requested) {
@@ -147,6 +151,11 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
         return unexpected(std::string("invalid value for flag -acme-timeout: at least 1s"));
     if (c.acme_retry_interval_ns < 1'000'000'000)
         return unexpected(std::string("invalid value for flag -acme-retry-interval: at least 1s"));
+    if (c.advertise_rate_limit && c.rate_config_path.empty())
+        return unexpected(std::string("flag -advertise-rate-limit needs -rate-config (there is no limit to advertise)"));
+    if (c.cross_shard_backlog_max < 1 || c.cross_shard_backlog_max > 1'000'000'000)
+        return unexpected(fmt::format("invalid value {} for flag -cross-shard-backlog: want 1..1000000000",
+                                      c.cross_shard_backlog_max));
     c.tls = listener_serves_tls(c.listen_address, c.certmode) || (c.letsencrypt_any_port && c.certmode == "letsencrypt");
     return out;
 }

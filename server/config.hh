@@ -71,6 +71,10 @@ struct config {
     std::int64_t acme_timeout_ns = 30'000'000'000;          // --acme-timeout: one ACME request
     std::int64_t acme_retry_interval_ns = 60'000'000'000;   // --acme-retry-interval: first backoff
     bool letsencrypt_any_port = false;    // --letsencrypt-any-port: TLS on -a's port even if not 443
+    // Per-client receive rate limit (spec 2.12).
+    std::string rate_config_path;         // -rate-config (derper's): "" = no limit
+    bool advertise_rate_limit = false;    // --advertise-rate-limit: put the bucket in ServerInfo
+    std::int64_t cross_shard_backlog_max = 16384;  // --cross-shard-backlog: see derp_settings
 
     // Derived by validate().
     bool tls = false;                     // the main listener would serve TLS (spec 3.1)

@@ -19,11 +19,35 @@ namespace derp::server {
 
 void derp_service::post_or_backlog(std::uint32_t to_shard, const message& m) noexcept {
     auto& backlog = _backlog[to_shard];
-    // Once anything waits for this ring, everything after it waits too: order is kept.
+    // Once anything waits for this ring, everything after it waits too: order is kept. Every
+    // message that gets here is owed (the bound is applied where work begins: packets in
+    // hand_over, new work in refuse_for_backlog), because dropping an unregistration or a
+    // route would leave the registry wrong for good. What is owed is bounded all the same:
+    // it follows from work that was admitted while the backlogs were under the bound.
     if (backlog.empty() && _shard.post(to_shard, m)) return;
     backlog.push_back(m);
     if (m.kind == kind_packet || m.kind == kind_forward) ++_backlog_packets;
-    _counters.control_backlog.set(backlog.size());
+    ++_backlog_messages;
+    _counters.control_backlog.set(_backlog_messages);
+}
+
+bool derp_service::refuse_for_backlog(std::string_view what) noexcept {
+    // Any shard's backlog counts, not only this one's: a registration here makes its owner
+    // publish a route to every shard, so one stalled shard fills everybody's backlog.
+    std::uint32_t pressed = _shared.shards;
+    std::uint64_t depth = 0;
+    for (std::uint32_t s = 0; s < _shared.shards && pressed == _shared.shards; ++s) {
+        depth = _shared.counters[s].control_backlog.get();
+        if (depth >= _settings.cross_shard_backlog_max) pressed = s;
+    }
+    if (pressed == _shared.shards) return false;
+    _counters.control_backlog_refused.add();
+    if (auto n = _backlog_log.allow(_shard.now_ns()))
+        ring::log(log_level::warn,
+                  "shard {}: refused {} ({} refused recently): shard {} has {} messages waiting for full "
+                  "rings (bound {})",
+                  _shard.index(), what, n, pressed, depth, _settings.cross_shard_backlog_max);
+    return true;
 }
 
 void derp_service::send_control(std::uint32_t to_shard, control* c) noexcept {
@@ -63,6 +87,7 @@ void derp_service::sweep_tcp_rtt() noexcept {
 }
 
 bool derp_service::on_turn_end() noexcept {
+    apply_rate_config();  // SIGHUP may have stored a new one
     if (_shared.admission != nullptr) apply_admissions();
     notice_health();
     // derper samples every connection's RTT every 10 s (spec 2.13); here on the first loop turn
@@ -85,10 +110,12 @@ bool derp_service::on_turn_end() noexcept {
         auto& backlog = _backlog[to];
         while (!backlog.empty() && _shard.post(to, backlog.front())) {
             if (backlog.front().kind == kind_packet || backlog.front().kind == kind_forward) --_backlog_packets;
+            --_backlog_messages;
             backlog.pop_front();
         }
         waiting = waiting || !backlog.empty();
     }
+    _counters.control_backlog.set(_backlog_messages);
     return waiting;
 }
 
@@ -284,7 +311,23 @@ void derp_service::handle_control(control& m) noexcept {
         _counters.current_connections.add();
         if (c->preferred) _counters.current_home_connections.add();
         if (c->not_ideal) _counters.current_notideal_connections.add();
-        c->out.open_relay(pending->second);  // before the frames held meanwhile (spec 1.4)
+        c->bucket = byte_bucket(_rate, _shard.now_ns());
+        if (_settings.advertise_rate_limit && rate_limits(*c)) {
+            // -advertise-rate-limit: ServerInfo names the bucket (sealed now, with the config in
+            // force now). A Go client then drops its own sends beyond it (spec 1.7).
+            const std::string json = server_info_json_with_rate(_rate);
+            const auto* json_bytes = reinterpret_cast<const std::uint8_t*>(json.data());
+            std::vector<std::uint8_t> sealed(box_overhead_bytes + json.size());
+            std::vector<std::uint8_t> frame(server_info_frame_bytes(sealed.size()));
+            if (_box.seal_to(c->key, {json_bytes, json.size()}, sealed)) {
+                encode_server_info(frame, sealed);
+                c->out.open_relay(frame);
+            } else {
+                c->out.open_relay(pending->second);  // unreachable: the key sealed before
+            }
+        } else {
+            c->out.open_relay(pending->second);  // before the frames held meanwhile (spec 1.4)
+        }
         _pending_server_info.erase(pending);
         if (c->out.pending()) _shard.want_write(conn);
         greet(conn, *c);            // Health, Restarting: after ServerInfo, before relayed frames

@@ -59,6 +59,7 @@ derp_service::derp_service(ring::shard& sh, derp_shared& shared)
                                                        static_cast<std::uint32_t>(small_frame_bytes_max));
     _transfer[1] = std::make_unique<ring::buffer_pool>(
         _settings.large_transfer_buffers, static_cast<std::uint32_t>(large_frame_bytes_max));
+    apply_rate_config();
 }
 
 derp_service::~derp_service() {
@@ -168,6 +169,10 @@ void derp_service::on_closed(conn_id conn, ring::close_cause cause) noexcept {
 void derp_service::on_timer(conn_id conn, std::uint8_t timer_id) noexcept {
     client* c = find(conn);
     if (c == nullptr) return;
+    if (timer_id == timer_rate && c->stage == phase::relay) {
+        if (c->rate_waiting) rate_resume(conn, *c);
+        return;
+    }
     if (timer_id == timer_deadline && c->stage == phase::http && c->partial_input) {
         // A request head that never finished arriving (a slow or stalled sender): say so.
         _counters.handshake_timeouts.add();
@@ -290,6 +295,14 @@ std::size_t derp_service::handle_handshake(conn_id conn, client& c, std::span<co
 }
 
 void derp_service::begin_registration(conn_id conn, client& c) noexcept {
+    if (refuse_for_backlog("a registration")) {
+        // Closed before ServerInfo, as an admission refusal (the ServerKey of this same turn
+        // does not go out either); the client dials again later, by when the stalled shard
+        // may have caught up.
+        _pending_server_info.erase(conn.slot);
+        _shard.close(conn);
+        return;
+    }
     c.stage = phase::registering;
     auto* m = new control{};
     m->kind = control::type::reg;
@@ -331,6 +344,12 @@ void derp_service::apply_admissions() noexcept {
 
 std::size_t derp_service::handle_frames(conn_id conn, client& c, std::span<const std::uint8_t> in) noexcept {
     std::size_t used = 0;
+    if (c.rate_waiting) {
+        // Bytes the kernel had already delivered when reading stopped: they wait, unread. A
+        // layer below (kTLS RX set-up) may have resumed reading meanwhile; stop it again.
+        _shard.pause_recv(conn);
+        return 0;
+    }
     while (used < in.size()) {
         if (c.skip_bytes > 0) {
             const std::size_t n = static_cast<std::size_t>(
@@ -341,11 +360,20 @@ std::size_t derp_service::handle_frames(conn_id conn, client& c, std::span<const
         }
         const auto rest = in.subspan(used);
         const frame_parse frame = parse_frame(rest, read_payload_bytes_max);
-        if (frame.status == frame_parse_status::need_more) break;
+        if (frame.status == frame_parse_status::need_more) {
+            // derper waits for the tokens once the header is read, before the payload (spec
+            // 2.12): a frame that has to wait stops the reading of its payload too.
+            if (rest.size() >= frame_header_bytes && rate_limits(c))
+                (void)rate_admits(conn, c, frame.header.payload_bytes);
+            break;
+        }
         if (auto checked = check_client_frame(frame.header, c.can_mesh); !checked) {
             protocol_close(conn, c, checked.error());
             return in.size();
         }
+        if (rate_limits(c) && !rate_admits(conn, c, frame.header.payload_bytes)) break;
+        c.frame_paid = false;  // the frame is consumed below: the next one pays for itself
+        c.wait_counted = false;
         if (frame.status == frame_parse_status::too_large) {
             // check_client_frame accepted it, so it is a frame the server skips unread
             // (unknown types have no size cap in derper): discard it as it streams by.
@@ -366,8 +394,10 @@ bool derp_service::handle_frame(conn_id conn, client& c, const frame_header& hea
     // (spec 2.2, "last writer is active"); once per route change.
     if (c.is_dup && !c.activity_reported && c.stage == phase::relay) {
         auto it = _routes.find(c.key);
-        if (it == _routes.end() || !(it->second.conn == ref_of(conn)) ||
-            it->second.state != route_state::active) {
+        const bool inactive = it == _routes.end() || !(it->second.conn == ref_of(conn)) ||
+                              it->second.state != route_state::active;
+        if (inactive && !refuse_for_backlog("a duplicate's activity report")) {
+            // (Refused, it is reported again with the client's next frame.)
             c.activity_reported = true;
             auto* m = new control{};
             m->kind = control::type::activity;
@@ -425,6 +455,9 @@ bool derp_service::handle_frame(conn_id conn, client& c, const frame_header& hea
             return false;
         }
         if (c.key == _settings.server_public) return true;  // the server dialled itself
+        // The first WatchConns is owed (the watcher would miss keys otherwise); a repeat only
+        // asks for the lists again and waits while the shards are behind.
+        if (c.watcher && refuse_for_backlog("a repeated WatchConns")) return true;
         if (!c.watcher) {
             c.watcher = true;
             _counters.watchers.add();
@@ -443,6 +476,7 @@ bool derp_service::handle_frame(conn_id conn, client& c, const frame_header& hea
             protocol_close(conn, c, target.error());
             return false;
         }
+        if (refuse_for_backlog("a ClosePeer")) return true;
         ring::log(log_level::info, "derp client {}: frameClosePeer closing peer {}",
                   format_addr(c.ip, c.port), target->to_string());
         for (std::uint32_t s = 0; s < _shared.shards; ++s) {
@@ -470,6 +504,69 @@ bool derp_service::handle_frame(conn_id conn, client& c, const frame_header& hea
     default:
         return true;  // every other frame is read and ignored
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// --rate-config (spec 2.12): a token bucket in bytes per client that delays reading, never drops.
+// Waiting must not hold a provided receive buffer (the shard has few, shared by every
+// connection), so a client out of tokens has its multishot recv cancelled (pause_recv): its
+// bytes stay in the kernel, whose full socket buffer closes the TCP window, and the recv is
+// armed again by timer_rate once the frame's tokens are there. Bytes already delivered when it
+// stopped wait, unread, in the runtime's input buffer.
+
+bool derp_service::rate_admits(conn_id conn, client& c, std::uint32_t payload_bytes) noexcept {
+    if (c.frame_paid) return true;
+    std::uint64_t ready_ns = 0;
+    if (c.bucket.take(rate_frame_cost(payload_bytes), _shard.now_ns(), ready_ns)) {
+        c.frame_paid = true;
+        return true;
+    }
+    if (!c.wait_counted) {
+        c.wait_counted = true;
+        _counters.rate_limit_waited.add();
+    }
+    c.rate_waiting = true;
+    _shard.pause_recv(conn);
+    // From now on one receive buffer per recv: what it reads while it waits stays small.
+    _shard.set_recv_one_shot(conn, true);
+    _shard.arm_timer(conn, timer_rate, ready_ns);
+    return false;
+}
+
+void derp_service::rate_resume(conn_id conn, client& c) noexcept {
+    c.rate_waiting = false;
+    // The input that waited first; reading resumes only if its tokens did not run out again.
+    _shard.replay_input(conn);
+    if (find(conn) == &c && !c.rate_waiting) _shard.resume_recv(conn);
+}
+
+void derp_service::apply_rate_config() noexcept {
+    if (!_shared.rate_limit.configured) return;
+    std::uint64_t sequence = 0;
+    const rate_config config = _shared.rate_limit.load(sequence);
+    if (sequence == _rate_sequence) return;
+    const bool reload = _rate_sequence != 0;
+    _rate_sequence = sequence;
+    _rate = config;
+    // As derper: every connection gets a fresh (full) bucket under the new config; one that
+    // was waiting reads on at once (and waits again under the new rate if it must).
+    std::uint32_t applied = 0;
+    for (std::uint32_t slot = 0; slot < _clients.size(); ++slot) {
+        client& c = _clients[slot];
+        if (!c.open) continue;
+        ++applied;
+        c.bucket = byte_bucket(_rate, _shard.now_ns());
+        c.frame_paid = false;
+        const conn_id conn{slot, c.gen};
+        if (!_rate.enabled()) _shard.set_recv_one_shot(conn, false);  // back to multishot
+        if (c.rate_waiting) {
+            _shard.cancel_timer(conn, timer_rate);
+            rate_resume(conn, c);
+        }
+    }
+    if (reload)
+        ring::log(log_level::info, "shard {}: rate limit {} bytes/sec applied to {} connection(s)", _shard.index(),
+                  _rate.bytes_per_second, applied);
 }
 
 void derp_service::relay_packet(client& from, const node_key& src, const node_key& dst,

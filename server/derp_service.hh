@@ -27,6 +27,7 @@
 #include "core/handshake.hh"
 #include "core/http_endpoints.hh"
 #include "core/key.hh"
+#include "core/rate_limit.hh"
 #include "core/region_table.hh"
 #include "core/registry.hh"
 #include "crypto/box.hh"
@@ -79,6 +80,11 @@ struct derp_settings {
     // slowloris holding connections open cannot take the slots real clients need (they finish
     // in milliseconds and are never the oldest for long). 0 = no bound.
     std::uint32_t unfinished_conns_max = 0;
+    // Messages a shard keeps waiting for full rings to other shards before it refuses new
+    // work that would add more (registrations, ClosePeer, repeated WatchConns): see
+    // post_or_backlog. Messages already owed (unregistrations, routes) are never refused.
+    std::uint64_t cross_shard_backlog_max = 16384;
+    bool advertise_rate_limit = false;  // -advertise-rate-limit: the bucket goes into ServerInfo
 };
 
 // The node's health as its clients hear it (spec 1.x Health frames): a problem text, empty
@@ -162,6 +168,9 @@ private:
     enum class phase : std::uint8_t { http, handshake, admitting, registering, relay, traffic };
     static constexpr std::uint8_t timer_deadline = 0;   // HTTP header / handshake deadline
     static constexpr std::uint8_t timer_keepalive = 1;
+    // In the relay phase the deadline timer is done (cancelled when the handshake finished):
+    // it wakes a client whose rate limit (--rate-config) stopped its reading.
+    static constexpr std::uint8_t timer_rate = timer_deadline;
 
     struct client {
         std::uint32_t gen = 0;
@@ -195,6 +204,13 @@ private:
         std::unordered_set<node_key> seen_sources;  // senders that get us PeerGone (spec 2.7)
         double not_here_tokens = 3;                 // PeerGone(NotHere) bucket: burst 3, 1/s
         std::uint64_t not_here_refill_ns = 0;
+        // --rate-config (spec 2.12): the bucket, and for the frame at the head of the input
+        // whether its tokens are paid and whether its wait was counted. rate_waiting: reading
+        // is paused until timer_rate.
+        byte_bucket bucket;
+        bool frame_paid = false;
+        bool wait_counted = false;
+        bool rate_waiting = false;
     };
 
     struct route {
@@ -254,6 +270,15 @@ private:
     // Registry plumbing.
     void send_control(std::uint32_t to_shard, control* message) noexcept;
     void post_or_backlog(std::uint32_t to_shard, const ring::message& m) noexcept;
+    // True when some shard's backlog of messages for full rings is at cross_shard_backlog_max:
+    // new work that adds messages is refused then. `what` is counted and logged (rate-limited).
+    bool refuse_for_backlog(std::string_view what) noexcept;
+    // --rate-config: whether the frame at the head of the input (payload_bytes long) may be
+    // read now; if not, reading stops until its tokens are there (timer_rate).
+    bool rate_admits(ring::conn_id conn, client& c, std::uint32_t payload_bytes) noexcept;
+    void rate_resume(ring::conn_id conn, client& c) noexcept;
+    void apply_rate_config() noexcept;   // a new config (SIGHUP): fresh buckets for everyone
+    bool rate_limits(const client& c) const noexcept { return _rate.enabled() && !c.can_mesh; }
     void handle_control(control& message) noexcept;
     void apply_effects(const node_key& key, conn_ref conn, const registry_effects& fx) noexcept;
     void apply_route(const node_key& key, route_state state, conn_ref active, std::uint32_t peer) noexcept;
@@ -293,6 +318,10 @@ private:
     std::deque<control*> _local_controls;                             // to this shard itself
     std::vector<std::deque<ring::message>> _backlog;                  // per destination shard
     std::uint64_t _backlog_packets = 0;
+    std::uint64_t _backlog_messages = 0;                              // all destinations
+    ring::log_limiter _backlog_log{1'000'000'000, 5};
+    rate_config _rate;                 // --rate-config in force on this shard
+    std::uint64_t _rate_sequence = 0;  // the rate_limit_shared sequence it came from
     ring::log_limiter _close_log{100'000'000, 50};  // bursts of 50, then 10 lines/s
     std::uint64_t _rng_state;
     std::uint32_t _local_dups = 0;  // connections on this shard flagged duplicate

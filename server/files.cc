@@ -108,6 +108,14 @@ result<key_mesh, std::string> load_mesh_key_file(const std::string& path) {
     return *key;
 }
 
+result<rate_config, std::string> load_rate_config_file(const std::string& path) {
+    auto contents = read_small_file(path);
+    if (!contents) return unexpected(fmt::format("rate config {}: {}", path, std::strerror(contents.error())));
+    auto parsed = parse_rate_config(contents.value());
+    if (!parsed) return unexpected(fmt::format("rate config {}: {}", path, parsed.error()));
+    return *parsed;
+}
+
 result<void, std::string> make_private_directory(const std::string& path) {
     if (path.empty()) return unexpected(std::string("directory: empty path"));
     // Each prefix that ends before a slash, then the whole path; EEXIST is whatever is there

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/key.hh"
+#include "core/rate_limit.hh"
 #include "core/result.hh"
 
 namespace derp::server {
@@ -22,6 +23,9 @@ result<loaded_key, std::string> load_or_create_key_file(const std::string& path)
 
 // Reads a mesh PSK file: 64 hex digits, surrounding whitespace trimmed (spec 4).
 result<key_mesh, std::string> load_mesh_key_file(const std::string& path);
+
+// Reads a --rate-config file (spec 2.12; core/rate_limit.hh). Errors name the file.
+result<rate_config, std::string> load_rate_config_file(const std::string& path);
 
 // Makes `path` and any missing parent (mode 0700, as derper's os.MkdirAll(dir, 0700)), then
 // checks the directory itself: owned by derpd's effective user or by root, and writable by

@@ -254,9 +254,23 @@ int main(int argc, char** argv) {
     settings.http_header_timeout_ns = 3 * cfg.handshake_timeout_ns;
     settings.keepalive_ns = cfg.keepalive_interval_ns;
     settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
+    settings.advertise_rate_limit = cfg.advertise_rate_limit;
+    settings.cross_shard_backlog_max = static_cast<std::uint64_t>(cfg.cross_shard_backlog_max);
     // Clients told to reconnect should be back before the drain ends: at most half of it.
     settings.drain_reconnect_spread_ns = std::min(cfg.drain_reconnect_spread_ns, cfg.drain_timeout_ns / 2);
     server::derp_shared shared(settings, shards);
+    // --rate-config (spec 2.12): a bad file refuses the start; on SIGHUP it keeps the old limit.
+    const auto apply_rate = [&shared](const rate_config& rate) {
+        shared.rate_limit.store(rate);
+        ring::log(log_level::info, "rate config applied: client-rate={} bytes/sec, client-burst={} bytes",
+                  rate.bytes_per_second, rate.enabled() ? rate.effective_burst() : 0);
+    };
+    if (!cfg.rate_config_path.empty()) {
+        auto rate = server::load_rate_config_file(cfg.rate_config_path);
+        if (!rate) return fail(rate.error());
+        shared.rate_limit.configured = true;
+        apply_rate(*rate);
+    }
     // The region (spec 5): one link per -mesh-with entry, spread over the shards.
     std::optional<server::mesh_config> mesh;
     if (!cfg.mesh_with.empty()) {
@@ -328,7 +342,20 @@ int main(int argc, char** argv) {
         rc.listen.push_back(address);
         rc.listen_tags.push_back(server::derp_service::listener_port80);
     }
-    if (reloader) rc.on_reload = [&reloader] { reloader->reload("SIGHUP"); };
+    ring::runtime* running = nullptr;  // for on_reload, set once the runtime has started
+    if (reloader || !cfg.rate_config_path.empty())
+        rc.on_reload = [&reloader, &cfg, &apply_rate, &running] {
+            if (reloader) reloader->reload("SIGHUP");
+            if (cfg.rate_config_path.empty()) return;
+            auto rate = server::load_rate_config_file(cfg.rate_config_path);
+            if (!rate) {
+                ring::log(log_level::warn, "rate config reload (SIGHUP) failed, keeping the current limit: {}",
+                          rate.error());
+                return;
+            }
+            apply_rate(*rate);
+            if (running != nullptr) running->wake_all();  // each shard applies it on its next turn
+        };
     rc.listen_options.join_existing = cfg.takeover;
     rc.drain_timeout_ns = cfg.drain_timeout_ns;
     // -accept-connection-limit: one bucket for the process, on the DERP listeners (derper: the
@@ -425,6 +452,7 @@ int main(int argc, char** argv) {
             return std::make_unique<admin::admin_service>(sh, shared, stun_counters, stun_accept_standard);
         });
     if (!rt) return fail(rt.error());
+    running = rt.value().get();
     for (const auto& address : rt.value()->bound_admin_addresses())
         ring::log(log_level::info, "admin listener on {}", address.to_string());
     for (const auto& address : rt.value()->bound_udp_addresses())

@@ -46,6 +46,19 @@ expect_failure "negative -drain-timeout" 'invalid negative duration for flag -dr
   "$derpd" -dev -drain-timeout -1s
 expect_failure "admission timeout" 'invalid value for flag -verify-client-timeout: want 1ms to 60s' \
   "$derpd" -dev -verify-client-timeout 2m
+# -rate-config (spec 2.12): a file derper would not decode refuses the start.
+printf '{"PerClientRateLimitBytesPerSec": -5}' >"$tmp/rate-negative.json"
+expect_failure "negative rate" 'rate config .*rate-negative.json: PerClientRateLimitBytesPerSec must be a whole number' \
+  "$derpd" -dev -a 127.0.0.1:0 -stun=false -rate-config "$tmp/rate-negative.json"
+printf '{"PerClientRateLimitBytesPerSec": 1000' >"$tmp/rate-truncated.json"
+expect_failure "truncated rate config" 'rate config .*rate-truncated.json: not a JSON object' \
+  "$derpd" -dev -a 127.0.0.1:0 -stun=false -rate-config "$tmp/rate-truncated.json"
+expect_failure "missing rate config" 'rate config .*/absent.json: No such file or directory' \
+  "$derpd" -dev -a 127.0.0.1:0 -stun=false -rate-config "$tmp/absent.json"
+expect_failure "advertise without a limit" 'flag -advertise-rate-limit needs -rate-config' \
+  "$derpd" -dev -a 127.0.0.1:0 -advertise-rate-limit
+expect_failure "cross-shard backlog 0" 'invalid value 0 for flag -cross-shard-backlog' \
+  "$derpd" -dev -a 127.0.0.1:0 -cross-shard-backlog 0
 # -certmode letsencrypt: an IP -hostname cannot be ordered; gcp (EAB) is not there.
 expect_failure "letsencrypt for an IP" "-hostname 192.0.2.1 is an IP address.*-certmode manual" \
   "$derpd" -a 127.0.0.1:0 -letsencrypt-any-port -hostname 192.0.2.1 -c "$tmp/k" -stun=false

@@ -494,7 +494,7 @@ void derp_client::finish() {
         fail("handshake: reading ServerInfo: " + std::string(to_string(si.status)));
     const auto json = open_server_info(si.f, _secret, _server);
     if (!json) fail("handshake: ServerInfo does not open: " + to_hex(si.f.wire()));
-    if (*json != R"({"version":2})") fail("handshake: ServerInfo JSON is " + *json);
+    if (*json != _options.server_info) fail("handshake: ServerInfo JSON is " + *json);
 }
 
 derp_client derp_client::connect(std::uint16_t port, const node_key& server, client_options options) {

@@ -133,6 +133,7 @@ struct client_options {
     int rcvbuf_bytes = 0;
     std::string address = "127.0.0.1";   // the server's IPv4 address (also the Host header)
     std::shared_ptr<tls::context> tls;   // TLS (made with tls::context::make_client) when set
+    std::string server_info = R"({"version":2})";  // the ServerInfo JSON the handshake expects
 };
 
 // A DERP client after a complete handshake.
