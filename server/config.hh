@@ -51,7 +51,7 @@ struct config {
     std::int64_t shards = 0;              // --shards; 0 = online cores - 1, at least 1
     std::string log_level = "info";       // --log-level
     std::int64_t conns_per_shard_max = 0; // --conns-per-shard; 0 = from the open-files limit
-    std::int64_t unfinished_per_shard_max = 0;  // --unfinished-per-shard; 0 = half the slots
+    std::int64_t unfinished_per_shard_max = 0;  // --unfinished-per-shard; 0 = 3/4 of the slots
     std::int64_t shard_input_max = 64ll << 20;    // --shard-input-max: unconsumed input per shard, bytes
     std::int64_t shard_staging_max = 64ll << 20;  // --shard-staging-max: staged output per shard, bytes
     std::int64_t handshake_timeout_ns = 10'000'000'000;  // --handshake-timeout (spec 1.4)

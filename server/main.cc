@@ -245,7 +245,7 @@ int main(int argc, char** argv) {
     }
     settings.unfinished_conns_max = static_cast<std::uint32_t>(
         cfg.unfinished_per_shard_max > 0 ? std::min<std::uint64_t>(static_cast<std::uint64_t>(cfg.unfinished_per_shard_max), per_shard)
-                                         : std::max<std::uint64_t>(per_shard / 2, 1));
+                                         : std::max<std::uint64_t>(per_shard * 3 / 4, 1));
     settings.staged_total_max = static_cast<std::uint64_t>(cfg.shard_staging_max);
     settings.write_timeout_ns = cfg.tcp_write_timeout_ns;
     settings.handshake_timeout_ns = cfg.handshake_timeout_ns;
