@@ -22,13 +22,12 @@ namespace {
 // Room for a record's header, inner type, padding-free AEAD tag and explicit nonce: 5 + 8 + 16
 // in TLS 1.2 GCM, 5 + 1 + 16 in 1.3; rounded up.
 constexpr std::size_t record_overhead_bytes = 32;
-constexpr std::size_t record_plaintext_max = 16384;
 constexpr std::uint8_t rx_attempts_max = 8;
 
-std::string_view path_name(bool tx, bool rx) {
+std::string_view path_name(bool tx, bool rx, bool records) {
     if (tx && rx) return "ktls";
     if (tx) return "ktls-tx";
-    return "userspace";
+    return records ? "userspace-records" : "userspace";
 }
 }  // namespace
 
@@ -61,7 +60,7 @@ std::uint16_t tls_layer::tls_version(conn_id conn) const noexcept {
 std::string_view tls_layer::path(conn_id conn) const noexcept {
     const conn_tls* st = find(conn);
     if (st == nullptr) return "plain";
-    return path_name(st->ktls_tx, st->ktls_rx);
+    return path_name(st->ktls_tx, st->ktls_rx, st->records != nullptr);
 }
 
 std::optional<node_key> tls_layer::peer_meta_key(conn_id conn) const noexcept {
@@ -83,6 +82,8 @@ void tls_layer::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
         st.active = true;
         const bool want_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
         st.tls = std::make_unique<session>(_config.contexts->current.load(), want_ktls);
+        // Without kTLS the record layer takes over behind the client's Finished.
+        if (!want_ktls) st.tls->hand_off_records();
         _shard.arm_timer(conn, timer_handshake, _shard.now_ns() + static_cast<std::uint64_t>(_config.handshake_timeout_ns));
     }
     _inner->on_accept(conn, peer);
@@ -160,11 +161,13 @@ void tls_layer::settle_path(conn_id conn, conn_tls& st) noexcept {
         st.counted_full = true;
     } else if (st.ktls_tx) {
         _counters.path_ktls_tx.add();
+    } else if (st.records) {
+        _counters.path_userspace_records.add();
     } else {
         _counters.path_userspace.add();
     }
     ring::log(log_level::debug, "shard {}: slot {}: TLS path {}", _shard.index(), conn.slot,
-              path_name(st.ktls_tx, st.ktls_rx));
+              path_name(st.ktls_tx, st.ktls_rx, st.records != nullptr));
 }
 
 void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
@@ -210,11 +213,80 @@ void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
         if (st.cipher_out.empty()) install_tx(conn, st);
         if (boundary && _shard.is_open(conn)) _shard.pause_recv(conn);
     }
+    if (st.tls)
+        ring::log(log_level::debug, "shard {}: TLS {} {} sni \"{}\" on slot {}: {}", _shard.index(),
+                  st.tls->version_name(), st.tls->cipher_name(), st.tls->sni(), conn.slot,
+                  try_ktls ? "kTLS pending" : "userspace records");
+    if (!try_ktls && st.tls && st.tls->state() == status::open) start_records(conn, st);
     settle_path(conn, st);
     maybe_forget_secrets(st);
-    ring::log(log_level::debug, "shard {}: TLS {} {} sni \"{}\" on slot {}: {}", _shard.index(),
-              st.tls ? st.tls->version_name() : "", st.tls ? st.tls->cipher_name() : "",
-              st.tls ? st.tls->sni() : "", conn.slot, try_ktls ? "kTLS pending" : "userspace records");
+}
+
+bool tls_layer::start_records(conn_id conn, conn_tls& st) noexcept {
+    auto keys = st.tls->record_export();
+    if (!keys) {
+        ring::log(log_level::info, "shard {}: slot {}: TLS {} {}: no keys for the record layer; OpenSSL keeps the records",
+                  _shard.index(), conn.slot, st.tls->version_name(), st.tls->cipher_name());
+        return false;
+    }
+    auto layer = record_layer::make(*keys);
+    if (!layer) {
+        ring::log(log_level::info, "shard {}: slot {}: record layer: {}; OpenSSL keeps the records", _shard.index(),
+                  conn.slot, layer.error());
+        return false;
+    }
+    st.records = std::move(layer.value());
+    // What OpenSSL wrote (a TLS 1.2 server's Finished) is in cipher_out already; nothing else
+    // needs the SSL object: the session, its buffers and its handshake state go now.
+    st.tls.reset();
+    return true;
+}
+
+std::size_t tls_layer::records_data(conn_id conn, conn_tls& st, std::span<const std::uint8_t> bytes) noexcept {
+    // Opened out of the (read-only) receive buffer into one scratch per shard thread: each
+    // record's plaintext is at most its ciphertext, so bytes.size() is room enough.
+    thread_local std::vector<std::uint8_t> scratch;
+    if (scratch.size() < bytes.size() + record_open_room) scratch.resize(bytes.size() + record_open_room);
+    std::size_t used = 0, plain_bytes = 0;
+    opened stop;
+    const bool had_output = !st.cipher_out.empty();
+    while (used < bytes.size()) {
+        stop = st.records->open(bytes.subspan(used), scratch.data() + plain_bytes, st.cipher_out);
+        if (stop.close != record_close::none || stop.consumed == 0) break;
+        plain_bytes += stop.plain_bytes;
+        used += stop.consumed;
+    }
+    if (plain_bytes > 0) {
+        if (st.plain.empty()) {
+            const std::size_t took = _inner->on_data(conn, {scratch.data(), plain_bytes});
+            if (!_shard.is_open(conn)) return bytes.size();
+            if (took < plain_bytes) {
+                st.plain.assign(reinterpret_cast<const char*>(scratch.data()) + took, plain_bytes - took);
+                if (st.plain.size() > _config.plaintext_buffered_max) {
+                    fail(conn, st, fmt::format("the service left {} decrypted bytes unread", st.plain.size()));
+                    return bytes.size();
+                }
+            }
+        } else {
+            st.plain.append(reinterpret_cast<const char*>(scratch.data()), plain_bytes);
+            offer_plaintext(conn, st);
+            if (!_shard.is_open(conn)) return bytes.size();
+        }
+    }
+    // A KeyUpdate answer, or the alert a bad record earns, goes out before anything else.
+    if (!had_output && !st.cipher_out.empty()) _shard.want_write(conn);
+    if (stop.close == record_close::none) return used;
+    _counters.record_closes[static_cast<std::size_t>(stop.close)].add();
+    if (stop.close == record_close::close_notify) {
+        // What the service still answers goes out, then the connection closes.
+        _shard.close_after_flush(conn);
+        return bytes.size();
+    }
+    fail(conn, st,
+         stop.close == record_close::alert
+             ? fmt::format("the peer sent alert {} (record {} under the current keys)", stop.alert, st.records->rx_seq())
+             : fmt::format("record {}: {}", st.records->rx_seq(), to_string(stop.close)));
+    return bytes.size();
 }
 
 std::string tls_layer::install_direction(conn_id conn, conn_tls& st, const std::optional<ktls_keys>& keys,
@@ -322,6 +394,7 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     conn_tls* found = find(conn);
     if (found == nullptr) return _inner->on_data(conn, bytes);
     conn_tls& st = *found;
+    if (st.records) return records_data(conn, st, bytes);
     if (!st.tls || st.ktls_rx) {
         // The kernel decrypts: these bytes are plaintext.
         if (st.plain.empty()) return _inner->on_data(conn, bytes);
@@ -332,9 +405,18 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     if (st.tls->state() == status::failed) return bytes.size();  // closing already
     const bool was_handshaking = st.tls->state() == status::handshaking;
     // feed() calls nothing outside OpenSSL, so the connection cannot close under it.
-    const status s = st.tls->feed(bytes, st.plain, st.cipher_out);
+    status s = st.tls->feed(bytes, st.plain, st.cipher_out);
     // The handshake may have finished in this read even if a record behind it then failed.
-    if (was_handshaking && st.tls->handshake_complete()) handshake_done(conn, st);
+    if (was_handshaking && st.tls->handshake_complete()) {
+        const std::size_t tail = st.tls->handoff_offset();
+        handshake_done(conn, st);
+        if (!_shard.is_open(conn) || find(conn) == nullptr) return bytes.size();
+        if (!st.cipher_out.empty()) _shard.want_write(conn);
+        // Whatever followed the Finished in this read is records: the layer's, or OpenSSL's
+        // again where the layer could not start.
+        if (st.records) return tail + records_data(conn, st, bytes.subspan(tail));
+        if (tail > 0 && tail < bytes.size()) s = st.tls->feed(bytes.subspan(tail), st.plain, st.cipher_out);
+    }
     if (s == status::failed) {
         if (find(conn) != nullptr) fail(conn, st, st.tls->error());
         return bytes.size();
@@ -383,6 +465,24 @@ std::size_t tls_layer::on_writable(conn_id conn, std::span<std::uint8_t> out) no
     // The kernel encrypts what follows whatever was copied above (never expected: the
     // session refuses to produce records once TX is in the kernel).
     if (st.ktls_tx) return n + _inner->on_writable(conn, out.subspan(n));
+    if (st.records) {
+        // The service writes into the shard's staging buffer; records are sealed from there
+        // straight into the registered send buffer, coalesced up to 16 KiB each.
+        const auto room = out.subspan(n);
+        const std::size_t plain_max = std::min(_plain_out.size(), st.records->plain_fitting(room.size()));
+        if (plain_max == 0) {
+            _shard.want_write(conn);
+            return n;
+        }
+        const std::size_t plain = _inner->on_writable(conn, {_plain_out.data(), plain_max});
+        if (plain == 0 || find(conn) == nullptr) return n;
+        const std::size_t sealed = st.records->seal({_plain_out.data(), plain}, room);
+        if (sealed == 0) {
+            fail(conn, st, "sealing a record failed");
+            return n;
+        }
+        return n + sealed;
+    }
     if (!st.tls || st.tls->state() != status::open || st.version == 0) return n;
     const auto room = out.subspan(n);
     const std::size_t records = room.size() / record_plaintext_max + 1;
@@ -437,6 +537,14 @@ void tls_layer::on_flushed_close(conn_id conn) noexcept {
     // been sent, so the alert goes out now with a plain non-blocking send of a few bytes.
     if (st->ktls_tx) {
         (void)ktls_send_close_notify(_shard.fd_of(conn));
+        return;
+    }
+    if (st->records) {
+        const record_close closed = st->records->closed();
+        if (closed != record_close::none && closed != record_close::close_notify) return;
+        std::string alert;
+        st->records->seal_alert(1, 0, alert);
+        if (!alert.empty()) (void)::send(_shard.fd_of(conn), alert.data(), alert.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
         return;
     }
     if (!st->tls || st->tls->state() == status::failed) return;

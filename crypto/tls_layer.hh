@@ -3,9 +3,12 @@
 // registered send buffer. The service above (the DERP server, the client library) is the same
 // code over plain TCP and over TLS. After the handshake a server connection moves to kTLS
 // where the kernel has it (TX at once, RX at the next record boundary with receiving paused),
-// and frees its OpenSSL state once both directions are in the kernel.
+// and frees its OpenSSL state once both directions are in the kernel; where it does not, the
+// userspace record layer (crypto/tls_record.hh) takes over right behind the client's Finished
+// and the SSL object is freed at once.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -14,6 +17,7 @@
 
 #include "crypto/ktls.hh"
 #include "crypto/tls.hh"
+#include "crypto/tls_record.hh"
 #include "ring/counters.hh"
 #include "ring/log.hh"
 #include "ring/service.hh"
@@ -29,6 +33,7 @@ struct alignas(ring::cache_line_bytes) tls_counters {
     ring::counter path_ktls;            // both directions in the kernel
     ring::counter path_ktls_tx;         // TX in the kernel, RX stayed in userspace
     ring::counter path_userspace;       // OpenSSL records for the whole connection
+    ring::counter path_userspace_records;  // the userspace record layer; the SSL object freed
     ring::counter ktls_install_failed;  // setsockopt refused (connection stayed userspace)
     ring::counter ktls_control_records; // alerts/KeyUpdates read under kTLS RX
     ring::counter version_tls12;        // handshakes completed by version
@@ -37,6 +42,9 @@ struct alignas(ring::cache_line_bytes) tls_counters {
     ring::counter open_tls13;
     ring::counter records_failed;       // a record that did not decrypt or parse after the handshake
     ring::counter acme_tls_alpn_handshakes;  // TLS-ALPN-01 validations answered (closed after the handshake)
+    // Connections on the userspace record layer that ended on a record, by reason
+    // (crypto/tls_record.hh record_close; index 0, none, stays 0).
+    std::array<ring::counter, record_close_count> record_closes;
 };
 
 // The context new connections get. The admin thread swaps it on a certificate reload;
@@ -107,7 +115,8 @@ private:
         bool counted_full = false;
         std::uint8_t rx_attempts = 0;
         std::uint16_t version = 0;
-        std::unique_ptr<session> tls;  // null once both directions are in the kernel
+        std::unique_ptr<session> tls;  // null once both directions are in the kernel, or records took over
+        std::unique_ptr<record_layer> records;  // server without kTLS: records after the handshake
         std::string plain;             // decrypted, not yet taken by the service above
         std::string cipher_out;        // records waiting for a send buffer
         std::shared_ptr<context> connect_context;  // use_context(), until the connect completes
@@ -126,6 +135,11 @@ private:
     void maybe_release_session(conn_tls& st) noexcept;
     void maybe_forget_secrets(conn_tls& st) noexcept;
     void settle_path(ring::conn_id conn, conn_tls& st) noexcept;
+    // The SSL object gives way to the record layer (false: the export failed; OpenSSL stays).
+    bool start_records(ring::conn_id conn, conn_tls& st) noexcept;
+    // Opens whole records of `bytes` and hands their plaintext up; returns the bytes used
+    // (a partial record at the end stays with the shard).
+    std::size_t records_data(ring::conn_id conn, conn_tls& st, std::span<const std::uint8_t> bytes) noexcept;
 
     ring::shard& _shard;
     std::unique_ptr<ring::service> _inner;
