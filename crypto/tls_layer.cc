@@ -272,6 +272,11 @@ std::size_t tls_layer::records_data(conn_id conn, conn_tls& st, std::span<const 
             offer_plaintext(conn, st);
             if (!_shard.is_open(conn)) return bytes.size();
         }
+    } else if (!st.plain.empty()) {
+        // The shard offers input again (empty) when the service can take what it left, e.g.
+        // frames pipelined behind ClientInfo once registration is done.
+        offer_plaintext(conn, st);
+        if (!_shard.is_open(conn)) return bytes.size();
     }
     // A KeyUpdate answer, or the alert a bad record earns, goes out before anything else.
     if (!had_output && !st.cipher_out.empty()) _shard.want_write(conn);
