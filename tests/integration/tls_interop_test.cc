@@ -2,21 +2,29 @@
 // `openssl s_client` (TLS 1.3 with each suite and TLS 1.2 with each AEAD cipher, with
 // client-initiated KeyUpdates typed as `k` and `K` in TLS 1.3) and curl (its POST body carries
 // ClientInfo and SendPacket frames behind the upgrade request; what derpd sends comes back as
-// the "response body"), each to and from the project's DERP client, packets of 1 to 65536 bytes.
+// the "response body"), each to and from the project's DERP client, packets of 1 to 65536 bytes;
+// and bad records from a real OpenSSL client over a socket (tampered, replayed, dropped,
+// oversized, truncated, of unknown type, an alert mid-stream, a TLS 1.2 renegotiation), each a
+// counted close with its reason in /debug/varz and a log line.
 // s_client treats a read from its stdin that starts with Q, R, k or K as a command, so every
 // byte this test sends through it avoids those four (keys are drawn until they do; a command
 // is typed only when everything before it has been delivered, and nothing follows it until
 // s_client reports it).
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -27,6 +35,8 @@
 #include "tests/support/derp_test_client.hh"
 #include "tests/support/derpd_process.hh"
 #include "tests/support/skip.hh"
+#include "tests/support/tls_memory_peer.hh"
+#include "tests/support/tls_socket.hh"
 
 using namespace derp;
 using namespace std::chrono_literals;
@@ -59,9 +69,11 @@ bytes packet_of(std::size_t size) {
 }
 
 bytes send_packet_frame(const node_key& dst, std::span<const std::uint8_t> packet) {
-    bytes f{frame_send_packet, 0, 0, 0, 0};
+    bytes f;
+    f.reserve(5 + 32 + packet.size());
+    f.push_back(frame_send_packet);
     const std::uint32_t length = static_cast<std::uint32_t>(32 + packet.size());
-    for (int i = 0; i < 4; ++i) f[1 + i] = static_cast<std::uint8_t>(length >> (24 - 8 * i));
+    for (unsigned shift : {24u, 16u, 8u, 0u}) f.push_back(static_cast<std::uint8_t>(length >> shift));
     f.insert(f.end(), dst.bytes().begin(), dst.bytes().end());
     f.insert(f.end(), packet.begin(), packet.end());
     return f;
@@ -218,6 +230,63 @@ void relay_both_ways(child& a, const node_key& a_key, test::derp_client& b) {
 
 std::string tmp_file(const test::derpd_process& derpd, std::string_view name) { return (derpd.dir() / name).string(); }
 
+std::uint64_t varz_value(std::uint16_t port, const std::string& sample) {
+    auto s = test::tls_socket::open(port, test::insecure_client_context());
+    REQUIRE_MESSAGE(s, (s ? "" : s.error()));
+    const std::string page = s.value()->http_get("/debug/varz");
+    const auto at = page.find("\n" + sample + " ");
+    return at == std::string::npos ? 0 : std::stoull(page.substr(at + sample.size() + 2));
+}
+
+// A raw OpenSSL client (tests/support/tls_memory_peer) on a real socket: the test sees and may
+// change every byte it sends.
+struct raw_tls_client {
+    int fd = -1;
+    std::unique_ptr<test::memory_peer> peer;
+
+    raw_tls_client(std::uint16_t port, int max_version, std::string_view ciphers) {
+        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(port);
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+        peer = test::memory_peer::client(max_version, ciphers);
+        REQUIRE(peer);
+        for (int round = 0; round < 50 && !peer->handshake_done(); ++round) {
+            peer->handshake();
+            send(peer->take_output());
+            if (peer->handshake_done()) break;
+            pump(2s);
+        }
+        REQUIRE(peer->handshake_done());
+    }
+    ~raw_tls_client() { ::close(fd); }
+    void send(std::string_view bytes) const {
+        if (!bytes.empty()) REQUIRE(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()));
+    }
+    // Reads what arrives within `timeout` into the peer; false once the server closed.
+    bool pump(std::chrono::milliseconds timeout) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return true;
+        char buffer[16384];
+        const ssize_t n = ::recv(fd, buffer, sizeof buffer, 0);
+        if (n <= 0) return false;
+        peer->receive({buffer, static_cast<std::size_t>(n)});
+        return true;
+    }
+    std::string sealed(std::string_view plain) {
+        REQUIRE(peer->write(plain));
+        return peer->take_output();
+    }
+    bool closed_within(std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (std::chrono::steady_clock::now() < deadline)
+            if (!pump(50ms)) return true;
+        return false;
+    }
+};
+
 }  // namespace
 
 TEST_CASE("openssl s_client relays DERP packets of 1..65536 bytes over each TLS 1.3 suite and 1.2 cipher, KeyUpdate k/K") {
@@ -316,4 +385,71 @@ TEST_CASE("curl relays DERP packets of 1..65536 bytes both ways over each TLS 1.
         }
     }
     CHECK(derpd.count_log("TLS path userspace-records") >= 12);
+}
+
+TEST_CASE("bad records from a real OpenSSL client: each a counted close with its reason, logged") {
+    REQUIRE(crypto_init());
+    test::derpd_options options;
+    options.tls = true;
+    options.shards = 1;
+    test::derpd_process derpd(options);
+    struct bad_case {
+        const char* reason;
+        int max_version;
+        std::function<std::string(raw_tls_client&)> wire;
+    };
+    const std::vector<bad_case> cases = {
+        {"bad_tag", 0, [](raw_tls_client& c) {
+             std::string r = c.sealed("tampered");
+             r.back() ^= 1;
+             return r;
+         }},
+        {"wrong_sequence", 0, [](raw_tls_client& c) {
+             const std::string r = c.sealed("twice");
+             return r + r;
+         }},
+        {"wrong_sequence", TLS1_2_VERSION, [](raw_tls_client& c) {
+             (void)c.sealed("dropped");
+             return c.sealed("after the dropped one");
+         }},
+        {"oversized", 0, [](raw_tls_client&) { return std::string("\x17\x03\x03\x41\x01", 5); }},
+        {"truncated", TLS1_2_VERSION, [](raw_tls_client&) { return std::string("\x17\x03\x03\x00\x05hello", 10); }},
+        {"unknown_content_type", 0, [](raw_tls_client&) { return std::string("\x18\x03\x03\x00\x20", 5) + std::string(32, 'x'); }},
+        {"alert", 0, [](raw_tls_client& c) {
+             // OpenSSL's own fatal alert: it gets a record it cannot open and says so.
+             c.peer->receive(std::string("\x17\x03\x03\x00\x20", 5) + std::string(32, 'x'));
+             std::string ignored;
+             CHECK(!c.peer->read(ignored));
+             return c.peer->take_output();
+         }},
+        {"close_notify", TLS1_2_VERSION, [](raw_tls_client& c) {
+             SSL_shutdown(c.peer->native());
+             return c.peer->take_output();
+         }},
+        {"renegotiation", TLS1_2_VERSION, [](raw_tls_client& c) {
+             REQUIRE(c.peer->renegotiate());
+             return c.peer->take_output();
+         }},
+    };
+    for (const auto& bad : cases) {
+        CAPTURE(bad.reason);
+        CAPTURE(bad.max_version);
+        const std::string sample = std::string("derpd_tls_record_closes_total{reason=\"") + bad.reason + "\"}";
+        const std::uint64_t before = varz_value(derpd.port(), sample);
+        raw_tls_client c(derpd.port(), bad.max_version, {});
+        const std::string wire = bad.wire(c);
+        REQUIRE(!wire.empty());
+        c.send(wire);
+        CHECK(c.closed_within(5s));
+        CHECK(varz_value(derpd.port(), sample) == before + 1);
+    }
+    for (const char* logged : {": bad_tag", ": wrong_sequence", ": oversized", ": truncated", ": unknown_content_type",
+                               "the peer sent alert 20", ": renegotiation"})
+        CHECK_MESSAGE(derpd.count_log(logged) >= 1, logged << "\n" << derpd.log_tail());
+    // derpd kept serving: a client relays after all that.
+    auto b = project_client(derpd);
+    auto a = project_client(derpd);
+    a.send_packet(b.key(), packet_of(100));
+    bytes storage;
+    CHECK(b.expect_recv_packet(storage, 5s).src == a.key());
 }
