@@ -6,6 +6,9 @@
 // AES-128-GCM). It handles what kTLS hands to userspace: alerts, close_notify, TLS 1.3 KeyUpdate
 // both ways, the TLS 1.3 inner content type and padding, and refuses a TLS 1.2 renegotiation.
 // Pure: bytes in, verdict out, no I/O; the SSL object that made the keys is gone by then.
+// A layer holds raw keys only (about 250 bytes): the keyed AEAD contexts (about 1 KB each
+// for AES-GCM) live in a small cache per thread (tls_record.cc), so that an idle connection
+// costs no key schedule and a busy one re-keys only when others pushed it out.
 #pragma once
 
 #include <array>
@@ -119,13 +122,16 @@ public:
 
 private:
     struct direction {
-        evp_cipher_ctx_st* ctx = nullptr;
+        std::uint64_t id = 0;  // unique per key (process-wide, never reused): the cache's tag
+        std::array<std::uint8_t, 32> key{};
         std::array<std::uint8_t, 12> iv{};
         std::array<std::uint8_t, 48> secret{};
         std::uint64_t seq = 0;
     };
     record_layer() = default;
-    bool rekey(direction& d, bool encrypt) noexcept;
+    bool rekey(direction& d) noexcept;
+    // The thread's AEAD context keyed with d's key (keyed now if the cache lost it), or null.
+    evp_cipher_ctx_st* context(const direction& d) noexcept;
     opened open_impl(std::span<const std::uint8_t> in, std::uint8_t* out, bool in_place, std::string& to_send) noexcept;
     opened fail(record_close reason, std::string& to_send) noexcept;
     opened control(std::uint8_t type, std::span<const std::uint8_t> body, std::string& to_send) noexcept;

@@ -511,3 +511,24 @@ TEST_CASE("tls record: make refuses material that does not fit the cipher") {
     k.version = 0x0302;
     CHECK(!record_layer::make(k));
 }
+
+TEST_CASE("tls record: many layers at once share the per-thread key cache and never mix keys") {
+    // More layers than the cache has entries, used round-robin, created and destroyed in
+    // between: each record must open under its own key whether its schedule was cached or not.
+    std::vector<std::pair<std::unique_ptr<record_layer>, std::unique_ptr<record_layer>>> pairs;
+    for (int i = 0; i < 200; ++i)
+        pairs.push_back(twins(i % 2 == 0 ? TLS1_3_VERSION : TLS1_2_VERSION,
+                              i % 3 == 0 ? aead_cipher::chacha20_poly1305 : aead_cipher::aes_256_gcm));
+    for (int round = 0; round < 3; ++round) {
+        for (std::size_t i = 0; i < pairs.size(); ++i) {
+            auto& [a, b] = pairs[i];
+            const std::string text = "pair " + std::to_string(i) + " round " + std::to_string(round);
+            std::string plain, to_send;
+            CHECK(open_all(*b, seal(*a, text), plain, to_send) == record_close::none);
+            CHECK(plain == text);
+        }
+        // Replace a third of them: new keys where old ones were cached.
+        for (std::size_t i = static_cast<std::size_t>(round); i < pairs.size(); i += 3)
+            pairs[i] = twins(TLS1_3_VERSION, aead_cipher::aes_128_gcm);
+    }
+}
