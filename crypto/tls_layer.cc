@@ -244,18 +244,44 @@ bool tls_layer::start_records(conn_id conn, conn_tls& st) noexcept {
 
 std::size_t tls_layer::records_data(conn_id conn, conn_tls& st, std::span<const std::uint8_t> bytes) noexcept {
     // Opened out of the (read-only) receive buffer into one scratch per shard thread: each
-    // record's plaintext is at most its ciphertext, so bytes.size() is room enough.
+    // record's plaintext is at most its ciphertext, so bytes.size() and one record (the
+    // partial one completed first) are room enough.
     thread_local std::vector<std::uint8_t> scratch;
     if (scratch.size() < bytes.size() + record_open_room) scratch.resize(bytes.size() + record_open_room);
+    // A record the last read ended in is kept here (st.partial), not left to the shard: a
+    // shard holding unconsumed input copies every later read behind it.
     std::size_t used = 0, plain_bytes = 0;
     opened stop;
     const bool had_output = !st.cipher_out.empty();
-    while (used < bytes.size()) {
-        stop = st.records->open(bytes.subspan(used), scratch.data() + plain_bytes, st.cipher_out);
-        if (stop.close != record_close::none || stop.consumed == 0) break;
-        plain_bytes += stop.plain_bytes;
-        used += stop.consumed;
+    auto open_at = [&](std::span<const std::uint8_t> in) {
+        stop = st.records->open(in, scratch.data() + plain_bytes, st.cipher_out);
+        if (stop.close == record_close::none) plain_bytes += stop.plain_bytes;
+    };
+    if (!st.partial.empty()) {
+        // Its header first, then as much of its body as it still lacks.
+        auto take = [&](std::size_t n) {
+            n = std::min(n, bytes.size() - used);
+            st.partial.append(reinterpret_cast<const char*>(bytes.data()) + used, n);
+            used += n;
+        };
+        if (st.partial.size() < record_header_bytes) take(record_header_bytes - st.partial.size());
+        if (st.partial.size() >= record_header_bytes) {
+            const auto* h = reinterpret_cast<const std::uint8_t*>(st.partial.data());
+            take(record_header_bytes + (std::size_t{h[3]} << 8 | h[4]) - st.partial.size());
+            open_at({reinterpret_cast<const std::uint8_t*>(st.partial.data()), st.partial.size()});
+            if (stop.close == record_close::none && stop.consumed > 0) std::string().swap(st.partial);
+        }
     }
+    if (st.partial.empty()) {
+        while (used < bytes.size()) {
+            open_at(bytes.subspan(used));
+            if (stop.close != record_close::none || stop.consumed == 0) break;
+            used += stop.consumed;
+        }
+        if (stop.close == record_close::none && used < bytes.size())
+            st.partial.assign(reinterpret_cast<const char*>(bytes.data()) + used, bytes.size() - used);
+    }
+    used = bytes.size();
     if (plain_bytes > 0) {
         if (st.plain.empty()) {
             const std::size_t took = _inner->on_data(conn, {scratch.data(), plain_bytes});

@@ -117,6 +117,7 @@ private:
         std::uint16_t version = 0;
         std::unique_ptr<session> tls;  // null once both directions are in the kernel, or records took over
         std::unique_ptr<record_layer> records;  // server without kTLS: records after the handshake
+        std::string partial;                    // records: the incomplete record a read ended in
         std::string plain;             // decrypted, not yet taken by the service above
         std::string cipher_out;        // records waiting for a send buffer
         std::shared_ptr<context> connect_context;  // use_context(), until the connect completes
@@ -137,8 +138,8 @@ private:
     void settle_path(ring::conn_id conn, conn_tls& st) noexcept;
     // The SSL object gives way to the record layer (false: the export failed; OpenSSL stays).
     bool start_records(ring::conn_id conn, conn_tls& st) noexcept;
-    // Opens whole records of `bytes` and hands their plaintext up; returns the bytes used
-    // (a partial record at the end stays with the shard).
+    // Opens the records of `bytes` and hands their plaintext up; a partial record at the end
+    // is kept in conn_tls::partial. Returns bytes.size().
     std::size_t records_data(ring::conn_id conn, conn_tls& st, std::span<const std::uint8_t> bytes) noexcept;
 
     ring::shard& _shard;
