@@ -80,13 +80,53 @@ void tls_layer::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
         st = conn_tls{};
         st.gen = conn.gen;
         st.active = true;
-        const bool want_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
-        st.tls = std::make_unique<session>(_config.contexts->current.load(), want_ktls);
-        // Without kTLS the record layer takes over behind the client's Finished.
-        if (!want_ktls) st.tls->hand_off_records();
+        // The handshake deadline runs from the accept, waiting included.
         _shard.arm_timer(conn, timer_handshake, _shard.now_ns() + static_cast<std::uint64_t>(_config.handshake_timeout_ns));
+        if (_handshakes_in_flight < _config.handshakes_in_flight_max) {
+            start_handshake(st);
+        } else {
+            st.waiting = true;
+            _handshake_queue.push_back(conn);
+        }
     }
     _inner->on_accept(conn, peer);
+}
+
+void tls_layer::start_handshake(conn_tls& st) noexcept {
+    const bool want_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
+    st.tls = std::make_unique<session>(_config.contexts->current.load(), want_ktls);
+    // Without kTLS the record layer takes over behind the client's Finished.
+    if (!want_ktls) st.tls->hand_off_records();
+    st.in_flight = true;
+    ++_handshakes_in_flight;
+}
+
+void tls_layer::leave_handshake(conn_tls& st) noexcept {
+    if (!st.in_flight) return;
+    st.in_flight = false;
+    --_handshakes_in_flight;
+    admit_waiting();
+}
+
+void tls_layer::admit_waiting() noexcept {
+    // Not re-entered: a replayed ClientHello may end its handshake at once (a failure), which
+    // frees a place that this loop, still running, fills.
+    if (_admitting) return;
+    _admitting = true;
+    while (_handshakes_in_flight < _config.handshakes_in_flight_max && !_handshake_queue.empty()) {
+        const conn_id conn = _handshake_queue.front();
+        _handshake_queue.pop_front();
+        conn_tls* w = find(conn);
+        if (w == nullptr || !w->waiting) continue;  // closed (timed out) while waiting
+        w->waiting = false;
+        start_handshake(*w);
+        if (w->waiting_paused) {
+            w->waiting_paused = false;
+            _shard.resume_recv(conn);
+        }
+        _shard.replay_input(conn);  // the ClientHello the shard kept while it waited
+    }
+    _admitting = false;
 }
 
 void tls_layer::use_context(conn_id conn, std::shared_ptr<context> ctx) noexcept {
@@ -123,6 +163,7 @@ void tls_layer::on_connect(conn_id conn, int error) noexcept {
 
 void tls_layer::fail(conn_id conn, conn_tls& st, std::string_view what) noexcept {
     if (st.version == 0) {
+        leave_handshake(st);
         _counters.handshakes_failed.add();
         // The service above of an outgoing connection has not heard of it yet: tell it the
         // connection failed, and why in errno terms, before the close reaches it.
@@ -172,6 +213,7 @@ void tls_layer::settle_path(conn_id conn, conn_tls& st) noexcept {
 
 void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
     _shard.cancel_timer(conn, timer_handshake);
+    leave_handshake(st);
     _counters.handshakes_ok.add();
     st.version = st.tls->version();
     if (st.version == TLS1_3_VERSION) {
@@ -360,6 +402,7 @@ bool tls_layer::install_tx(conn_id conn, conn_tls& st) noexcept {
 
 void tls_layer::on_recv_paused(conn_id conn) noexcept {
     conn_tls* st = find(conn);
+    if (st != nullptr && st->waiting) return;  // resumed when its handshake may start
     if (st == nullptr || !st->rx_pause_pending) {
         _inner->on_recv_paused(conn);
         return;
@@ -426,6 +469,14 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     if (found == nullptr) return _inner->on_data(conn, bytes);
     conn_tls& st = *found;
     if (st.records) return records_data(conn, st, bytes);
+    if (st.waiting) {
+        // Its turn has not come: the shard keeps these bytes; no more are read until then.
+        if (!st.waiting_paused && !bytes.empty()) {
+            st.waiting_paused = true;
+            _shard.pause_recv(conn);
+        }
+        return 0;
+    }
     if (!st.tls || st.ktls_rx) {
         // The kernel decrypts: these bytes are plaintext.
         if (st.plain.empty()) return _inner->on_data(conn, bytes);
@@ -590,7 +641,12 @@ void tls_layer::on_closed(conn_id conn, ring::close_cause cause) noexcept {
     if (st == nullptr) return;
     if (st->version == TLS1_3_VERSION) _counters.open_tls13.sub();
     else if (st->version != 0) _counters.open_tls12.sub();
+    const bool was_in_flight = st->in_flight;
     *st = conn_tls{};
+    if (was_in_flight) {
+        --_handshakes_in_flight;
+        admit_waiting();
+    }
 }
 
 }  // namespace derp::tls

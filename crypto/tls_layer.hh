@@ -11,6 +11,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,6 +62,11 @@ struct tls_layer_config {
     bool kernel_has_ktls = false;
     std::int64_t handshake_timeout_ns = 10'000'000'000;
     std::uint32_t plaintext_buffered_max = 1u << 20;  // decrypted bytes the service left unread
+    // Server handshakes a shard runs at once. A burst of connections beyond this waits with its
+    // ClientHello unread (in the kernel, or the few bytes the shard already holds) and no SSL
+    // object: each handshake in flight holds about 40 KB of OpenSSL state, which otherwise
+    // all 10,000 of a burst hold together.
+    std::uint32_t handshakes_in_flight_max = 128;
 };
 
 class tls_layer final : public ring::service {
@@ -113,6 +119,9 @@ private:
         bool rx_pause_pending = false;
         bool path_counted = false;
         bool counted_full = false;
+        bool waiting = false;         // accepted beyond handshakes_in_flight_max: no session yet
+        bool waiting_paused = false;  // ... and its receiving paused
+        bool in_flight = false;       // counted in _handshakes_in_flight
         std::uint8_t rx_attempts = 0;
         std::uint16_t version = 0;
         std::unique_ptr<session> tls;  // null once both directions are in the kernel, or records took over
@@ -136,6 +145,11 @@ private:
     void maybe_release_session(conn_tls& st) noexcept;
     void maybe_forget_secrets(conn_tls& st) noexcept;
     void settle_path(ring::conn_id conn, conn_tls& st) noexcept;
+    // Server handshakes in flight: a session for an accepted connection, the count given back
+    // when its handshake ends either way, and waiting connections let in behind it.
+    void start_handshake(conn_tls& st) noexcept;
+    void leave_handshake(conn_tls& st) noexcept;
+    void admit_waiting() noexcept;
     // The SSL object gives way to the record layer (false: the export failed; OpenSSL stays).
     bool start_records(ring::conn_id conn, conn_tls& st) noexcept;
     // Opens the records of `bytes` and hands their plaintext up; a partial record at the end
@@ -147,6 +161,9 @@ private:
     tls_layer_config _config;
     tls_counters& _counters;
     std::vector<conn_tls> _conns;          // by slot
+    std::uint32_t _handshakes_in_flight = 0;
+    std::deque<ring::conn_id> _handshake_queue;  // waiting connections, oldest first (stale ids skipped)
+    bool _admitting = false;
     std::vector<std::uint8_t> _plain_out;  // what the service writes before encryption
     ring::log_limiter _fail_log{1'000'000'000, 20};
 };
