@@ -82,12 +82,7 @@ void tls_layer::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
         st.active = true;
         // The handshake deadline runs from the accept, waiting included.
         _shard.arm_timer(conn, timer_handshake, _shard.now_ns() + static_cast<std::uint64_t>(_config.handshake_timeout_ns));
-        if (_handshakes_in_flight < _config.handshakes_in_flight_max) {
-            start_handshake(st);
-        } else {
-            st.waiting = true;
-            _handshake_queue.push_back(conn);
-        }
+        st.waiting = true;  // the session starts with the ClientHello's first bytes
     }
     _inner->on_accept(conn, peer);
 }
@@ -117,8 +112,9 @@ void tls_layer::admit_waiting() noexcept {
         const conn_id conn = _handshake_queue.front();
         _handshake_queue.pop_front();
         conn_tls* w = find(conn);
-        if (w == nullptr || !w->waiting) continue;  // closed (timed out) while waiting
+        if (w == nullptr || !w->queued) continue;  // closed (timed out) while waiting
         w->waiting = false;
+        w->queued = false;
         start_handshake(*w);
         if (w->waiting_paused) {
             w->waiting_paused = false;
@@ -402,7 +398,7 @@ bool tls_layer::install_tx(conn_id conn, conn_tls& st) noexcept {
 
 void tls_layer::on_recv_paused(conn_id conn) noexcept {
     conn_tls* st = find(conn);
-    if (st != nullptr && st->waiting) return;  // resumed when its handshake may start
+    if (st != nullptr && st->queued) return;  // resumed when its handshake may start
     if (st == nullptr || !st->rx_pause_pending) {
         _inner->on_recv_paused(conn);
         return;
@@ -470,12 +466,22 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     conn_tls& st = *found;
     if (st.records) return records_data(conn, st, bytes);
     if (st.waiting) {
-        // Its turn has not come: the shard keeps these bytes; no more are read until then.
-        if (!st.waiting_paused && !bytes.empty()) {
-            st.waiting_paused = true;
-            _shard.pause_recv(conn);
+        if (bytes.empty()) return 0;
+        if (!st.queued && _handshakes_in_flight < _config.handshakes_in_flight_max) {
+            st.waiting = false;
+            start_handshake(st);
+        } else {
+            // Its turn has not come: the shard keeps these bytes; no more are read until then.
+            if (!st.queued) {
+                st.queued = true;
+                _handshake_queue.push_back(conn);
+            }
+            if (!st.waiting_paused) {
+                st.waiting_paused = true;
+                _shard.pause_recv(conn);
+            }
+            return 0;
         }
-        return 0;
     }
     if (!st.tls || st.ktls_rx) {
         // The kernel decrypts: these bytes are plaintext.

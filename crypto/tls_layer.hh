@@ -62,11 +62,13 @@ struct tls_layer_config {
     bool kernel_has_ktls = false;
     std::int64_t handshake_timeout_ns = 10'000'000'000;
     std::uint32_t plaintext_buffered_max = 1u << 20;  // decrypted bytes the service left unread
-    // Server handshakes a shard runs at once. A burst of connections beyond this waits with its
-    // ClientHello unread (in the kernel, or the few bytes the shard already holds) and no SSL
-    // object: each handshake in flight holds about 40 KB of OpenSSL state, which otherwise
-    // all 10,000 of a burst hold together.
-    std::uint32_t handshakes_in_flight_max = 128;
+    // Server handshakes a shard runs at once, counted from the ClientHello's first bytes (a
+    // connection that sends nothing holds no place and no SSL object). A burst beyond this
+    // waits with its ClientHello unread (in the kernel, or the bytes the shard already holds):
+    // each handshake in flight holds about 40 KB of OpenSSL state, which otherwise all 10,000
+    // of a burst hold together. A peer stalling mid-handshake holds its place until the
+    // handshake deadline, as it holds its memory.
+    std::uint32_t handshakes_in_flight_max = 512;
 };
 
 class tls_layer final : public ring::service {
@@ -119,8 +121,9 @@ private:
         bool rx_pause_pending = false;
         bool path_counted = false;
         bool counted_full = false;
-        bool waiting = false;         // accepted beyond handshakes_in_flight_max: no session yet
-        bool waiting_paused = false;  // ... and its receiving paused
+        bool waiting = false;         // server: no session yet (nothing received, or queued)
+        bool queued = false;          // in _handshake_queue: its ClientHello came beyond the limit
+        bool waiting_paused = false;  // ... and its receiving is paused until its turn
         bool in_flight = false;       // counted in _handshakes_in_flight
         std::uint8_t rx_attempts = 0;
         std::uint16_t version = 0;

@@ -453,3 +453,30 @@ TEST_CASE("bad records from a real OpenSSL client: each a counted close with its
     bytes storage;
     CHECK(b.expect_recv_packet(storage, 5s).src == a.key());
 }
+
+TEST_CASE("connections that send nothing hold no handshake place: a client gets through 600 of them") {
+    REQUIRE(crypto_init());
+    test::derpd_options options;
+    options.tls = true;
+    options.shards = 1;
+    options.handshake_timeout = "60s";  // the silent ones stay for the whole test
+    test::derpd_process derpd(options);
+    std::vector<int> silent;
+    for (int i = 0; i < 600; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(derpd.port());
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+        silent.push_back(fd);
+    }
+    // More than the 512 handshakes a shard runs at once, none started: these two handshake
+    // and relay at once (well within the 60 s the silent ones could hold a place).
+    auto b = project_client(derpd);
+    auto a = project_client(derpd);
+    a.send_packet(b.key(), packet_of(1400));
+    bytes storage;
+    CHECK(b.expect_recv_packet(storage, 5s).src == a.key());
+    for (const int fd : silent) ::close(fd);
+}
