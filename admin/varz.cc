@@ -250,6 +250,8 @@ std::string render_varz(const metric_sources& shared) {
     };
     out += fmt::format("derpd_connections_by_tls_path_total{{path=\"userspace\"}} {}\n",
                        tls_sum(&tls::tls_counters::path_userspace));
+    out += fmt::format("derpd_connections_by_tls_path_total{{path=\"userspace_records\"}} {}\n",
+                       tls_sum(&tls::tls_counters::path_userspace_records));
     out += fmt::format("derpd_connections_by_tls_path_total{{path=\"ktls\"}} {}\n", tls_sum(&tls::tls_counters::path_ktls));
     out += fmt::format("derpd_connections_by_tls_path_total{{path=\"ktls_tx\"}} {}\n",
                        tls_sum(&tls::tls_counters::path_ktls_tx));
@@ -267,6 +269,14 @@ std::string render_varz(const metric_sources& shared) {
         metric(out, "derpd_tls_record_failures_total", "counter",
                "Established TLS connections closed for a record that did not decrypt or parse.",
                tls_sum(&tls::tls_counters::records_failed));
+        out += "# HELP derpd_tls_record_closes_total Connections on the userspace record layer ended by a record, by "
+               "reason.\n# TYPE derpd_tls_record_closes_total counter\n";
+        for (std::size_t r = 1; r < tls::record_close_count; ++r) {
+            std::uint64_t total = 0;
+            for (std::uint32_t s = 0; s < shared.shards; ++s) total += shared.tls[s].record_closes[r].get();
+            out += fmt::format("derpd_tls_record_closes_total{{reason=\"{}\"}} {}\n",
+                               tls::to_string(static_cast<tls::record_close>(r)), total);
+        }
         out += "# HELP derpd_tls_open_connections Open TLS connections by version.\n# TYPE derpd_tls_open_connections gauge\n";
         out += fmt::format("derpd_tls_open_connections{{version=\"1.2\"}} {}\n", tls_sum(&tls::tls_counters::open_tls12));
         out += fmt::format("derpd_tls_open_connections{{version=\"1.3\"}} {}\n", tls_sum(&tls::tls_counters::open_tls13));

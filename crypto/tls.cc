@@ -627,6 +627,12 @@ status session::feed_records(std::span<const std::uint8_t> cipher, std::string& 
         }
         _status = status::open;
         _handshake_complete = true;
+        if (_hand_off) {
+            // Nothing behind the Finished has been read (OpenSSL reads record by record): the
+            // record layer takes over from here, at sequence numbers ktls_export() tells.
+            _handoff_offset = w.in_position;
+            return _status;
+        }
         // What follows the peer's Finished in this read is application data under the new
         // keys: from here on records are counted for the kTLS RX sequence number.
         scan_records(cipher.subspan(w.in_position));
@@ -725,6 +731,11 @@ std::optional<node_key> session::peer_meta_key() const noexcept {
         if (auto key = meta_certificate_key(cert)) return *key;
     }
     return std::nullopt;
+}
+
+void session::hand_off_records() noexcept {
+    _hand_off = true;
+    _secrets->want_ktls = true;
 }
 
 void session::note_tx_in_kernel() noexcept { _secrets->tx_in_kernel = true; }

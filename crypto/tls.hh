@@ -24,6 +24,7 @@ struct x509_st;
 namespace derp::tls {
 
 class acme_challenges;  // crypto/acme_crypto.hh
+struct record_keys;     // crypto/tls_record.hh
 
 // Overwrites key material before its memory is given back (OPENSSL_cleanse: a plain memset
 // before free may be optimised away).
@@ -239,6 +240,13 @@ public:
     // TLS 1.3 only, version != 0.
     std::optional<node_key> peer_meta_key() const noexcept;
 
+    // Records after the handshake go to the userspace record layer (crypto/tls_record.hh)
+    // instead: the feed() that completes the handshake stops right behind the peer's Finished
+    // and handoff_offset() says where in its input the first record after it starts. Call
+    // before the handshake completes; the traffic secrets are captured whatever want_ktls says.
+    void hand_off_records() noexcept;
+    std::size_t handoff_offset() const noexcept { return _handoff_offset; }
+
     // Whether everything read so far ended on a record boundary: only then may the kernel take
     // over receiving (it cannot be handed half a record).
     bool at_record_boundary() const noexcept { return _scan_partial == 0 && _scan_header_bytes == 0; }
@@ -248,6 +256,10 @@ public:
     // from are then no longer the ones in use, and the kernel would reuse nonces (TX) or fail
     // to decrypt (RX). Such a connection stays on userspace records.
     std::optional<ktls_keys> ktls_export() const noexcept;
+    // The same material for the userspace record layer (crypto/tls_record.hh), with the TLS
+    // 1.3 traffic secrets a KeyUpdate needs; nothing where ktls_export() gives nothing. Taken
+    // right when the handshake completes, before feed() reads a record behind it.
+    std::optional<record_keys> record_export() const noexcept;
     // TX is now the kernel's (its sequence numbers continue from the export). A record
     // OpenSSL would still write (the answer to a KeyUpdate, a no_renegotiation or fatal alert)
     // would then be encrypted with OpenSSL's stale state and sent by the kernel as data, so
@@ -272,6 +284,8 @@ private:
     // Record scanner over the ciphertext read after the handshake: kTLS RX needs a boundary and
     // the count of records OpenSSL has decrypted (the RX sequence number).
     std::uint64_t _records_after_handshake = 0;
+    std::size_t _handoff_offset = 0;
+    bool _hand_off = false;
     std::uint32_t _scan_partial = 0;       // body bytes of the current record still to come
     std::uint8_t _scan_header_bytes = 0;   // bytes of a record header seen so far
     std::array<std::uint8_t, 5> _scan_header{};

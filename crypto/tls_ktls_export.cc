@@ -4,6 +4,7 @@
 // message callbacks captured (crypto/tls_internal.hh).
 #include "crypto/tls.hh"
 #include "crypto/tls_internal.hh"
+#include "crypto/tls_record.hh"
 
 #include <linux/tls.h>
 
@@ -21,30 +22,10 @@ namespace derp::tls {
 
 namespace {
 
-// HKDF-Expand-Label (RFC 8446 7.1) with an empty context.
+// HKDF-Expand-Label with an empty context (crypto/tls_record.cc).
 bool expand_label(const EVP_MD* md, std::span<const std::uint8_t> secret, std::string_view label,
                   std::span<std::uint8_t> out) {
-    std::vector<std::uint8_t> info;
-    info.push_back(static_cast<std::uint8_t>(out.size() >> 8));
-    info.push_back(static_cast<std::uint8_t>(out.size()));
-    const std::string full = "tls13 " + std::string(label);
-    info.push_back(static_cast<std::uint8_t>(full.size()));
-    info.insert(info.end(), full.begin(), full.end());
-    info.push_back(0);
-    EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
-    EVP_KDF_CTX* kctx = EVP_KDF_CTX_new(kdf);
-    EVP_KDF_free(kdf);
-    int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>(EVP_MD_get0_name(md)), 0),
-        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<std::uint8_t*>(secret.data()), secret.size()),
-        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
-        OSSL_PARAM_construct_end(),
-    };
-    const bool ok = kctx != nullptr && EVP_KDF_derive(kctx, out.data(), out.size(), params) == 1;
-    EVP_KDF_CTX_free(kctx);
-    return ok;
+    return hkdf_expand_label(EVP_MD_get0_name(md), secret, label, out);
 }
 
 // The TLS 1.2 key block (RFC 5246 6.3): PRF(master, "key expansion", server_random || client_random).
@@ -182,6 +163,31 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
     fill_direction(keys.tx, keys.version, nid, server_key, server_iv, keys.tx_seq);
     fill_direction(keys.rx, keys.version, nid, client_key, client_iv, keys.rx_seq);
     return keys;
+}
+
+std::optional<record_keys> session::record_export() const noexcept {
+    auto k = ktls_export();
+    if (!k) return std::nullopt;
+    const SSL_CIPHER* cipher = SSL_get_current_cipher(_ssl);
+    const int nid = SSL_CIPHER_get_cipher_nid(cipher);
+    const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
+    record_keys r;
+    r.version = k->version;
+    r.cipher = nid == NID_aes_128_gcm   ? aead_cipher::aes_128_gcm
+               : nid == NID_aes_256_gcm ? aead_cipher::aes_256_gcm
+                                        : aead_cipher::chacha20_poly1305;
+    r.sha384 = md != nullptr && EVP_MD_get_size(md) == 48;
+    r.tx_key = std::move(k->tx_key);
+    r.tx_iv = std::move(k->tx_iv);
+    r.rx_key = std::move(k->rx_key);
+    r.rx_iv = std::move(k->rx_iv);
+    r.tx_seq = k->tx_seq;
+    r.rx_seq = k->rx_seq;
+    if (r.version == TLS1_3_VERSION) {
+        r.tx_secret = _secrets->server_traffic;
+        r.rx_secret = _secrets->client_traffic;
+    }
+    return r;
 }
 
 }  // namespace derp::tls

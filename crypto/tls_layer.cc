@@ -22,13 +22,12 @@ namespace {
 // Room for a record's header, inner type, padding-free AEAD tag and explicit nonce: 5 + 8 + 16
 // in TLS 1.2 GCM, 5 + 1 + 16 in 1.3; rounded up.
 constexpr std::size_t record_overhead_bytes = 32;
-constexpr std::size_t record_plaintext_max = 16384;
 constexpr std::uint8_t rx_attempts_max = 8;
 
-std::string_view path_name(bool tx, bool rx) {
+std::string_view path_name(bool tx, bool rx, bool records) {
     if (tx && rx) return "ktls";
     if (tx) return "ktls-tx";
-    return "userspace";
+    return records ? "userspace-records" : "userspace";
 }
 }  // namespace
 
@@ -61,7 +60,7 @@ std::uint16_t tls_layer::tls_version(conn_id conn) const noexcept {
 std::string_view tls_layer::path(conn_id conn) const noexcept {
     const conn_tls* st = find(conn);
     if (st == nullptr) return "plain";
-    return path_name(st->ktls_tx, st->ktls_rx);
+    return path_name(st->ktls_tx, st->ktls_rx, st->records != nullptr);
 }
 
 std::optional<node_key> tls_layer::peer_meta_key(conn_id conn) const noexcept {
@@ -81,11 +80,49 @@ void tls_layer::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
         st = conn_tls{};
         st.gen = conn.gen;
         st.active = true;
-        const bool want_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
-        st.tls = std::make_unique<session>(_config.contexts->current.load(), want_ktls);
+        // The handshake deadline runs from the accept, waiting included.
         _shard.arm_timer(conn, timer_handshake, _shard.now_ns() + static_cast<std::uint64_t>(_config.handshake_timeout_ns));
+        st.waiting = true;  // the session starts with the ClientHello's first bytes
     }
     _inner->on_accept(conn, peer);
+}
+
+void tls_layer::start_handshake(conn_tls& st) noexcept {
+    const bool want_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
+    st.tls = std::make_unique<session>(_config.contexts->current.load(), want_ktls);
+    // Without kTLS the record layer takes over behind the client's Finished.
+    if (!want_ktls) st.tls->hand_off_records();
+    st.in_flight = true;
+    ++_handshakes_in_flight;
+}
+
+void tls_layer::leave_handshake(conn_tls& st) noexcept {
+    if (!st.in_flight) return;
+    st.in_flight = false;
+    --_handshakes_in_flight;
+    admit_waiting();
+}
+
+void tls_layer::admit_waiting() noexcept {
+    // Not re-entered: a replayed ClientHello may end its handshake at once (a failure), which
+    // frees a place that this loop, still running, fills.
+    if (_admitting) return;
+    _admitting = true;
+    while (_handshakes_in_flight < _config.handshakes_in_flight_max && !_handshake_queue.empty()) {
+        const conn_id conn = _handshake_queue.front();
+        _handshake_queue.pop_front();
+        conn_tls* w = find(conn);
+        if (w == nullptr || !w->queued) continue;  // closed (timed out) while waiting
+        w->waiting = false;
+        w->queued = false;
+        start_handshake(*w);
+        if (w->waiting_paused) {
+            w->waiting_paused = false;
+            _shard.resume_recv(conn);
+        }
+        _shard.replay_input(conn);  // the ClientHello the shard kept while it waited
+    }
+    _admitting = false;
 }
 
 void tls_layer::use_context(conn_id conn, std::shared_ptr<context> ctx) noexcept {
@@ -122,6 +159,7 @@ void tls_layer::on_connect(conn_id conn, int error) noexcept {
 
 void tls_layer::fail(conn_id conn, conn_tls& st, std::string_view what) noexcept {
     if (st.version == 0) {
+        leave_handshake(st);
         _counters.handshakes_failed.add();
         // The service above of an outgoing connection has not heard of it yet: tell it the
         // connection failed, and why in errno terms, before the close reaches it.
@@ -160,15 +198,18 @@ void tls_layer::settle_path(conn_id conn, conn_tls& st) noexcept {
         st.counted_full = true;
     } else if (st.ktls_tx) {
         _counters.path_ktls_tx.add();
+    } else if (st.records) {
+        _counters.path_userspace_records.add();
     } else {
         _counters.path_userspace.add();
     }
     ring::log(log_level::debug, "shard {}: slot {}: TLS path {}", _shard.index(), conn.slot,
-              path_name(st.ktls_tx, st.ktls_rx));
+              path_name(st.ktls_tx, st.ktls_rx, st.records != nullptr));
 }
 
 void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
     _shard.cancel_timer(conn, timer_handshake);
+    leave_handshake(st);
     _counters.handshakes_ok.add();
     st.version = st.tls->version();
     if (st.version == TLS1_3_VERSION) {
@@ -210,11 +251,111 @@ void tls_layer::handshake_done(conn_id conn, conn_tls& st) noexcept {
         if (st.cipher_out.empty()) install_tx(conn, st);
         if (boundary && _shard.is_open(conn)) _shard.pause_recv(conn);
     }
+    if (st.tls)
+        ring::log(log_level::debug, "shard {}: TLS {} {} sni \"{}\" on slot {}: {}", _shard.index(),
+                  st.tls->version_name(), st.tls->cipher_name(), st.tls->sni(), conn.slot,
+                  try_ktls ? "kTLS pending" : "userspace records");
+    if (!try_ktls && st.tls && st.tls->state() == status::open) start_records(conn, st);
     settle_path(conn, st);
     maybe_forget_secrets(st);
-    ring::log(log_level::debug, "shard {}: TLS {} {} sni \"{}\" on slot {}: {}", _shard.index(),
-              st.tls ? st.tls->version_name() : "", st.tls ? st.tls->cipher_name() : "",
-              st.tls ? st.tls->sni() : "", conn.slot, try_ktls ? "kTLS pending" : "userspace records");
+}
+
+bool tls_layer::start_records(conn_id conn, conn_tls& st) noexcept {
+    auto keys = st.tls->record_export();
+    if (!keys) {
+        ring::log(log_level::info, "shard {}: slot {}: TLS {} {}: no keys for the record layer; OpenSSL keeps the records",
+                  _shard.index(), conn.slot, st.tls->version_name(), st.tls->cipher_name());
+        return false;
+    }
+    auto layer = record_layer::make(*keys);
+    if (!layer) {
+        ring::log(log_level::info, "shard {}: slot {}: record layer: {}; OpenSSL keeps the records", _shard.index(),
+                  conn.slot, layer.error());
+        return false;
+    }
+    st.records = std::move(layer.value());
+    // What OpenSSL wrote (a TLS 1.2 server's Finished) is in cipher_out already; nothing else
+    // needs the SSL object: the session, its buffers and its handshake state go now.
+    st.tls.reset();
+    return true;
+}
+
+std::size_t tls_layer::records_data(conn_id conn, conn_tls& st, std::span<const std::uint8_t> bytes) noexcept {
+    // Opened out of the (read-only) receive buffer into one scratch per shard thread: each
+    // record's plaintext is at most its ciphertext, so bytes.size() and one record (the
+    // partial one completed first) are room enough.
+    thread_local std::vector<std::uint8_t> scratch;
+    if (scratch.size() < bytes.size() + record_open_room) scratch.resize(bytes.size() + record_open_room);
+    // A record the last read ended in is kept here (st.partial), not left to the shard: a
+    // shard holding unconsumed input copies every later read behind it.
+    std::size_t used = 0, plain_bytes = 0;
+    opened stop;
+    const bool had_output = !st.cipher_out.empty();
+    auto open_at = [&](std::span<const std::uint8_t> in) {
+        stop = st.records->open(in, scratch.data() + plain_bytes, st.cipher_out);
+        if (stop.close == record_close::none) plain_bytes += stop.plain_bytes;
+    };
+    if (!st.partial.empty()) {
+        // Its header first, then as much of its body as it still lacks.
+        auto take = [&](std::size_t n) {
+            n = std::min(n, bytes.size() - used);
+            st.partial.append(reinterpret_cast<const char*>(bytes.data()) + used, n);
+            used += n;
+        };
+        if (st.partial.size() < record_header_bytes) take(record_header_bytes - st.partial.size());
+        if (st.partial.size() >= record_header_bytes) {
+            const auto* h = reinterpret_cast<const std::uint8_t*>(st.partial.data());
+            take(record_header_bytes + (std::size_t{h[3]} << 8 | h[4]) - st.partial.size());
+            open_at({reinterpret_cast<const std::uint8_t*>(st.partial.data()), st.partial.size()});
+            if (stop.close == record_close::none && stop.consumed > 0) std::string().swap(st.partial);
+        }
+    }
+    if (st.partial.empty()) {
+        while (used < bytes.size()) {
+            open_at(bytes.subspan(used));
+            if (stop.close != record_close::none || stop.consumed == 0) break;
+            used += stop.consumed;
+        }
+        if (stop.close == record_close::none && used < bytes.size())
+            st.partial.assign(reinterpret_cast<const char*>(bytes.data()) + used, bytes.size() - used);
+    }
+    used = bytes.size();
+    if (plain_bytes > 0) {
+        if (st.plain.empty()) {
+            const std::size_t took = _inner->on_data(conn, {scratch.data(), plain_bytes});
+            if (!_shard.is_open(conn)) return bytes.size();
+            if (took < plain_bytes) {
+                st.plain.assign(reinterpret_cast<const char*>(scratch.data()) + took, plain_bytes - took);
+                if (st.plain.size() > _config.plaintext_buffered_max) {
+                    fail(conn, st, fmt::format("the service left {} decrypted bytes unread", st.plain.size()));
+                    return bytes.size();
+                }
+            }
+        } else {
+            st.plain.append(reinterpret_cast<const char*>(scratch.data()), plain_bytes);
+            offer_plaintext(conn, st);
+            if (!_shard.is_open(conn)) return bytes.size();
+        }
+    } else if (!st.plain.empty()) {
+        // The shard offers input again (empty) when the service can take what it left, e.g.
+        // frames pipelined behind ClientInfo once registration is done.
+        offer_plaintext(conn, st);
+        if (!_shard.is_open(conn)) return bytes.size();
+    }
+    // A KeyUpdate answer, or the alert a bad record earns, goes out before anything else.
+    if (!had_output && !st.cipher_out.empty()) _shard.want_write(conn);
+    if (stop.close == record_close::none) return used;
+    _counters.record_closes[static_cast<std::size_t>(stop.close)].add();
+    if (stop.close == record_close::close_notify) {
+        // What the service still answers goes out, then the connection closes.
+        _shard.close_after_flush(conn);
+        return bytes.size();
+    }
+    fail(conn, st,
+         stop.close == record_close::alert
+             ? fmt::format("the peer sent alert {} (record {} under the current keys)", stop.alert, st.records->rx_seq())
+             : fmt::format("record {}: {}", st.records->rx_seq(), to_string(stop.close)));
+    return bytes.size();
 }
 
 std::string tls_layer::install_direction(conn_id conn, conn_tls& st, const std::optional<ktls_keys>& keys,
@@ -257,6 +398,7 @@ bool tls_layer::install_tx(conn_id conn, conn_tls& st) noexcept {
 
 void tls_layer::on_recv_paused(conn_id conn) noexcept {
     conn_tls* st = find(conn);
+    if (st != nullptr && st->queued) return;  // resumed when its handshake may start
     if (st == nullptr || !st->rx_pause_pending) {
         _inner->on_recv_paused(conn);
         return;
@@ -322,6 +464,25 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     conn_tls* found = find(conn);
     if (found == nullptr) return _inner->on_data(conn, bytes);
     conn_tls& st = *found;
+    if (st.records) return records_data(conn, st, bytes);
+    if (st.waiting) {
+        if (bytes.empty()) return 0;
+        if (!st.queued && _handshakes_in_flight < _config.handshakes_in_flight_max) {
+            st.waiting = false;
+            start_handshake(st);
+        } else {
+            // Its turn has not come: the shard keeps these bytes; no more are read until then.
+            if (!st.queued) {
+                st.queued = true;
+                _handshake_queue.push_back(conn);
+            }
+            if (!st.waiting_paused) {
+                st.waiting_paused = true;
+                _shard.pause_recv(conn);
+            }
+            return 0;
+        }
+    }
     if (!st.tls || st.ktls_rx) {
         // The kernel decrypts: these bytes are plaintext.
         if (st.plain.empty()) return _inner->on_data(conn, bytes);
@@ -332,9 +493,18 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     if (st.tls->state() == status::failed) return bytes.size();  // closing already
     const bool was_handshaking = st.tls->state() == status::handshaking;
     // feed() calls nothing outside OpenSSL, so the connection cannot close under it.
-    const status s = st.tls->feed(bytes, st.plain, st.cipher_out);
+    status s = st.tls->feed(bytes, st.plain, st.cipher_out);
     // The handshake may have finished in this read even if a record behind it then failed.
-    if (was_handshaking && st.tls->handshake_complete()) handshake_done(conn, st);
+    if (was_handshaking && st.tls->handshake_complete()) {
+        const std::size_t tail = st.tls->handoff_offset();
+        handshake_done(conn, st);
+        if (!_shard.is_open(conn) || find(conn) == nullptr) return bytes.size();
+        if (!st.cipher_out.empty()) _shard.want_write(conn);
+        // Whatever followed the Finished in this read is records: the layer's, or OpenSSL's
+        // again where the layer could not start.
+        if (st.records) return tail + records_data(conn, st, bytes.subspan(tail));
+        if (tail > 0 && tail < bytes.size()) s = st.tls->feed(bytes.subspan(tail), st.plain, st.cipher_out);
+    }
     if (s == status::failed) {
         if (find(conn) != nullptr) fail(conn, st, st.tls->error());
         return bytes.size();
@@ -383,6 +553,24 @@ std::size_t tls_layer::on_writable(conn_id conn, std::span<std::uint8_t> out) no
     // The kernel encrypts what follows whatever was copied above (never expected: the
     // session refuses to produce records once TX is in the kernel).
     if (st.ktls_tx) return n + _inner->on_writable(conn, out.subspan(n));
+    if (st.records) {
+        // The service writes into the shard's staging buffer; records are sealed from there
+        // straight into the registered send buffer, coalesced up to 16 KiB each.
+        const auto room = out.subspan(n);
+        const std::size_t plain_max = std::min(_plain_out.size(), st.records->plain_fitting(room.size()));
+        if (plain_max == 0) {
+            _shard.want_write(conn);
+            return n;
+        }
+        const std::size_t plain = _inner->on_writable(conn, {_plain_out.data(), plain_max});
+        if (plain == 0 || find(conn) == nullptr) return n;
+        const std::size_t sealed = st.records->seal({_plain_out.data(), plain}, room);
+        if (sealed == 0) {
+            fail(conn, st, "sealing a record failed");
+            return n;
+        }
+        return n + sealed;
+    }
     if (!st.tls || st.tls->state() != status::open || st.version == 0) return n;
     const auto room = out.subspan(n);
     const std::size_t records = room.size() / record_plaintext_max + 1;
@@ -439,6 +627,14 @@ void tls_layer::on_flushed_close(conn_id conn) noexcept {
         (void)ktls_send_close_notify(_shard.fd_of(conn));
         return;
     }
+    if (st->records) {
+        const record_close closed = st->records->closed();
+        if (closed != record_close::none && closed != record_close::close_notify) return;
+        std::string alert;
+        st->records->seal_alert(1, 0, alert);
+        if (!alert.empty()) (void)::send(_shard.fd_of(conn), alert.data(), alert.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+        return;
+    }
     if (!st->tls || st->tls->state() == status::failed) return;
     std::string alert;
     st->tls->shutdown(alert);
@@ -451,7 +647,12 @@ void tls_layer::on_closed(conn_id conn, ring::close_cause cause) noexcept {
     if (st == nullptr) return;
     if (st->version == TLS1_3_VERSION) _counters.open_tls13.sub();
     else if (st->version != 0) _counters.open_tls12.sub();
+    const bool was_in_flight = st->in_flight;
     *st = conn_tls{};
+    if (was_in_flight) {
+        --_handshakes_in_flight;
+        admit_waiting();
+    }
 }
 
 }  // namespace derp::tls

@@ -3,17 +3,22 @@
 // registered send buffer. The service above (the DERP server, the client library) is the same
 // code over plain TCP and over TLS. After the handshake a server connection moves to kTLS
 // where the kernel has it (TX at once, RX at the next record boundary with receiving paused),
-// and frees its OpenSSL state once both directions are in the kernel.
+// and frees its OpenSSL state once both directions are in the kernel; where it does not, the
+// userspace record layer (crypto/tls_record.hh) takes over right behind the client's Finished
+// and the SSL object is freed at once.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "crypto/ktls.hh"
 #include "crypto/tls.hh"
+#include "crypto/tls_record.hh"
 #include "ring/counters.hh"
 #include "ring/log.hh"
 #include "ring/service.hh"
@@ -29,6 +34,7 @@ struct alignas(ring::cache_line_bytes) tls_counters {
     ring::counter path_ktls;            // both directions in the kernel
     ring::counter path_ktls_tx;         // TX in the kernel, RX stayed in userspace
     ring::counter path_userspace;       // OpenSSL records for the whole connection
+    ring::counter path_userspace_records;  // the userspace record layer; the SSL object freed
     ring::counter ktls_install_failed;  // setsockopt refused (connection stayed userspace)
     ring::counter ktls_control_records; // alerts/KeyUpdates read under kTLS RX
     ring::counter version_tls12;        // handshakes completed by version
@@ -37,6 +43,9 @@ struct alignas(ring::cache_line_bytes) tls_counters {
     ring::counter open_tls13;
     ring::counter records_failed;       // a record that did not decrypt or parse after the handshake
     ring::counter acme_tls_alpn_handshakes;  // TLS-ALPN-01 validations answered (closed after the handshake)
+    // Connections on the userspace record layer that ended on a record, by reason
+    // (crypto/tls_record.hh record_close; index 0, none, stays 0).
+    std::array<ring::counter, record_close_count> record_closes;
 };
 
 // The context new connections get. The admin thread swaps it on a certificate reload;
@@ -53,6 +62,13 @@ struct tls_layer_config {
     bool kernel_has_ktls = false;
     std::int64_t handshake_timeout_ns = 10'000'000'000;
     std::uint32_t plaintext_buffered_max = 1u << 20;  // decrypted bytes the service left unread
+    // Server handshakes a shard runs at once, counted from the ClientHello's first bytes (a
+    // connection that sends nothing holds no place and no SSL object). A burst beyond this
+    // waits with its ClientHello unread (in the kernel, or the bytes the shard already holds):
+    // each handshake in flight holds about 40 KB of OpenSSL state, which otherwise all 10,000
+    // of a burst hold together. A peer stalling mid-handshake holds its place until the
+    // handshake deadline, as it holds its memory.
+    std::uint32_t handshakes_in_flight_max = 512;
 };
 
 class tls_layer final : public ring::service {
@@ -106,9 +122,15 @@ private:
         bool rx_pause_pending = false;
         bool path_counted = false;
         bool counted_full = false;
+        bool waiting = false;         // server: no session yet (nothing received, or queued)
+        bool queued = false;          // in _handshake_queue: its ClientHello came beyond the limit
+        bool waiting_paused = false;  // ... and its receiving is paused until its turn
+        bool in_flight = false;       // counted in _handshakes_in_flight
         std::uint8_t rx_attempts = 0;
         std::uint16_t version = 0;
-        std::unique_ptr<session> tls;  // null once both directions are in the kernel
+        std::unique_ptr<session> tls;  // null once both directions are in the kernel, or records took over
+        std::unique_ptr<record_layer> records;  // server without kTLS: records after the handshake
+        std::string partial;                    // records: the incomplete record a read ended in
         std::string plain;             // decrypted, not yet taken by the service above
         std::string cipher_out;        // records waiting for a send buffer
         std::shared_ptr<context> connect_context;  // use_context(), until the connect completes
@@ -127,12 +149,25 @@ private:
     void maybe_release_session(conn_tls& st) noexcept;
     void maybe_forget_secrets(conn_tls& st) noexcept;
     void settle_path(ring::conn_id conn, conn_tls& st) noexcept;
+    // Server handshakes in flight: a session for an accepted connection, the count given back
+    // when its handshake ends either way, and waiting connections let in behind it.
+    void start_handshake(conn_tls& st) noexcept;
+    void leave_handshake(conn_tls& st) noexcept;
+    void admit_waiting() noexcept;
+    // The SSL object gives way to the record layer (false: the export failed; OpenSSL stays).
+    bool start_records(ring::conn_id conn, conn_tls& st) noexcept;
+    // Opens the records of `bytes` and hands their plaintext up; a partial record at the end
+    // is kept in conn_tls::partial. Returns bytes.size().
+    std::size_t records_data(ring::conn_id conn, conn_tls& st, std::span<const std::uint8_t> bytes) noexcept;
 
     ring::shard& _shard;
     std::unique_ptr<ring::service> _inner;
     tls_layer_config _config;
     tls_counters& _counters;
     std::vector<conn_tls> _conns;          // by slot
+    std::uint32_t _handshakes_in_flight = 0;
+    std::deque<ring::conn_id> _handshake_queue;  // waiting connections, oldest first (stale ids skipped)
+    bool _admitting = false;
     std::vector<std::uint8_t> _plain_out;  // what the service writes before encryption
     ring::log_limiter _fail_log{1'000'000'000, 20};
 };

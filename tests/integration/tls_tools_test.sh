@@ -186,13 +186,13 @@ running "$pid" && [[ "$code" == 200 ]] && echo "ok: derpd still serving after th
   fail "derpd after the refusals: probe gave '$code'"
 
 # --- /debug/varz over TLS from loopback (the /debug/ access rule): the handshake outcomes, the
-# userspace path (this kernel has no kTLS; the path is what it is, not a failure) and derper's
+# userspace record layer's path (this kernel has no kTLS; the path is what it is, not a failure) and derper's
 # per-version request counter for both versions used above.
 varz=$(curl "${tls[@]}" "$base/debug/varz")
 printf '%s\n' "$varz" >"$tmp/varz.txt"
 value() { awk -v m="$1" '$1 == m { print $2 }' <<<"$varz"; }
 for metric in 'derpd_tls_handshakes_total{result="failed"}' 'derpd_tls_handshakes_total{result="ok"}' \
-  'derpd_connections_by_tls_path_total{path="userspace"}' 'derper_tls_request_version{version="1.3"}' \
+  'derpd_connections_by_tls_path_total{path="userspace_records"}' 'derper_tls_request_version{version="1.3"}' \
   'derper_tls_request_version{version="1.2"}'; do
   n=$(value "$metric")
   # Three refusals above: two s_client, one curl.
