@@ -105,7 +105,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 }
                 case 3: stream.insert(stream.end(), arg, arg + length); break;
                 case 4:
-                    if (!stream.empty() && length >= 2) stream[(arg[0] << 8 | arg[1]) % stream.size()] ^= 1u << (op >> 5);
+                    if (!stream.empty() && length >= 2) stream[(arg[0] << 8 | arg[1]) % stream.size()] ^= static_cast<std::uint8_t>(1u << (op >> 5));
                     break;
                 default: {
                     std::string alert;
