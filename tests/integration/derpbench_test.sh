@@ -83,16 +83,25 @@ csv=$("$bench" throughput --url "$url" --pairs 1 --size 100 --rate 1000 --durati
 # Failures are clear and non-zero.
 out=$("$bench" throughput --url "http://127.0.0.1:1/derp" --pairs 1 --duration 300ms 2>&1)
 (($? != 0)) && grep -q "finished the handshake\|failure" <<<"$out" && echo "ok: server down is a failure" || fail "server down: $out"
-# A receiver that stops reading: its queue overflows (loss reported), the server's write
-# timeout (2 s) disconnects it, and derpbench fails the run saying so.
+# A receiver that stops reading: its queue overflows (loss reported) and the server's write
+# timeout (2 s) disconnects it (derpd counts it). Whether derpbench also sees that close before
+# it stops is up to TCP: the server's orphaned socket still holds megabytes for the stuck
+# client, delivered by zero-window probes whose interval backs off to seconds, and the FIN
+# comes after them; so derpbench's verdict is checked only for what it says when it saw it.
+write_timeouts() { curl -s "http://127.0.0.1:$port/debug/varz" | awk '$1 == "derp_sclient_write_timeouts" {print $2}'; }
+timeouts0=$(write_timeouts)
 out=$("$bench" throughput --url "$url" --pairs 1 --size 1200 --rate 10000 --duration 5s --warmup 100ms \
   --stop-reading-after 300ms --json 2>"$tmp/err")
 rc=$?
 loss=$(field loss_ratio "$out")
-((rc == 1)) && [[ -n "$loss" ]] && awk "BEGIN{exit !($loss > 0.3)}" && grep -q "server refused or closed clients" "$tmp/err" &&
-  echo "ok: a client that stops reading: loss $loss, disconnect reported, exit 1" ||
+timeouts=$(( $(write_timeouts) - ${timeouts0:-0} ))
+if [[ -n "$loss" ]] && awk "BEGIN{exit !($loss > 0.3)}" && ((timeouts >= 1)) &&
+   { { ((rc == 1)) && grep -q "server refused or closed clients" "$tmp/err"; } || ((rc == 0)); }; then
+  echo "ok: a client that stops reading: loss $loss, write timeouts $timeouts, derpbench exit $rc"
+else
   fail "stuck receiver (exit $rc): $out $(cat "$tmp/err") server: $(curl -s "http://127.0.0.1:$port/debug/varz" |
     grep -E 'cause="write_timeout"|send_partial_total\{|sclient_write_timeouts' | tr '\n' ' ')"
+fi
 
 # The same over TLS: derpd with a self-signed certificate for 127.0.0.1, pinned the way a
 # DERPMap pins it (CertName sha256-raw:...).
