@@ -259,8 +259,7 @@ std::string render_varz(const metric_sources& shared) {
         out += "# HELP derpd_tls_handshakes_total TLS handshakes by outcome.\n# TYPE derpd_tls_handshakes_total counter\n";
         for (const auto& [label, member] : {std::pair{"ok", &tls::tls_counters::handshakes_ok},
                                             std::pair{"failed", &tls::tls_counters::handshakes_failed},
-                                            std::pair{"timeout", &tls::tls_counters::handshakes_timeout},
-                                            std::pair{"evicted", &tls::tls_counters::handshakes_evicted}})
+                                            std::pair{"timeout", &tls::tls_counters::handshakes_timeout}})
             out += fmt::format("derpd_tls_handshakes_total{{result=\"{}\"}} {}\n", label, tls_sum(member));
         metric(out, "derpd_tls_ktls_install_failures_total", "counter",
                "kTLS installs the kernel refused (the connection stayed on userspace records).",

@@ -93,28 +93,7 @@ void tls_layer::start_handshake(conn_tls& st) noexcept {
     // Without kTLS the record layer takes over behind the client's Finished.
     if (!want_ktls) st.tls->hand_off_records();
     st.in_flight = true;
-    st.in_flight_since_ns = _shard.now_ns();
     ++_handshakes_in_flight;
-    _in_flight_order.push_back(conn_id{static_cast<std::uint32_t>(&st - _conns.data()), st.gen});
-}
-
-void tls_layer::evict_stalled_handshake() noexcept {
-    while (!_in_flight_order.empty()) {
-        const conn_id oldest = _in_flight_order.front();
-        conn_tls* o = find(oldest);
-        if (o == nullptr || !o->in_flight) {  // finished or closed since
-            _in_flight_order.pop_front();
-            continue;
-        }
-        if (_shard.now_ns() - o->in_flight_since_ns < static_cast<std::uint64_t>(_config.handshake_stall_ns)) return;
-        _in_flight_order.pop_front();
-        _counters.handshakes_evicted.add();
-        if (auto n = _fail_log.allow(_shard.now_ns()))
-            ring::log(ring::log_level::info, "tls: {} handshakes in flight and more waiting; closed one stalled for over {} ms ({} recent)",
-                      _config.handshakes_in_flight_max, _config.handshake_stall_ns / 1'000'000, n);
-        _shard.close(oldest);  // on_closed gives its place to the next in the queue
-        return;
-    }
 }
 
 void tls_layer::leave_handshake(conn_tls& st) noexcept {
@@ -496,7 +475,6 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
             if (!st.queued) {
                 st.queued = true;
                 _handshake_queue.push_back(conn);
-                _evict_wanted = true;
             }
             if (!st.waiting_paused) {
                 st.waiting_paused = true;

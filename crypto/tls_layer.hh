@@ -31,7 +31,6 @@ struct alignas(ring::cache_line_bytes) tls_counters {
     ring::counter handshakes_ok;
     ring::counter handshakes_failed;    // bad ClientHello, SNI refused, alert, ...
     ring::counter handshakes_timeout;   // not finished within the deadline
-    ring::counter handshakes_evicted;   // stalled while others waited for a place: closed
     ring::counter path_ktls;            // both directions in the kernel
     ring::counter path_ktls_tx;         // TX in the kernel, RX stayed in userspace
     ring::counter path_userspace;       // OpenSSL records for the whole connection
@@ -67,12 +66,9 @@ struct tls_layer_config {
     // connection that sends nothing holds no place and no SSL object). A burst beyond this
     // waits with its ClientHello unread (in the kernel, or the bytes the shard already holds):
     // each handshake in flight holds about 40 KB of OpenSSL state, which otherwise all 10,000
-    // of a burst hold together. A peer stalling mid-handshake would hold its place until the
-    // handshake deadline; when a ClientHello has to wait, the oldest handshake in flight is
-    // closed instead if it has run longer than handshake_stall_ns (a real one takes a round
-    // trip or two), so 512 stalled peers cannot keep real clients waiting for the deadline.
+    // of a burst hold together. A peer stalling mid-handshake holds its place until the
+    // handshake deadline, as it holds its memory.
     std::uint32_t handshakes_in_flight_max = 512;
-    std::int64_t handshake_stall_ns = 1'000'000'000;
 };
 
 class tls_layer final : public ring::service {
@@ -111,15 +107,7 @@ public:
     void on_recv_paused(ring::conn_id conn) noexcept override;
     void on_message(const ring::message& m) noexcept override { _inner->on_message(m); }
     void discard_message(const ring::message& m) noexcept override { _inner->discard_message(m); }
-    bool on_turn_end() noexcept override {
-        // Outside any connection's handler: closing a stalled handshake admits a waiting one,
-        // whose kept ClientHello is replayed at once.
-        if (_evict_wanted) {
-            _evict_wanted = false;
-            evict_stalled_handshake();
-        }
-        return _inner->on_turn_end();
-    }
+    bool on_turn_end() noexcept override { return _inner->on_turn_end(); }
     void on_stop() noexcept override { _inner->on_stop(); }
     void on_drain(std::uint64_t deadline_ns) noexcept override { _inner->on_drain(deadline_ns); }
 
@@ -138,7 +126,6 @@ private:
         bool queued = false;          // in _handshake_queue: its ClientHello came beyond the limit
         bool waiting_paused = false;  // ... and its receiving is paused until its turn
         bool in_flight = false;       // counted in _handshakes_in_flight
-        std::uint64_t in_flight_since_ns = 0;
         std::uint8_t rx_attempts = 0;
         std::uint16_t version = 0;
         std::unique_ptr<session> tls;  // null once both directions are in the kernel, or records took over
@@ -167,8 +154,6 @@ private:
     void start_handshake(conn_tls& st) noexcept;
     void leave_handshake(conn_tls& st) noexcept;
     void admit_waiting() noexcept;
-    // A ClientHello waits: the oldest handshake in flight goes if it has stalled (see config).
-    void evict_stalled_handshake() noexcept;
     // The SSL object gives way to the record layer (false: the export failed; OpenSSL stays).
     bool start_records(ring::conn_id conn, conn_tls& st) noexcept;
     // Opens the records of `bytes` and hands their plaintext up; a partial record at the end
@@ -182,9 +167,7 @@ private:
     std::vector<conn_tls> _conns;          // by slot
     std::uint32_t _handshakes_in_flight = 0;
     std::deque<ring::conn_id> _handshake_queue;  // waiting connections, oldest first (stale ids skipped)
-    std::deque<ring::conn_id> _in_flight_order;  // handshakes in flight, oldest first (stale ids skipped)
     bool _admitting = false;
-    bool _evict_wanted = false;  // a ClientHello began to wait this turn
     std::vector<std::uint8_t> _plain_out;  // what the service writes before encryption
     ring::log_limiter _fail_log{1'000'000'000, 20};
 };

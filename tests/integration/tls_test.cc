@@ -30,7 +30,6 @@
 #include "crypto/box.hh"
 #include "crypto/ktls.hh"
 #include "crypto/tls.hh"
-#include "tests/support/derp_test_client.hh"
 #include "tests/support/derpd_process.hh"
 #include "tests/support/relay_pair.hh"
 #include "tests/support/skip.hh"
@@ -390,27 +389,4 @@ TEST_CASE("client library: a sha256-raw pin refuses a man in the middle whose ow
         }
     }
     std::filesystem::remove_all(dir);
-}
-
-TEST_CASE("512 handshakes stalled after the ClientHello's first bytes: a real client waits, the oldest stalled one goes") {
-    REQUIRE(crypto_init());
-    auto options = tls_options();
-    options.shards = 1;
-    options.handshake_timeout = "30s";  // the deadline would free no place during this test
-    test::derpd_process derpd(options);
-    // 512 peers (every place of the shard) send a TLS record header announcing a ClientHello
-    // and nothing more.
-    std::vector<test::tcp_conn> stalled;
-    for (int i = 0; i < 512; ++i) {
-        stalled.push_back(test::tcp_conn::connect_loopback(derpd.port()));
-        REQUIRE(stalled.back().write_all(std::string_view("\x16\x03\x01\x01\x00", 5)) == test::io_status::ok);
-    }
-    // Past the stall time, a real client's ClientHello has to wait for a place: the oldest
-    // stalled handshake is closed for it, and it completes well inside its 5 s.
-    std::this_thread::sleep_for(1200ms);
-    auto real = test::tls_socket::open(derpd.port(), test::insecure_client_context());
-    REQUIRE_MESSAGE(real, real.error());
-    CHECK(derpd.wait_for_log("closed one stalled for over 1000 ms", 2000ms));
-    const auto closed = stalled.front().wait_closed(2000ms);
-    CHECK((closed.status == test::io_status::eof || closed.status == test::io_status::reset));
 }
