@@ -244,6 +244,7 @@ private:
     void publish_outbound() noexcept;
     void start_stopping() noexcept;
     void start_draining(std::uint64_t deadline_ns) noexcept;
+    void end_listening(bool close_idle) noexcept;  // cancels accepts and recvmsgs (stop, drain)
     void check_drain() noexcept;  // each turn while draining: stop when done or at the deadline
     void close_listener(std::uint32_t listener) noexcept;
     void close_udp_socket(std::uint32_t socket_index) noexcept;

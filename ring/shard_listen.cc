@@ -152,19 +152,7 @@ void shard::start_stopping() noexcept {
     _stopping = true;
     _stop_deadline_ns = _now_ns + static_cast<std::uint64_t>(_config.shutdown_grace_ns);
     if (_service) _service->on_stop();
-    for (std::uint32_t l = 0; l < _config.listen_fds.size(); ++l) {
-        _timers.cancel(_listener_retry[l]);
-        if (!_accept_armed[l] || _config.listen_fds[l] < 0) continue;
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, _config.listen_fds[l], IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
-    }
-    for (std::uint32_t u = 0; u < _config.udp_fds.size(); ++u) {
-        if (!_recvmsg_armed[u] || _config.udp_fds[u] < 0) continue;
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, _config.udp_fds[u], IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
-    }
+    end_listening(false);  // the sockets close when the loop ends
     for (std::uint32_t slot = 0; slot < _slots.size(); ++slot)
         if (_slots[slot].state == conn_state::open) begin_close(slot, close_cause::shutdown);
 }
@@ -178,30 +166,31 @@ void shard::start_stopping() noexcept {
 void shard::start_draining(std::uint64_t deadline_ns) noexcept {
     _draining = true;
     _drain_deadline_ns = deadline_ns;
-    for (std::uint32_t l = 0; l < _config.listen_fds.size(); ++l) {
-        _timers.cancel(_listener_retry[l]);
-        if (_config.listen_fds[l] < 0) continue;
-        if (!_accept_armed[l]) {
-            close_listener(l);
-            continue;
-        }
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, _config.listen_fds[l], IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
-    }
-    for (std::uint32_t u = 0; u < _config.udp_fds.size(); ++u) {
-        if (_config.udp_fds[u] < 0) continue;
-        if (!_recvmsg_armed[u]) {
-            close_udp_socket(u);
-            continue;
-        }
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_cancel_fd(sqe, _config.udp_fds[u], IORING_ASYNC_CANCEL_ALL);
-        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
-    }
+    end_listening(true);  // the cancelled ones close as their last completion comes back
     if (!_config.is_admin)
         log(log_level::info, "shard {}: draining: {} client connection(s) to see off", _config.index, _accepted_in_use);
     note_listeners_closed();
+}
+
+// Stops every accept and recvmsg: armed operations are cancelled (their final completion
+// ends them); with close_idle, the sockets with nothing in flight close at once.
+void shard::end_listening(bool close_idle) noexcept {
+    auto cancel_fd = [this](int fd) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, pack_user_data(op::cancel, cancel_slot_listener, 0));
+    };
+    for (std::uint32_t l = 0; l < _config.listen_fds.size(); ++l) {
+        _timers.cancel(_listener_retry[l]);
+        if (_config.listen_fds[l] < 0) continue;
+        if (_accept_armed[l]) cancel_fd(_config.listen_fds[l]);
+        else if (close_idle) close_listener(l);
+    }
+    for (std::uint32_t u = 0; u < _config.udp_fds.size(); ++u) {
+        if (_config.udp_fds[u] < 0) continue;
+        if (_recvmsg_armed[u]) cancel_fd(_config.udp_fds[u]);
+        else if (close_idle) close_udp_socket(u);
+    }
 }
 
 void shard::note_listeners_closed() noexcept {
