@@ -94,15 +94,6 @@ client_options verified_client(const std::string& root_file) {
     return c;
 }
 
-void expect_relay(derp_client& from, derp_client& to, std::string_view text) {
-    const std::vector<std::uint8_t> packet(text.begin(), text.end());
-    from.send_packet(to.key(), packet);
-    bytes storage;
-    const auto got = to.expect_recv_packet(storage, 10s);
-    CHECK(got.src == from.key());
-    CHECK(std::string(got.packet.begin(), got.packet.end()) == text);
-}
-
 std::filesystem::path fresh_dir(const char* name) {
     std::string dir = (std::filesystem::temp_directory_path() / (std::string(name) + "-XXXXXX")).string();
     REQUIRE(::mkdtemp(dir.data()) != nullptr);
@@ -141,7 +132,7 @@ TEST_CASE("TLS-ALPN-01: first issuance, DERP over the issued chain, restart reus
     const std::string root = pebble.fetch_root();
     auto a = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
     auto b = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
-    expect_relay(a, b, "over pebble's chain");
+    expect_relayed(a, b, "over pebble's chain", 10s);
 
     // What is stored, and how (SECURITY.md): a private directory, files only derpd reads.
     CHECK(mode_of(certdir) == 0700);
@@ -162,7 +153,7 @@ TEST_CASE("TLS-ALPN-01: first issuance, DERP over the issued chain, restart reus
           std::string::npos);
     auto c = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
     auto d = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
-    expect_relay(c, d, "after the restart");
+    expect_relayed(c, d, "after the restart", 10s);
     CHECK(metric_value(derpd.admin_port(), "derpd_acme_orders_total{result=\"reused\"}") == 1);
     CHECK(pebble.count_log("POST /order-plz") == orders_before);
     CHECK(derpd.current_log_text().find("ordering a certificate") == std::string::npos);
@@ -202,7 +193,7 @@ TEST_CASE("HTTP-01 on the port-80 listener when TLS-ALPN-01 cannot be validated"
     const std::string root = pebble.fetch_root();
     auto a = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
     auto b = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
-    expect_relay(a, b, "issued by HTTP-01");
+    expect_relayed(a, b, "issued by HTTP-01", 10s);
     std::filesystem::remove_all(base);
 }
 
@@ -216,17 +207,17 @@ TEST_CASE("renewal of a short-lived certificate while DERP clients stay connecte
     const std::string root = pebble.fetch_root();
     auto a = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
     auto b = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
-    expect_relay(a, b, "before the renewal");
+    expect_relayed(a, b, "before the renewal", 10s);
     const auto deadline = std::chrono::steady_clock::now() + 90s;
     while (derpd.count_log(installed) < 2 && std::chrono::steady_clock::now() < deadline) {
-        expect_relay(a, b, "during the renewal");
+        expect_relayed(a, b, "during the renewal", 10s);
         std::this_thread::sleep_for(200ms);
     }
     REQUIRE_MESSAGE(derpd.count_log(installed) >= 2, derpd.log_tail());
     // The connections made under the old certificate carry on; new ones get the new one.
-    expect_relay(b, a, "after the renewal");
+    expect_relayed(b, a, "after the renewal", 10s);
     auto c = derp_client::connect(derpd.port(), derpd.server_public(), verified_client(root));
-    expect_relay(c, a, "a new connection");
+    expect_relayed(c, a, "a new connection", 10s);
     CHECK(metric_value(derpd.admin_port(), "derpd_acme_orders_total{result=\"ok\"}") >= 2);
     std::filesystem::remove_all(base);
 }
@@ -250,7 +241,7 @@ TEST_CASE("pebble refusing: a blocked name is logged with its problem document a
     CHECK(derpd.count_log("keeping the current certificate") >= 1);
     CHECK(metric_value(derpd.admin_port(), "derpd_acme_orders_total{result=\"failed\"}") >= 1);
     auto b = derp_client::connect(derpd.port(), derpd.server_public(), verified_client((base / "root.pem").string()));
-    expect_relay(a, b, "on the old certificate");
+    expect_relayed(a, b, "on the old certificate", 10s);
     std::filesystem::remove_all(base);
 }
 

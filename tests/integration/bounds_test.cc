@@ -34,14 +34,6 @@ derpd_options with_admin() {
     return o;
 }
 
-void relays(derp_client& from, derp_client& to, std::string_view text) {
-    from.send_packet(to.key(), {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
-    bytes storage;
-    const auto got = to.expect_recv_packet(storage, 5000ms);
-    CHECK(got.src == from.key());
-    CHECK(std::string(got.packet.begin(), got.packet.end()) == text);
-}
-
 // Waits until the metric reaches want (it is counted as the shard gets to the connections).
 double wait_metric(const derpd_process& d, std::string_view name, double want) {
     const auto deadline = clock_type::now() + 10s;
@@ -81,8 +73,8 @@ TEST_CASE("-accept-connection-limit: the excess is reset at once and counted; co
     CHECK(counted <= flood);
     CHECK(d.wait_for_log("over -accept-connection-limit; reset", 2000ms));
     CHECK(d.running());
-    relays(a, b, "after the flood");
-    relays(b, a, "both ways");
+    expect_relayed(a, b, "after the flood");
+    expect_relayed(b, a, "both ways");
 }
 
 TEST_CASE("-conns-per-shard: past the table, connections are refused and counted; the connected relay") {
@@ -102,11 +94,11 @@ TEST_CASE("-conns-per-shard: past the table, connections are refused and counted
     }
     CHECK(closed_at_once == 8);
     CHECK(d.wait_for_log("connection table full (24 slots)", 2000ms));
-    relays(clients[0], clients[21], "table full");
+    expect_relayed(clients[0], clients[21], "table full");
     extra.clear();
     // The slots come back: a new client gets in, and the refusals were counted.
     auto late = derp_client::connect(d.port(), d.server_public());
-    relays(late, clients[0], "room again");
+    expect_relayed(late, clients[0], "room again");
     CHECK(metric(d, "derpd_shard_accepts_refused_full_total") == 8);
 }
 
@@ -137,8 +129,8 @@ TEST_CASE("-unfinished-per-shard: a slowloris beyond the table closes its own ol
     auto b = derp_client::connect(d.port(), d.server_public());
     MESSAGE("handshake among 100 unfinished connections: "
             << std::chrono::duration<double, std::milli>(clock_type::now() - t0).count() << " ms");
-    relays(a, b, "past the slowloris");
-    relays(b, a, "both ways");
+    expect_relayed(a, b, "past the slowloris");
+    expect_relayed(b, a, "both ways");
     // The oldest 500 were the ones closed.
     std::size_t closed = 0;
     for (std::size_t i = 0; i < 500; ++i) {
@@ -178,8 +170,8 @@ TEST_CASE("-shard-input-max: partial frames that never finish are shed, stalest 
     CHECK(wait_metric(d, "derpd_shard_input_shed_closes_total", 23) >= 23);
     CHECK(memory_metric(d, "input") <= 1048576);
     CHECK(d.wait_for_log("unconsumed input over 1048576 bytes; closed the", 2000ms));
-    relays(a, b, "whole frames are never held");
-    relays(b, a, "both ways");
+    expect_relayed(a, b, "whole frames are never held");
+    expect_relayed(b, a, "both ways");
 }
 
 TEST_CASE("-shard-staging-max: slow readers' staging stays under the shard's ceiling; a healthy pair relays") {
@@ -212,7 +204,7 @@ TEST_CASE("-shard-staging-max: slow readers' staging stays under the shard's cei
     REQUIRE(rounds < 20'000);
     for (int more = 0; more < 100; ++more)
         for (auto& r : slow) sender.send_packet(r.key(), packet);
-    relays(a, b, "beside the slow readers");
+    expect_relayed(a, b, "beside the slow readers");
     // Every packet of the sender was read (one client, and the relay above came after them):
     // staging is as full as it gets, the ceiling plus at most the rest of one frame per
     // receiver (a frame cut by a send moves whatever the room).
@@ -220,5 +212,5 @@ TEST_CASE("-shard-staging-max: slow readers' staging stays under the shard's cei
     MESSAGE("staged bytes with 24 stalled readers: " << staged << " after " << rounds << " rounds");
     CHECK(staged <= 1048576 + 24 * 1037);
     CHECK(staged > 1048576 - 64 * 1037);  // it did fill up to the ceiling
-    relays(b, a, "still");
+    expect_relayed(b, a, "still");
 }

@@ -43,14 +43,6 @@ restarting_view expect_restarting(derp_client& c) {
     return *r;
 }
 
-void relays(derp_client& from, derp_client& to, std::string_view text) {
-    from.send_packet(to.key(), {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
-    bytes storage;
-    const auto got = to.expect_recv_packet(storage, 5000ms);
-    CHECK(got.src == from.key());
-    CHECK(std::string(got.packet.begin(), got.packet.end()) == text);
-}
-
 // Waits for the process to exit; true when it did within the timeout.
 bool exits_within(derpd_process& d, std::chrono::milliseconds timeout) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -77,7 +69,7 @@ TEST_CASE("SIGTERM drains: Restarting to every client, relaying goes on, exit as
     derpd_process d(draining("60s"));
     auto a = std::make_unique<derp_client>(derp_client::connect(d.port(), d.server_public()));
     auto b = std::make_unique<derp_client>(derp_client::connect(d.port(), d.server_public()));
-    relays(*a, *b, "before");
+    expect_relayed(*a, *b, "before");
     REQUIRE(::kill(d.pid(), SIGTERM) == 0);
     for (derp_client* c : {a.get(), b.get()}) {
         const restarting_view r = expect_restarting(*c);
@@ -85,8 +77,8 @@ TEST_CASE("SIGTERM drains: Restarting to every client, relaying goes on, exit as
         CHECK(r.try_for_ms == 30'000);
     }
     CHECK(d.wait_for_log("draining for at most 60000 ms", 2000ms));
-    relays(*a, *b, "while draining");
-    relays(*b, *a, "both ways");
+    expect_relayed(*a, *b, "while draining");
+    expect_relayed(*b, *a, "both ways");
     CHECK(connect_refused(d.port()));
     CHECK(d.running());
     a.reset();
@@ -129,7 +121,7 @@ TEST_CASE("-takeover: a second derpd joins the ports, the first drains, clients 
     auto a = std::make_unique<derp_client>(derp_client::connect(old_node.port(), old_node.server_public()));
     auto b = std::make_unique<derp_client>(derp_client::connect(old_node.port(), old_node.server_public()));
     const private_key a_key = a->secret(), b_key = b->secret();
-    relays(*a, *b, "on the old node");
+    expect_relayed(*a, *b, "on the old node");
 
     // Without -takeover the port is refused as in use; with it the new node joins.
     derpd_options same = draining("60s");
@@ -145,7 +137,7 @@ TEST_CASE("-takeover: a second derpd joins the ports, the first drains, clients 
     const restarting_view ra = expect_restarting(*a);
     const restarting_view rb = expect_restarting(*b);
     // The old node still relays for clients that have not moved yet.
-    relays(*a, *b, "still on the old node");
+    expect_relayed(*a, *b, "still on the old node");
     // Each reconnects after its reconnect-in: every new connection lands on the new node,
     // whose listeners are now the only ones.
     std::this_thread::sleep_for(std::chrono::milliseconds(ra.reconnect_in_ms));
@@ -156,8 +148,8 @@ TEST_CASE("-takeover: a second derpd joins the ports, the first drains, clients 
     client_options bo;
     bo.key = b_key;
     b = std::make_unique<derp_client>(derp_client::connect(old_node.port(), new_node.server_public(), bo));
-    relays(*a, *b, "on the new node");
-    relays(*b, *a, "both ways");
+    expect_relayed(*a, *b, "on the new node");
+    expect_relayed(*b, *a, "both ways");
     // The old node had no client left: it is gone.
     CHECK(exits_within(old_node, 10s));
     CHECK(old_node.stop() == 0);
@@ -198,7 +190,7 @@ TEST_CASE("Health: a failed certificate reload tells every TLS client, a good on
     // A client that connects while the node is degraded hears it after ServerInfo.
     auto b = derp_client::connect(d.port(), d.server_public(), co);
     CHECK(health(b) == problem);
-    relays(a, b, "degraded, not down");
+    expect_relayed(a, b, "degraded, not down");
     std::ofstream(crt, std::ios::binary | std::ios::trunc) << good;
     REQUIRE(::kill(d.pid(), SIGHUP) == 0);
     CHECK(health(a).empty());

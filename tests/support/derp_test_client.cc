@@ -3,6 +3,8 @@
 // in core/ and the boxes in crypto/.
 #include "tests/support/derp_test_client.hh"
 
+#include <doctest/doctest.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -581,6 +583,14 @@ recv_packet_view derp_client::expect_recv_packet(bytes& storage, milliseconds ti
     const auto view = decode_recv_packet(storage);
     if (!view) fail("malformed RecvPacket: " + to_hex(storage));
     return *view;
+}
+
+void expect_relayed(derp_client& from, derp_client& to, std::string_view text, milliseconds timeout) {
+    from.send_packet(to.key(), {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
+    bytes storage;
+    const auto got = to.expect_recv_packet(storage, timeout);
+    CHECK(got.src == from.key());
+    CHECK(std::string(got.packet.begin(), got.packet.end()) == text);
 }
 
 }  // namespace derp::test

@@ -184,6 +184,10 @@ private:
     std::size_t _keep_alives = 0;
 };
 
+// Sends text from `from` to `to` and checks (doctest CHECKs) that `to` receives exactly it,
+// from `from`, within the timeout.
+void expect_relayed(derp_client& from, derp_client& to, std::string_view text, milliseconds timeout = milliseconds(5000));
+
 // A client-info JSON as the Go client writes it.
 std::string client_info_json(const std::optional<key_mesh>& mesh_key = std::nullopt,
                              bool can_ack_pings = false);
