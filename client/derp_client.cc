@@ -326,6 +326,15 @@ std::size_t client_pool::handle_frames(conn_id conn, conn_state& c, std::span<co
         case frame_type::keep_alive:
             _handler.on_keep_alive(conn);
             break;
+        case frame_type::restarting: {
+            // Shorter than 8 bytes: dropped, as the Go client does (spec 9.1).
+            const auto view = decode_restarting(payload);
+            if (view) _handler.on_restarting(conn, *view);
+            break;
+        }
+        case frame_type::health:
+            _handler.on_health(conn, decode_health(payload));
+            break;
         default:
             break;  // unknown frames are skipped, as the Go client does
         }

@@ -12,6 +12,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/frame.hh"
@@ -67,6 +68,13 @@ public:
     }
     virtual void on_pong(conn_id, const ping_data&) noexcept {}
     virtual void on_keep_alive(conn_id) noexcept {}
+    // The server is going away (spec 2.10's Restarting): reconnect after reconnect_in_ms and
+    // keep trying for try_for_ms. The connection still works meanwhile; what to do is the
+    // application's (derpbench restart moves before it breaks). Ignored by default, as
+    // magicsock ignores it (spec 9.2).
+    virtual void on_restarting(conn_id, const restarting_view&) noexcept {}
+    // The server's Health text: a problem it has, or empty when it is healthy again.
+    virtual void on_health(conn_id, std::string_view) noexcept {}
     // The connection is gone; `failure` says why (closed for an orderly end by either side).
     virtual void on_closed(conn_id conn, client_failure failure) noexcept = 0;
     // The connection may send: write whole frames into out, return the bytes written. Called
