@@ -9,6 +9,8 @@
 // and commands on the run files the workloads append to with --out (bench/report_cli):
 //   report       RUN.jsonl... -o report.html: charts, table and sizing; --format markdown
 //   size         RUN.jsonl... --target clients=N,gbps=G: shards and nodes for a region
+//   restart      pairs exchanging numbered packets that follow the server's Restarting frame
+//                (bench/restart_load): run it across a node's restart to count what it cost
 // Senders write one frame per send by default, as Go's derphttp client does (--write
 // per-packet); --write batched packs as many as fit, which costs the server far less per packet.
 // Reports sent, delivered and lost packets always, the server's CPU and RSS when --server-pid
@@ -40,6 +42,7 @@
 #include "bench/derpbench_clients.hh"
 #include "bench/pair_load.hh"
 #include "bench/report_cli.hh"
+#include "bench/restart_load.hh"
 #include "bench/run_facts.hh"
 #include "client/derp_client.hh"
 #include "core/key.hh"
@@ -492,6 +495,54 @@ int run_connections(const options& o, const targets& ts) {
     return failed > 0 || ready < static_cast<std::uint64_t>(o.count) || !saved ? 1 : 0;
 }
 
+// restart: the pairs run for --duration (or until SIGTERM/SIGINT) while the operator or a
+// script restarts the server; then what the restart cost. Exits 1 when a client gave up, a
+// pair did not move together, or packets were lost beyond the interval its ends sat apart.
+int run_restart(const options& o, const targets& ts) {
+    restart_options r;
+    r.server = ts.list.front().address;
+    r.base = ts.for_node(o.client_base(ts), 0);
+    r.tls = ts.tls;
+    r.pairs = static_cast<std::uint32_t>(o.pairs);
+    r.packet_bytes = static_cast<std::size_t>(o.size);
+    r.rate_pps = o.rate > 0 ? static_cast<double>(o.rate) : 2000;
+    r.duration_s = static_cast<double>(o.duration_ns) / 1e9;
+    r.client_cpu = static_cast<std::uint32_t>(o.cpu);
+    r.event = [](std::string_view line) {
+        std::fprintf(stderr, "derpbench: %.*s\n", static_cast<int>(line.size()), line.data());
+    };
+    static volatile std::sig_atomic_t stop_now = 0;
+    std::signal(SIGTERM, [](int) { stop_now = 1; });
+    std::signal(SIGINT, [](int) { stop_now = 1; });
+    r.stop_early = [] { return stop_now != 0; };
+    const restart_measurement m = measure_restart(r);
+    if (!m.error.empty()) return std::fprintf(stderr, "derpbench: %s\n", m.error.c_str()), 1;
+    const double interval_mean = m.pair_moves > 0 ? m.interval_ms_sum / static_cast<double>(m.pair_moves) : 0;
+    if (o.json) {
+        fmt::print("{{\"workload\":\"restart\",\"url\":\"{}\",\"pairs\":{},\"rate_pps\":{:.0f},\"size\":{},"
+                   "\"sent\":{},\"delivered\":{},\"lost_in_interval\":{},\"lost_beyond\":{},\"duplicates\":{},"
+                   "\"restarting_heard\":{},\"moves\":{},\"unannounced_closes\":{},\"dial_failures\":{},"
+                   "\"gave_up\":{},\"pairs_split\":{},\"interval_ms_max\":{:.1f},\"interval_ms_mean\":{:.1f},"
+                   "\"reconnect_in_ms_max\":{:.0f},\"move_ms_max\":{:.1f}}}\n",
+                   ts.urls(), o.pairs, r.rate_pps, o.size, m.sent, m.delivered, m.lost_in_interval, m.lost_beyond,
+                   m.duplicates, m.restarting_heard, m.moves, m.unannounced_closes, m.dial_failures, m.gave_up,
+                   m.pairs_split, m.interval_ms_max, interval_mean, m.reconnect_in_ms_max, m.move_ms_max);
+    } else {
+        fmt::print("restart at {}: {} pairs, {:.0f} pkt/s of {} B, one frame per write\n", ts.urls(), o.pairs, r.rate_pps,
+                   o.size);
+        fmt::print("  sent {}, delivered {}, lost {} while a pair's ends sat on different processes, {} beyond that, "
+                   "{} duplicates\n",
+                   m.sent, m.delivered, m.lost_in_interval, m.lost_beyond, m.duplicates);
+        fmt::print("  Restarting heard {}, moves {} (longest dial to ready {:.1f} ms), closes without Restarting {}, "
+                   "failed dials {}, gave up {}\n",
+                   m.restarting_heard, m.moves, m.move_ms_max, m.unannounced_closes, m.dial_failures, m.gave_up);
+        fmt::print("  ends apart: {:.1f} ms mean, {:.1f} ms longest (reconnect-in up to {:.0f} ms); pairs that did not "
+                   "move together {}\n",
+                   interval_mean, m.interval_ms_max, m.reconnect_in_ms_max, m.pairs_split);
+    }
+    return m.gave_up > 0 || m.pairs_split > 0 || m.lost_beyond > 0 ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -511,11 +562,11 @@ int main(int argc, char** argv) {
     flags.add_bool("cross-node", &o.cross_node, "with several --url: each receiver on the next node (traffic crosses the mesh)");
     flags.add_duration("stop-reading-after", &o.stop_reading_after_ns, "throughput, fault injection: receivers stop reading this long into the run (a stuck client); the server's drops and disconnects then show");
     flags.add_int("cpu", &o.cpu, "the core the load generator is pinned to (default: the last one; derpd's first shard is on core 0)");
-    flags.add_int("pairs", &o.pairs, "throughput: sender/receiver client pairs");
+    flags.add_int("pairs", &o.pairs, "throughput, restart: sender/receiver client pairs");
     flags.add_string("size", &o.size_text, "throughput, latency: packet bytes (1..65536), or \"mix\" (throughput): a realistic mix, mean 567 B");
-    flags.add_int("rate", &o.rate, "throughput: offered packets/s over all senders (0 = as fast as possible)");
+    flags.add_int("rate", &o.rate, "throughput: offered packets/s over all senders (0 = as fast as possible); restart: over all clients (default 2000)");
     flags.add_duration("pace", &o.pace_ns, "throughput: each sender sends its accumulated packets this often");
-    flags.add_duration("duration", &o.duration_ns, "measured time (connections: the time allowed)");
+    flags.add_duration("duration", &o.duration_ns, "measured time (connections: the time allowed; restart: sending time, SIGTERM or SIGINT ends it early)");
     flags.add_int("connect-concurrency", &o.connect_concurrency, "connections: at most this many clients between dial and handshake at once (0 = dial them all at once)");
     flags.add_duration("hold", &o.hold_ns, "connections: after the report, keep the clients connected this long (SIGTERM or SIGINT ends it early): load for a region's scale test");
     flags.add_duration("warmup", &o.warmup_ns, "throughput: sending time before the measured window");
@@ -533,7 +584,7 @@ int main(int argc, char** argv) {
     flags.add_string("log-level", &log_level, "client runtime log: debug, info, warn or error (debug shows why a TLS handshake failed)");
     flags.add_bool("csv", &o.csv, "a CSV header and row on stdout");
     if (argc < 2 || argv[1][0] == '-') {
-        std::fprintf(stderr, "usage: derpbench throughput|latency|connections|sweep [flags]\n"
+        std::fprintf(stderr, "usage: derpbench throughput|latency|connections|sweep|restart [flags]\n"
                              "       derpbench report RUN.jsonl... [-o report.html | --format markdown] (-h for more)\n"
                              "       derpbench size RUN.jsonl... --target clients=N,gbps=G (-h for more)\n%s",
                      flags.usage().c_str());
@@ -631,6 +682,7 @@ int main(int argc, char** argv) {
     if (o.workload == "connections") return run_connections(o, ts);
     if (o.workload == "latency") return run_latency(o, ts);
     if (o.workload == "sweep") return run_sweep(o, ts);
-    std::fprintf(stderr, "derpbench: unknown workload \"%s\" (want throughput, latency, connections or sweep)\n", o.workload.c_str());
+    if (o.workload == "restart") return run_restart(o, ts);
+    std::fprintf(stderr, "derpbench: unknown workload \"%s\" (want throughput, latency, connections, sweep or restart)\n", o.workload.c_str());
     return 2;
 }

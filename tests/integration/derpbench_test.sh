@@ -4,7 +4,8 @@
 # instead of hiding it; a receiver that stops reading makes the server drop and disconnect, which
 # fails the run; the connections workload opens idle clients and reports memory per
 # connection; https with a pinned certificate, the realistic size mix and a two-node "region"
-# work; a server that is down, a wrong pin and a wrong path are clear failures.
+# work; a server that is down, a wrong pin and a wrong path are clear failures; the restart
+# workload follows Restarting across a -takeover restart.
 set -uo pipefail
 derpd="${DERP_BUILD_ROOT:?}/server/derpd"
 bench="${DERP_BUILD_ROOT:?}/bench/derpbench"
@@ -150,4 +151,49 @@ out=$("$bench" throughput --url "http://127.0.0.1:$port/nope" 2>&1)
 (($? == 2)) && grep -q "path must be /derp" <<<"$out" && echo "ok: wrong path refused" || fail "path: $out"
 out=$("$bench" nosuchworkload --url "$url" 2>&1)
 (($? == 2)) && grep -q 'unknown workload' <<<"$out" && echo "ok: unknown workload" || fail "workload: $out"
+# restart: pairs that follow Restarting across a restart without a gap (issue 16). An old node
+# with a drain, a new one joined with -takeover on the same port (and key), SIGTERM to the old:
+# every client hears Restarting, moves to the new process before leaving the old one, and the
+# old process exits once they are gone. Certain here: who heard, who moved, the accounting;
+# how many packets the few hundred ms between a pair's two moves cost depends on the machine
+# (bench/restart_under_load.sh measures it).
+gauge() { curl -s "http://127.0.0.1:$1/debug/varz" | sed -n "s/^derp_current_connections \([0-9]*\)$/\1/p"; }
+wait_gauge() {  # port, value: true once the node holds that many connections (10 s at most)
+  for _ in $(seq 200); do [[ "$(gauge "$1")" == "$2" ]] && return 0; sleep 0.05; done
+  return 1
+}
+"$derpd" -a 127.0.0.1:0 -c "$tmp/restart.key" -stun=false -shards 1 -http-port -1 --pin-threads=false \
+  -drain-timeout 30s -drain-reconnect-spread 300ms >"$tmp/old.log" 2>&1 &
+old_pid=$!
+for _ in $(seq 100); do grep -q "serving on" "$tmp/old.log" && break; sleep 0.05; done
+restart_port=$(sed -n 's/.*serving on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/old.log" | head -n 1)
+"$bench" restart --url "http://127.0.0.1:$restart_port/derp" --pairs 2 --rate 400 --size 100 --duration 60s --json \
+  >"$tmp/restart.out" 2>"$tmp/restart.err" &
+bench_pid=$!
+moved=no
+if wait_gauge "$restart_port" 4; then
+  "$derpd" -a "127.0.0.1:$restart_port" -c "$tmp/restart.key" -stun=false -shards 1 -http-port -1 --pin-threads=false \
+    -takeover -drain-timeout 0 >"$tmp/new.log" 2>&1 &
+  new_pid=$!
+  for _ in $(seq 100); do grep -q "serving on" "$tmp/new.log" && break; sleep 0.05; done
+  kill -TERM "$old_pid"
+  # The old node exits as soon as its clients have left; the new one then holds all four.
+  for _ in $(seq 200); do kill -0 "$old_pid" 2>/dev/null || break; sleep 0.05; done
+  wait_gauge "$restart_port" 4 && moved=yes
+fi
+kill -TERM "$bench_pid"
+wait "$bench_pid"
+out=$(cat "$tmp/restart.out")
+kill -0 "$old_pid" 2>/dev/null && kill -KILL "$old_pid"  # only when the test already failed
+wait "$old_pid"
+old_rc=$?
+kill -TERM "${new_pid:-}" 2>/dev/null
+wait "${new_pid:-}" 2>/dev/null
+sent=$(field sent "$out"); delivered=$(field delivered "$out")
+lost_in=$(field lost_in_interval "$out"); lost_beyond=$(field lost_beyond "$out")
+[[ $moved == yes ]] && ((old_rc == 0)) && [[ -n "$sent" && -n "$delivered" && -n "$lost_in" && -n "$lost_beyond" ]] &&
+  grep -q '"restarting_heard":4,"moves":4,"unannounced_closes":0,"dial_failures":0,"gave_up":0,"pairs_split":0,' <<<"$out" &&
+  ((delivered > 0 && sent == delivered + lost_in + lost_beyond)) && grep -q "moved to a new connection" "$tmp/restart.err" &&
+  echo "ok: restart: 4 clients heard Restarting and moved; $sent sent, $lost_in lost between a pair's moves, $lost_beyond beyond" ||
+  fail "restart (moved $moved, old node exit $old_rc): $out $(cat "$tmp/restart.err")"
 exit $((failures > 0))
