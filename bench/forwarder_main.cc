@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
     if (!addresses || addresses->empty())
         return std::fprintf(stderr, "forwarder: --listen: %s\n", addresses ? "no address" : addresses.error().c_str()), 2;
     derp::ring::socket_address address = addresses->front();
+    derp::ring::raise_open_files_limit();  // one descriptor per connection, as derpd
     auto fds = derp::ring::open_tcp_listeners(address, 1, {});  // TCP_NODELAY on every accepted socket, as derpd
     if (!fds) return std::fprintf(stderr, "forwarder: %s\n", fds.error().c_str()), 1;
 
