@@ -17,8 +17,10 @@
 // is given, and says when the load generator, not the server, was the bottleneck. Exits 1 when
 // clients failed or the server closed them unexpectedly. Targets: http:// or https:// (with
 // --insecure, --ca FILE or --cert-name sha256-raw:HEX), --url repeated for a region (pairs are
-// spread over its nodes; --cross-node puts each receiver on the next node), --mesh-key. On a
-// terminal a progress line shows the window as it runs.
+// spread over its nodes; --cross-node puts each receiver on the next node), --mesh-key; or
+// tcp://host:port, the raw forwarder baseline (bench/forwarder, bench/raw_pool.hh): the same
+// frames without DERP, for throughput, latency and sweep. On a terminal a progress line shows
+// the window as it runs.
 #include <netdb.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -41,6 +43,7 @@
 #include "bench/bench_util.hh"
 #include "bench/derpbench_clients.hh"
 #include "bench/pair_load.hh"
+#include "bench/raw_pool.hh"
 #include "bench/report_cli.hh"
 #include "bench/restart_load.hh"
 #include "bench/run_facts.hh"
@@ -110,6 +113,7 @@ struct options {
         p.host = ts.list.front().host;
         p.mesh_key = mesh_key;
         p.websocket = ts.list.front().websocket;
+        p.raw = ts.list.front().raw;
         p.frames_per_write_max = static_cast<std::uint32_t>(frames_per_write);
         p.cross_node = cross_node;
         for (const auto& t : ts.list) {
@@ -272,7 +276,7 @@ int run_latency(const options& o, const targets& ts) {
     cfg.shard_count = 1;
     cfg.pin_threads = false;
     cfg.shard_defaults.conn_slots = 16;
-    auto rt = client::start_client_runtime(cfg, probe, ts.tls);
+    auto rt = ts.list.front().raw ? bench::start_raw_runtime(cfg, probe) : client::start_client_runtime(cfg, probe, ts.tls);
     if (!rt) {
         std::fprintf(stderr, "derpbench: client runtime: %s\n", rt.error().c_str());
         return 1;
@@ -325,6 +329,13 @@ int run_latency(const options& o, const targets& ts) {
     r.rtt_p999_us = p999;
     r.rtt_max_us = max;
     const bool saved = save_records(o, {r});
+    // With a background load and --server-pid: the server's CPU per packet it relayed in the
+    // background's window, the probes counted too (each crosses the server twice).
+    const double relayed_pps = background.delivered_pps + 2e9 / static_cast<double>(o.probe_interval_ns);
+    const std::string server_cpu = o.rate > 0 && background.server_cpu_s >= 0 && o.server_pid > 0
+        ? fmt::format(",\"server_cpu_s\":{:.3f},\"server_cpu_us_per_packet\":{:.3f}", background.server_cpu_s,
+                      background.server_cpu_share * 1e6 / relayed_pps)
+        : std::string();
     if (o.json) {
         fmt::print("{{\"workload\":\"latency\",\"url\":\"{}\",\"write\":\"{}\",\"pairs\":{},\"size\":{},\"background_rate_pps\":{},"
                    "\"duration_s\":{:.3f},\"sent_packets\":{},\"delivered_packets\":{},\"loss_ratio\":{:.6f},"
@@ -332,8 +343,8 @@ int run_latency(const options& o, const targets& ts) {
                    "{}}}\n",
                    ts.urls(), o.write, o.rate > 0 ? o.pairs : 0, o.size, o.rate, static_cast<double>(o.duration_ns) / 1e9, sent,
                    rtts.size(), loss, p50, p90, p99, p999, max,
-                   o.rate > 0 ? fmt::format(",\"background_delivered_pps\":{:.0f},\"background_loss_ratio\":{:.6f}",
-                                            background.delivered_pps, background.loss)
+                   o.rate > 0 ? fmt::format(",\"background_delivered_pps\":{:.0f},\"background_loss_ratio\":{:.6f}{}",
+                                            background.delivered_pps, background.loss, server_cpu)
                               : std::string());
     } else {
         fmt::print("latency through {}: {} probes of {} B, {} answered ({:.3f} % lost)\n", ts.urls(), sent, o.size,
@@ -343,6 +354,9 @@ int run_latency(const options& o, const targets& ts) {
         if (o.rate > 0)
             fmt::print("  background: {} pairs offering {} pkt/s ({} writes), delivered {:.0f} pkt/s ({:.3f} % lost)\n",
                        o.pairs, o.rate, o.write, background.delivered_pps, background.loss * 100);
+        if (!server_cpu.empty())
+            fmt::print("  server: {:.0f} % of a core, {:.3f} us per relayed packet (probes included)\n",
+                       background.server_cpu_share * 100, background.server_cpu_share * 1e6 / relayed_pps);
     }
     const std::uint64_t failures = st.failures.load() + background.failures;
     if (failures > 0) {
@@ -548,7 +562,7 @@ int run_restart(const options& o, const targets& ts) {
 int main(int argc, char** argv) {
     options o;
     derp::flag_set flags("derpbench");
-    flags.add_string_list("url", &o.urls, "DERP server, http(s)://host:port/derp, or ws(s)://host:port/derp for DERP over WebSocket; repeat for the nodes of a region");
+    flags.add_string_list("url", &o.urls, "DERP server, http(s)://host:port/derp, or ws(s)://host:port/derp for DERP over WebSocket; repeat for the nodes of a region; or tcp://host:port, a raw forwarder (bench/forwarder)");
     flags.add_string("write", &o.write, "throughput, sweep, latency's load: per-packet (one frame per send, as Go's derphttp client and browsers write) or batched (as many frames as fit in one send)");
     flags.add_int("frames-per-write", &o.frames_per_write, "throughput, sweep: at most this many frames per send, instead of --write (1 = per-packet, 0 = batched)");
     flags.add_string("out", &o.out, "append this run's results to this file as JSON lines (run records for derpbench report and size)");
@@ -639,8 +653,10 @@ int main(int argc, char** argv) {
     }
     if (ts.list.empty()) return std::fprintf(stderr, "derpbench: no --url\n"), 2;
     const bool tls = ts.list.front().tls;
+    if (ts.list.front().raw && (ts.list.size() > 1 || o.workload == "connections"))
+        return std::fprintf(stderr, "derpbench: a tcp:// forwarder takes one --url and no connections workload\n"), 2;
     for (const auto& t : ts.list)
-        if (t.tls != tls || t.websocket != ts.list.front().websocket) return std::fprintf(stderr, "derpbench: every --url must use the same scheme\n"), 2;
+        if (t.tls != tls || t.websocket != ts.list.front().websocket || t.raw != ts.list.front().raw) return std::fprintf(stderr, "derpbench: every --url must use the same scheme\n"), 2;
     if (tls) {
         tls::context::client_options c;
         c.server_name = ts.list.front().host;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/load_pool.hh"
 #include "client/derp_client.hh"
 #include "core/key.hh"
 #include "core/result.hh"
@@ -24,6 +25,7 @@ struct target {
     std::string host;  // the Host header and TLS name
     bool tls = false;
     bool websocket = false;  // ws:// or wss://: DERP over WebSocket (spec 3.4)
+    bool raw = false;        // tcp://: a raw forwarder (bench/forwarder), not a DERP server
     ring::socket_address address;
     std::shared_ptr<tls::context> context;  // https: this node's name (SNI, verification)
 };
@@ -51,7 +53,8 @@ struct targets {
     }
 };
 
-// http(s)://host[:port]/derp or ws(s)://host[:port]/derp -> the address to dial.
+// http(s)://host[:port]/derp, ws(s)://host[:port]/derp or tcp://host:port (a raw forwarder)
+// -> the address to dial.
 result<target, std::string> parse_url(const std::string& url);
 
 // ---- connections: idle clients up to a count. ----
@@ -134,7 +137,10 @@ public:
                   std::uint64_t interval_ns, client::client_options base_a, client::client_options base_b)
         : _st(st), _server_a(server_a), _server_b(server_b), _size(std::max<std::size_t>(size, 16)),
           _interval_ns(interval_ns), _base_a(std::move(base_a)), _base_b(std::move(base_b)) {}
-    void attach(client::client_pool& pool) { _pool = &pool; }
+    template <typename Pool>
+    void attach(Pool& pool) {
+        _pool = std::make_unique<load_pool_of<Pool>>(pool);
+    }
     std::vector<double>& rtts_us() { return _rtts_us; }
 
     void on_ready(ring::conn_id, const node_key&) noexcept override { _st.ready++; }
@@ -212,7 +218,7 @@ private:
     std::size_t _size;
     std::uint64_t _interval_ns;
     client::client_options _base_a, _base_b;
-    client::client_pool* _pool = nullptr;
+    std::unique_ptr<load_pool> _pool;
     ring::conn_id _a{}, _b{};
     node_key _a_key, _b_key;
     bool _dialled = false;

@@ -5,14 +5,13 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
-#include <fstream>
-#include <iterator>
-#include <sstream>
 #include <thread>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "bench/load_pool.hh"
+#include "bench/raw_pool.hh"
 #include "crypto/box.hh"
 #include "ring/runtime.hh"
 
@@ -52,7 +51,10 @@ public:
         }
     }
 
-    void attach(client::client_pool& pool) { _pool = &pool; }
+    template <typename Pool>
+    void attach(Pool& pool) {
+        _pool = std::make_unique<load_pool_of<Pool>>(pool);
+    }
 
     void on_ready(ring::conn_id, const node_key&) noexcept override { _stats.ready++; }
     void on_packet(ring::conn_id, const node_key&, std::span<const std::uint8_t> packet) noexcept override {
@@ -95,6 +97,7 @@ public:
     }
     bool on_turn() noexcept override {
         if (!_started) start();
+        dial_more();
         const bool sending = _stats.sending.load(std::memory_order_relaxed);
         const std::uint64_t now = ring::monotonic_ns();
         if (sending && !_was_sending && !_senders.empty()) {
@@ -151,6 +154,15 @@ private:
         node_key dst;
         double tokens = 0;
     };
+    // The clients to dial, receiver then sender for each pair. Against a raw forwarder (which
+    // pairs connections in the order it accepts them) one at a time: the next is dialled only
+    // once every earlier one is connected; against a DERP server all at once.
+    struct planned_dial {
+        client::client_options options;
+        std::size_t server;
+        bool sender;
+        node_key peer;  // a sender's receiver
+    };
     void start() {
         _started = true;
         for (std::uint32_t i = 0; i < _pairs; ++i) {
@@ -170,14 +182,24 @@ private:
                 rx.tls_context = _options.contexts[away];
                 tx.tls_context = _options.contexts[home];
             }
-            auto rx_conn = _pool->dial(_servers[away], rx);
-            auto tx_conn = _pool->dial(_servers[home], tx);
-            if (!rx_conn || !tx_conn) {
+            const node_key rx_public = public_key_of(rx.key);
+            _plan.push_back({std::move(rx), away, false, {}});
+            _plan.push_back({std::move(tx), home, true, rx_public});
+        }
+    }
+    void dial_more() {
+        while (_next_dial < _plan.size() &&
+               (!_options.raw || _stats.ready.load(std::memory_order_relaxed) == _next_dial)) {
+            const planned_dial& d = _plan[_next_dial++];
+            auto conn = _pool->dial(_servers[d.server], d.options);
+            if (!conn) {
                 _stats.failures++;
                 continue;
             }
-            _senders.push_back({*tx_conn, public_key_of(rx.key), 0});
-            _receivers.push_back(*rx_conn);
+            if (d.sender)
+                _senders.push_back({*conn, d.peer, 0});
+            else
+                _receivers.push_back(*conn);
         }
     }
 
@@ -187,7 +209,9 @@ private:
     std::uint32_t _pairs;
     const pair_options& _options;
     std::vector<std::size_t> _size_cycle;
-    client::client_pool* _pool = nullptr;
+    std::unique_ptr<load_pool> _pool;
+    std::vector<planned_dial> _plan;
+    std::size_t _next_dial = 0;
     std::vector<sender> _senders;
     std::vector<ring::conn_id> _receivers;
     bool _stopped_reading = false;
@@ -209,29 +233,6 @@ double own_cpu_seconds() {
 }
 
 }  // namespace
-
-double process_cpu_seconds(pid_t pid) {
-    std::ifstream stat(fmt::format("/proc/{}/stat", pid));
-    const std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-    const auto close = text.rfind(')');
-    if (close == std::string::npos || close + 2 >= text.size()) return 0;
-    std::istringstream in(text.substr(close + 2));
-    std::string field;
-    unsigned long long utime = 0, stime = 0;
-    for (int i = 3; i <= 15 && (in >> field); ++i) {  // proc(5): 14 utime, 15 stime
-        if (i == 14) utime = std::stoull(field);
-        if (i == 15) stime = std::stoull(field);
-    }
-    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-std::uint64_t process_rss_bytes(pid_t pid) {
-    std::ifstream status(fmt::format("/proc/{}/status", pid));
-    std::string line;
-    while (std::getline(status, line))
-        if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-    return 0;
-}
 
 size_mix realistic_size_mix() { return {{64, 0.30}, {96, 0.22}, {400, 0.10}, {1280, 0.38}}; }
 
@@ -258,7 +259,7 @@ pair_measurement measure_pairs(const std::vector<ring::socket_address>& servers,
     cfg.shard_defaults.conn_slots = 2 * pairs + 16;
     cfg.shard_defaults.send_buffer_count = 256;
     cfg.shard_defaults.send_buffer_bytes = 65536;
-    auto rt = client::start_client_runtime(cfg, load, options.tls);
+    auto rt = options.raw ? start_raw_runtime(cfg, load) : client::start_client_runtime(cfg, load, options.tls);
     if (!rt) {
         r.error = fmt::format("client runtime: {}", rt.error());
         r.failures = 1;
@@ -305,7 +306,13 @@ pair_measurement measure_pairs(const std::vector<ring::socket_address>& servers,
     // After a stuck receiver (fault injection) the drain is longer: a connection the server
     // closed meanwhile still has data queued on the server's orphaned socket, which TCP
     // delivers (zero-window probes, backing off) before the FIN that shows the close.
+    // A raw forwarder drops nothing (TCP, and it stops reading rather than drop): there the
+    // drain lasts until everything sent has arrived (at most 5 s), so that a count short of
+    // what was sent is a fault, not a slow turn of this machine.
     std::this_thread::sleep_for(std::chrono::milliseconds(options.stop_reading_after_s >= 0 ? 3000 : 300));
+    for (const auto drain_end = clock_type::now() + std::chrono::seconds(5);
+         options.raw && stats.received.load() < stats.sent.load() && clock_type::now() < drain_end;)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     const std::uint64_t received_drained = stats.received.load();
     r.sent_packets = sent1 - sent0;
     r.delivered_packets = std::min(r.sent_packets, received_drained - received0);

@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 
+#include "bench/proc_sample.hh"
 #include "client/derp_client.hh"
 #include "ring/listen.hh"
 
@@ -47,6 +48,7 @@ struct pair_options {
     std::shared_ptr<client::client_tls> tls;  // dial over TLS when set
     std::string host = "127.0.0.1";       // Host header (and the TLS name, from the context)
     bool websocket = false;               // DERP over WebSocket (spec 3.4) instead of Upgrade: DERP
+    bool raw = false;                     // a raw forwarder (bench/raw_pool.hh), not a DERP server
     std::uint32_t frames_per_write_max = 0;  // a sender's frames per send; 0 = as many as fit
     std::optional<key_mesh> mesh_key;
     // Several servers (a region): pair i uses servers[i % n]; with cross_node its receiver is
@@ -77,9 +79,5 @@ struct pair_measurement {
 };
 
 pair_measurement measure_pairs(const std::vector<ring::socket_address>& servers, const pair_options& options);
-
-// /proc readings of another process (0 when it cannot be read).
-double process_cpu_seconds(pid_t pid);
-std::uint64_t process_rss_bytes(pid_t pid);
 
 }  // namespace derp::bench
