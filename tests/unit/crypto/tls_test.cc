@@ -515,7 +515,7 @@ TEST_CASE("tls: a KeyUpdate in the client's Finished flight: the kTLS export ref
     }
 }
 
-TEST_CASE("tls: a TLS 1.2 renegotiation request before the export: the alert OpenSSL answers with is counted") {
+TEST_CASE("tls: a TLS 1.2 renegotiation request before the export: the alert the server answers with is counted") {
     pki p;
     for (const char* cipher : {"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"}) {
         CAPTURE(cipher);
@@ -527,6 +527,19 @@ TEST_CASE("tls: a TLS 1.2 renegotiation request before the export: the alert Ope
         REQUIRE(server.state() == status::open);
         REQUIRE(client->renegotiate());
         std::string plain, out;
+        if (handshake_library().starts_with("wolfSSL")) {
+            // Records after a wolfSSL handshake are the record layer's, which answers with the
+            // same no_renegotiation warning but then closes (a counted close in derpd).
+            const auto before = server.ktls_export();
+            REQUIRE(before);
+            CHECK(before->tx_seq == 1);  // the server's Finished
+            CHECK(before->rx_seq == 1);  // the client's Finished
+            CHECK(server.feed(bytes_of(client->take_output()), plain, out) == status::failed);
+            CHECK(server.error().find("renegotiation") != std::string::npos);
+            CHECK(open_record(test::first_record(out), before->version, before->tx_key, before->tx_iv, 1, chacha) ==
+                  std::string("\x01\x64", 2));
+            continue;
+        }
         CHECK(server.feed(bytes_of(client->take_output()), plain, out) == status::open);
         // The no_renegotiation warning (level 1, description 100) under the application keys,
         // right after the server's Finished.
@@ -593,6 +606,8 @@ TEST_CASE("tls: TLS 1.2 takes forward-secret AEAD suites only, on both sides, wi
     // What each side's context offers or takes in TLS 1.2, whatever the certificate.
     const auto client_ctx = insecure_client(TLS1_2_VERSION);
     for (SSL_CTX* ctx : {server_ctx.value()->native(), client_ctx->native()}) {
+        // Null for a server context whose handshakes wolfSSL does: the offers above cover it.
+        if (ctx == nullptr) continue;
         STACK_OF(SSL_CIPHER)* ciphers = SSL_CTX_get_ciphers(ctx);
         REQUIRE(ciphers != nullptr);
         for (int i = 0; i < sk_SSL_CIPHER_num(ciphers); ++i) {
