@@ -732,7 +732,9 @@ status session::feed_records(std::span<const std::uint8_t> cipher, std::string& 
 
 std::size_t session::write(std::span<const std::uint8_t> plain, std::span<std::uint8_t> out, std::string& spill) noexcept {
     if (_status != status::open || plain.empty()) return 0;
+#if DERP_TLS_WOLFSSL
     if (_secrets->wolf_engine) return seal_records(plain, out, spill);
+#endif
     io_window& w = _secrets->window;
     w = io_window{};
     w.out = out.data();
