@@ -672,3 +672,32 @@ TEST_CASE("tls: a client answers a server's HelloRequest with no_renegotiation, 
     CHECK(got.no_renegotiation);
     CHECK(!got.client_hello);
 }
+
+TEST_CASE("tls: server handshakes go through the library the build names, and only certificates from files") {
+    pki p;
+    const bool wolf = handshake_library().starts_with("wolfSSL");
+    CHECK((wolf || handshake_library().starts_with("OpenSSL")));
+    auto files = p.server();
+    // -Dtls_library=wolfssl: wolfSSL's context alone (OpenSSL only checked the files).
+    CHECK((files->wolf_native() != nullptr) == wolf);
+    CHECK((files->native() == nullptr) == wolf);
+    // ACME's contexts stay OpenSSL's in either build (the TLS-ALPN-01 switch needs its
+    // ClientHello callback).
+    auto pending = context::make_server_pending("derp.example.test", nullptr);
+    REQUIRE(pending);
+    CHECK(pending.value()->native() != nullptr);
+    CHECK(pending.value()->wolf_native() == nullptr);
+    // Either way the same session interface: a TLS 1.3 handshake with records after it.
+    session server(files, false);
+    session client(insecure_client(0), false);
+    handshake(client, server);
+    REQUIRE(server.state() == status::open);
+    CHECK(server.version() == TLS1_3_VERSION);
+    CHECK(server.cipher_name().starts_with("TLS_"));
+    CHECK(server.alpn() == "http/1.1");
+    std::vector<std::uint8_t> out(256);
+    std::string spill, plain, back;
+    const std::size_t n = server.write(bytes_of(std::string("from the server")), out, spill);
+    CHECK(client.feed(std::span<const std::uint8_t>(out.data(), n), plain, back) == status::open);
+    CHECK(plain == "from the server");
+}
