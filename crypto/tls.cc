@@ -316,44 +316,7 @@ std::string handshake_library() {
 #endif
 }
 
-#if DERP_TLS_WOLFSSL
-namespace {
 
-// The checked OpenSSL context's chain (leaf, intermediates, meta certificate) and key as PEM,
-// for wolfSSL to load: what derpd serves is what OpenSSL accepted, byte for byte.
-result<void, std::string> hand_to_wolfssl(SSL_CTX* ctx, wolf_server*& out, const context::state* settings) {
-    BIO* chain = BIO_new(BIO_s_mem());
-    BIO* key = BIO_new(BIO_s_mem());
-    STACK_OF(X509)* extra = nullptr;
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wold-style-cast"
-    SSL_CTX_get0_chain_certs(ctx, &extra);
-#pragma GCC diagnostic pop
-    bool ok = chain != nullptr && key != nullptr && PEM_write_bio_X509(chain, SSL_CTX_get0_certificate(ctx)) == 1;
-    for (int k = 0; ok && extra != nullptr && k < sk_X509_num(extra); ++k)
-        ok = PEM_write_bio_X509(chain, sk_X509_value(extra, k)) == 1;
-    ok = ok && PEM_write_bio_PrivateKey(key, SSL_CTX_get0_privatekey(ctx), nullptr, nullptr, 0, nullptr, nullptr) == 1;
-    std::string chain_pem;
-    secret_bytes key_pem;
-    if (ok) {
-        char* data = nullptr;
-        long n = BIO_get_mem_data(chain, &data);
-        chain_pem.assign(data, static_cast<std::size_t>(n));
-        n = BIO_get_mem_data(key, &data);
-        key_pem.assign(data, data + n);
-        wipe_secret(data, static_cast<std::size_t>(n));
-    }
-    BIO_free(chain);
-    BIO_free(key);
-    if (!ok) return unexpected("PEM for wolfSSL: " + openssl_errors());
-    auto made = wolf_server_make(chain_pem, key_pem, settings);
-    if (!made) return unexpected(made.error());
-    out = made.value();
-    return {};
-}
-
-}  // namespace
-#endif
 
 result<std::shared_ptr<context>, std::string> context::make_server(const server_identity& identity) {
     if (auto problem = file_problem(identity.cert_path, "certificate"); !problem.empty())
@@ -443,7 +406,7 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
     // before anything of it is acted on, which OpenSSL's ClientHello callback does and Debian's
     // wolfSSL 5.5.4 has no hook for.
     if (identity.acme == nullptr) {
-        if (auto handed = hand_to_wolfssl(ctx, c->_wolf, c->_state.get()); !handed) return unexpected(handed.error());
+        if (auto handed = wolf_server_from(ctx, c->_wolf, c->_state.get()); !handed) return unexpected(handed.error());
         SSL_CTX_free(ctx);
         c->_ctx = nullptr;
     }

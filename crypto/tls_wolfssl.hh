@@ -19,6 +19,10 @@ namespace derp::tls {
 result<wolf_server*, std::string> wolf_server_make(const std::string& chain_pem, const secret_bytes& key_pem,
                                                    const context::state* settings);
 void wolf_server_free(wolf_server* server) noexcept;
+// The same from an OpenSSL context that context::make_server has checked: its chain (leaf,
+// intermediates, meta certificate) and key as PEM, so that what wolfSSL serves is what OpenSSL
+// accepted (crypto/tls_wolfssl_session.cc).
+result<void, std::string> wolf_server_from(ssl_ctx_st* ctx, wolf_server*& out, const context::state* settings);
 
 // A handshake reading and writing `s.window`; null (and `error` set) when wolfSSL refuses.
 wolf_handshake* wolf_handshake_new(wolf_server* server, session::secrets& s, std::string& error) noexcept;

@@ -5,16 +5,54 @@
 // (hand_off_records) gets them through record_export(); otherwise this session keeps a
 // record layer and feed()/write()/shutdown() go on as with OpenSSL, so that kTLS can still
 // take over later at a record boundary (ktls_export counts what the layer sealed and opened).
+// Also the hand-over of a checked OpenSSL context's certificate and key to wolfSSL.
 #include "crypto/tls.hh"
 #include "crypto/tls_internal.hh"
 #include "crypto/tls_record.hh"
 #include "crypto/tls_wolfssl.hh"
+
+#include <openssl/bio.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
 
 #include <vector>
 
 #include <fmt/format.h>
 
 namespace derp::tls {
+
+// The checked OpenSSL context's chain (leaf, intermediates, meta certificate) and key as PEM,
+// for wolfSSL to load: what derpd serves is what OpenSSL accepted, byte for byte.
+result<void, std::string> wolf_server_from(SSL_CTX* ctx, wolf_server*& out, const context::state* settings) {
+    BIO* chain = BIO_new(BIO_s_mem());
+    BIO* key = BIO_new(BIO_s_secmem());  // cleared when freed, reallocations included
+    STACK_OF(X509)* extra = nullptr;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wold-style-cast"
+    SSL_CTX_get0_chain_certs(ctx, &extra);
+#pragma GCC diagnostic pop
+    bool ok = chain != nullptr && key != nullptr && PEM_write_bio_X509(chain, SSL_CTX_get0_certificate(ctx)) == 1;
+    for (int k = 0; ok && extra != nullptr && k < sk_X509_num(extra); ++k)
+        ok = PEM_write_bio_X509(chain, sk_X509_value(extra, k)) == 1;
+    ok = ok && PEM_write_bio_PrivateKey(key, SSL_CTX_get0_privatekey(ctx), nullptr, nullptr, 0, nullptr, nullptr) == 1;
+    std::string chain_pem;
+    secret_bytes key_pem;
+    if (ok) {
+        char* data = nullptr;
+        long n = BIO_get_mem_data(chain, &data);
+        chain_pem.assign(data, static_cast<std::size_t>(n));
+        n = BIO_get_mem_data(key, &data);
+        key_pem.assign(data, data + n);
+        wipe_secret(data, static_cast<std::size_t>(n));
+    }
+    BIO_free(chain);
+    BIO_free(key);
+    if (!ok) return unexpected("PEM for wolfSSL: " + openssl_errors());
+    auto made = wolf_server_make(chain_pem, key_pem, settings);
+    if (!made) return unexpected(made.error());
+    out = made.value();
+    return {};
+}
 
 status session::feed_wolf(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept {
     if (_status == status::open) return open_records(cipher, plain, cipher_out);
