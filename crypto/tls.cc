@@ -33,6 +33,9 @@
 #include <fmt/format.h>
 
 #include "crypto/acme_crypto.hh"
+#if DERP_TLS_WOLFSSL
+#include "crypto/tls_wolfssl.hh"
+#endif
 
 namespace derp::tls {
 namespace {
@@ -126,15 +129,6 @@ int session_index() {
 }
 
 }  // namespace
-
-struct context::state {
-    std::string hostname;
-    bool require_sni = false;  // a DNS hostname: the ClientHello must name it exactly
-    verify_mode verify = verify_mode::system;
-    std::array<std::uint8_t, 32> pinned{};
-    bool has_certificate = true;  // false: make_server_pending
-    std::shared_ptr<const acme_challenges> acme;
-};
 
 
 namespace {
@@ -309,7 +303,20 @@ std::array<std::uint8_t, 32> certificate_sha256(X509* cert) noexcept {
 
 context::~context() {
     if (_ctx != nullptr) SSL_CTX_free(_ctx);
+#if DERP_TLS_WOLFSSL
+    wolf_server_free(_wolf);
+#endif
 }
+
+std::string handshake_library() {
+#if DERP_TLS_WOLFSSL
+    return wolf_library_version();
+#else
+    return OpenSSL_version(OPENSSL_VERSION);
+#endif
+}
+
+
 
 result<std::shared_ptr<context>, std::string> context::make_server(const server_identity& identity) {
     if (auto problem = file_problem(identity.cert_path, "certificate"); !problem.empty())
@@ -393,6 +400,17 @@ result<std::shared_ptr<context>, std::string> context::make_server(const server_
         c->_state->acme = identity.acme;
         SSL_CTX_set_client_hello_cb(ctx, client_hello_check, c->_state.get());
     }
+#if DERP_TLS_WOLFSSL
+    // wolfSSL takes the handshakes; OpenSSL only checked the files. With ACME the context
+    // stays OpenSSL's: a TLS-ALPN-01 ClientHello must switch to the challenge's certificate
+    // before anything of it is acted on, which OpenSSL's ClientHello callback does and Debian's
+    // wolfSSL 5.5.4 has no hook for.
+    if (identity.acme == nullptr) {
+        if (auto handed = wolf_server_from(ctx, c->_wolf, c->_state.get()); !handed) return unexpected(handed.error());
+        SSL_CTX_free(ctx);
+        c->_ctx = nullptr;
+    }
+#endif
     return c;
 }
 
@@ -508,6 +526,15 @@ std::string_view version_label(std::uint16_t version) noexcept { return version_
 
 session::session(std::shared_ptr<context> ctx, bool want_ktls)
     : _ctx(std::move(ctx)), _secrets(std::make_unique<secrets>()) {
+#if DERP_TLS_WOLFSSL
+    if (_ctx->wolf_native() != nullptr) {
+        _secrets->wolf_engine = true;
+        _secrets->want_ktls = want_ktls;
+        _secrets->wolf = wolf_handshake_new(_ctx->wolf_native(), *_secrets, _error);
+        if (_secrets->wolf == nullptr) _status = status::failed;
+        return;
+    }
+#endif
     _ssl = SSL_new(_ctx->native());
     if (_ssl == nullptr) {
         _status = status::failed;
@@ -544,6 +571,9 @@ session::session(std::shared_ptr<context> ctx, bool want_ktls)
 
 session::~session() {
     if (_ssl != nullptr) SSL_free(_ssl);
+#if DERP_TLS_WOLFSSL
+    wolf_handshake_free(_secrets->wolf);
+#endif
 }
 
 status session::fail(std::string message) noexcept {
@@ -584,6 +614,9 @@ void session::scan_records(std::span<const std::uint8_t> cipher) noexcept {
 
 status session::feed(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept {
     if (_status == status::failed || _status == status::closed) return _status;
+#if DERP_TLS_WOLFSSL
+    if (_secrets->wolf_engine) return feed_wolf(cipher, plain, cipher_out);
+#endif
     const std::uint64_t written_before = _secrets->records_written;
     const std::size_t out_before = cipher_out.size();
     const status s = feed_records(cipher, plain, cipher_out);
@@ -662,6 +695,9 @@ status session::feed_records(std::span<const std::uint8_t> cipher, std::string& 
 
 std::size_t session::write(std::span<const std::uint8_t> plain, std::span<std::uint8_t> out, std::string& spill) noexcept {
     if (_status != status::open || plain.empty()) return 0;
+#if DERP_TLS_WOLFSSL
+    if (_secrets->wolf_engine) return seal_records(plain, out, spill);
+#endif
     io_window& w = _secrets->window;
     w = io_window{};
     w.out = out.data();
@@ -683,6 +719,10 @@ std::size_t session::write(std::span<const std::uint8_t> plain, std::span<std::u
 void session::shutdown(std::string& cipher_out) noexcept {
     // After the peer's close_notify (closed) ours answers it.
     if (_status != status::open && _status != status::closed) return;
+    if (_secrets->wolf_engine) {
+        if (_secrets->records != nullptr) _secrets->records->seal_alert(1, 0, cipher_out);
+        return;
+    }
     io_window& w = _secrets->window;
     w = io_window{};
     w.spill = &cipher_out;
@@ -691,22 +731,26 @@ void session::shutdown(std::string& cipher_out) noexcept {
 }
 
 std::uint16_t session::version() const noexcept {
+    if (_secrets->wolf_engine) return _handshake_complete ? _secrets->wolf_version : 0;
     return _ssl == nullptr || !_handshake_complete ? 0 : static_cast<std::uint16_t>(SSL_version(_ssl));
 }
 
 std::string_view session::version_name() const noexcept { return version_label(version()); }
 
 std::string_view session::cipher_name() const noexcept {
+    if (_secrets->wolf_engine) return _secrets->wolf_cipher;
     const SSL_CIPHER* c = _ssl == nullptr ? nullptr : SSL_get_current_cipher(_ssl);
     return c == nullptr ? std::string_view{} : std::string_view(SSL_CIPHER_get_name(c));
 }
 
 std::string_view session::sni() const noexcept {
+    if (_secrets->wolf_engine) return _secrets->wolf_sni;
     const char* name = _ssl == nullptr ? nullptr : SSL_get_servername(_ssl, TLSEXT_NAMETYPE_host_name);
     return name == nullptr ? std::string_view{} : std::string_view(name);
 }
 
 std::string_view session::alpn() const noexcept {
+    if (_secrets->wolf_engine) return _secrets->wolf_alpn;
     const unsigned char* data = nullptr;
     unsigned int length = 0;
     if (_ssl != nullptr) SSL_get0_alpn_selected(_ssl, &data, &length);
@@ -744,6 +788,7 @@ void session::forget_traffic_secrets() noexcept {
     // secret_bytes wipes what it frees; clear() alone would keep the bytes in capacity.
     secret_bytes().swap(_secrets->client_traffic);
     secret_bytes().swap(_secrets->server_traffic);
+    _secrets->wolf_keys.reset();
 }
 
 }  // namespace derp::tls

@@ -1,7 +1,9 @@
-// The TLS engine: OpenSSL 3 driven over a byte interface (ciphertext in, plaintext and handshake
-// bytes out, then the traffic keys for kTLS), so that io_uring keeps the socket and a wolfSSL
-// backend can later sit behind the same calls. No I/O happens here; certificate files are read
-// only by the context builders.
+// The TLS engine: a handshake library driven over a byte interface (ciphertext in, plaintext and
+// handshake bytes out, then the traffic keys for kTLS or the userspace record layer), so that
+// io_uring keeps the socket. OpenSSL 3 by default; with -Dtls_library=wolfssl, server
+// handshakes of a certificate from files go through wolfSSL instead (crypto/tls_wolfssl.cc),
+// behind the same calls. No I/O happens here; certificate files are read only by the context
+// builders.
 #pragma once
 
 #include <array>
@@ -25,6 +27,12 @@ namespace derp::tls {
 
 class acme_challenges;  // crypto/acme_crypto.hh
 struct record_keys;     // crypto/tls_record.hh
+struct wolf_server;     // crypto/tls_wolfssl.cc
+
+// The library that does server handshakes for certificates from files in this build, with its
+// version, for the log: "OpenSSL 3.0.x ..." or "wolfSSL 5.5.4". Clients, ACME challenges and
+// -certmode letsencrypt handshakes use OpenSSL in either build.
+std::string handshake_library();
 
 // Overwrites key material before its memory is given back (OPENSSL_cleanse: a plain memset
 // before free may be optimised away).
@@ -100,7 +108,10 @@ public:
     };
     static result<std::shared_ptr<context>, std::string> make_client(const client_options& options);
 
+    // The OpenSSL context; null for a server context whose handshakes wolfSSL does.
     ssl_ctx_st* native() const noexcept { return _ctx; }
+    // -Dtls_library=wolfssl: the wolfSSL context server handshakes use; null otherwise.
+    wolf_server* wolf_native() const noexcept { return _wolf; }
     bool is_server() const noexcept { return _server; }
     const std::string& hostname() const noexcept { return _hostname; }
     const std::string& sni() const noexcept { return _sni; }  // client: the name sent as SNI
@@ -115,6 +126,7 @@ public:
 private:
     context() = default;
     ssl_ctx_st* _ctx = nullptr;
+    wolf_server* _wolf = nullptr;
     bool _server = false;
     std::string _hostname;
     std::string _sni;
@@ -272,6 +284,12 @@ public:
 
 private:
     status feed_records(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept;
+    // -Dtls_library=wolfssl (crypto/tls_session_records.cc): the handshake through wolfSSL,
+    // then records through the userspace record layer of this session.
+    status feed_wolf(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept;
+    status open_records(std::span<const std::uint8_t> cipher, std::string& plain, std::string& cipher_out) noexcept;
+    std::size_t seal_records(std::span<const std::uint8_t> plain, std::span<std::uint8_t> out, std::string& spill) noexcept;
+    std::optional<ktls_keys> wolf_ktls_export() const noexcept;
     void scan_records(std::span<const std::uint8_t> cipher) noexcept;
     status fail(std::string message) noexcept;
 

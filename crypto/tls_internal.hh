@@ -1,15 +1,29 @@
-// What crypto/tls.cc and crypto/tls_ktls_export.cc share about a session and nothing else
-// includes: the window the memory BIO reads and writes during one call, and the per-session
-// secrets and record counts the callbacks fill in.
+// What crypto/tls.cc, crypto/tls_ktls_export.cc and crypto/tls_wolfssl.cc share about a
+// context and a session and nothing else includes: the window the handshake library reads and
+// writes during one call, and the per-session secrets and record counts the callbacks fill in.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 
 #include "crypto/tls.hh"
+#include "crypto/tls_record.hh"
 
 namespace derp::tls {
+
+struct context::state {
+    std::string hostname;
+    bool require_sni = false;  // a DNS hostname: the ClientHello must name it exactly
+    verify_mode verify = verify_mode::system;
+    std::array<std::uint8_t, 32> pinned{};
+    bool has_certificate = true;  // false: make_server_pending
+    std::shared_ptr<const acme_challenges> acme;
+};
+
+struct wolf_handshake;  // crypto/tls_wolfssl.cc: a WOLFSSL object while its handshake runs
 
 // The window the memory BIO works on during one feed() or write(): input it may read, output
 // it writes into (a registered buffer), and a spill string for what does not fit.
@@ -38,6 +52,18 @@ struct session::secrets {
     bool key_update_owed = false;  // the peer asked for ours (OpenSSL sends it with its next write)
     bool tx_in_kernel = false;  // session::note_tx_in_kernel()
     std::string refusal;  // why a callback refused the handshake, for the log
+
+    // A server session of -Dtls_library=wolfssl (crypto/tls_wolfssl.cc). wolfSSL does the
+    // handshake only: the object is freed the moment it completes, with what it negotiated
+    // and the keys at the record boundary behind the client's Finished kept here. Records
+    // after that go through `records` (crypto/tls_record.hh), never through wolfSSL.
+    bool wolf_engine = false;
+    wolf_handshake* wolf = nullptr;
+    std::uint16_t wolf_version = 0;
+    std::string wolf_cipher, wolf_sni, wolf_alpn;
+    std::optional<record_keys> wolf_keys;      // wiped by forget_traffic_secrets()
+    std::unique_ptr<record_layer> records;     // when the caller did not take the records
+    std::string partial;                       // the record the last feed() ended in
 };
 
 }  // namespace derp::tls

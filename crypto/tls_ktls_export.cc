@@ -1,7 +1,8 @@
 // kTLS key export (crypto/tls.hh session::ktls_export): the traffic keys, IVs and record
 // sequence numbers of an established session, derived the way the kernel's TLS module wants
 // them (RFC 8446 7.3 for TLS 1.3, RFC 5246 6.3 for TLS 1.2), from the secrets the key-log and
-// message callbacks captured (crypto/tls_internal.hh).
+// message callbacks captured (crypto/tls_internal.hh); for a wolfSSL session, from the keys it
+// ended its handshake with (crypto/tls_wolfssl.cc).
 #include "crypto/tls.hh"
 #include "crypto/tls_internal.hh"
 #include "crypto/tls_record.hh"
@@ -53,7 +54,7 @@ void put_be64(unsigned char* out, std::uint64_t value) {
 }
 
 // Fills the kernel's crypto_info for one direction.
-void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span<const std::uint8_t> key,
+void fill_direction(ktls_direction& d, std::uint16_t version, aead_cipher cipher, std::span<const std::uint8_t> key,
                     std::span<const std::uint8_t> iv, std::uint64_t seq) {
     auto put = [&d](auto& info) {
         static_assert(sizeof info <= sizeof d.crypto_info);
@@ -61,7 +62,7 @@ void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span
         d.crypto_info_bytes = sizeof info;
         wipe_secret(&info, sizeof info);  // the stack copy of the key
     };
-    if (nid == NID_chacha20_poly1305) {
+    if (cipher == aead_cipher::chacha20_poly1305) {
         tls12_crypto_info_chacha20_poly1305 info{};
         info.info.version = version;
         info.info.cipher_type = TLS_CIPHER_CHACHA20_POLY1305;
@@ -88,7 +89,7 @@ void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span
         put_be64(info.rec_seq, seq);
         put(info);
     };
-    if (nid == NID_aes_128_gcm) {
+    if (cipher == aead_cipher::aes_128_gcm) {
         tls12_crypto_info_aes_gcm_128 info{};
         fill_gcm(info, TLS_CIPHER_AES_GCM_128);
     } else {
@@ -97,9 +98,37 @@ void fill_direction(ktls_direction& d, std::uint16_t version, int nid, std::span
     }
 }
 
+aead_cipher cipher_of(int nid) {
+    return nid == NID_aes_128_gcm   ? aead_cipher::aes_128_gcm
+           : nid == NID_aes_256_gcm ? aead_cipher::aes_256_gcm
+                                    : aead_cipher::chacha20_poly1305;
+}
+
 }  // namespace
 
+std::optional<ktls_keys> session::wolf_ktls_export() const noexcept {
+    // The keys wolfSSL ended the handshake with, at the sequence numbers the record layer has
+    // reached since (if this session kept one); after a KeyUpdate either way they are stale.
+    if (_status != status::open || !_secrets->wolf_keys) return std::nullopt;
+    const record_keys& k = *_secrets->wolf_keys;
+    const record_layer* records = _secrets->records.get();
+    if (records != nullptr && (records->rx_key_updates() != 0 || records->tx_key_updates() != 0)) return std::nullopt;
+    ktls_keys keys;
+    keys.version = k.version;
+    keys.cipher_name = _secrets->wolf_cipher;
+    keys.tx_key = k.tx_key;
+    keys.tx_iv = k.tx_iv;
+    keys.rx_key = k.rx_key;
+    keys.rx_iv = k.rx_iv;
+    keys.tx_seq = records != nullptr ? records->tx_seq() : k.tx_seq;
+    keys.rx_seq = records != nullptr ? records->rx_seq() : k.rx_seq;
+    fill_direction(keys.tx, keys.version, k.cipher, keys.tx_key, keys.tx_iv, keys.tx_seq);
+    fill_direction(keys.rx, keys.version, k.cipher, keys.rx_key, keys.rx_iv, keys.rx_seq);
+    return keys;
+}
+
 std::optional<ktls_keys> session::ktls_export() const noexcept {
+    if (_secrets->wolf_engine) return wolf_ktls_export();
     if (_ssl == nullptr || _status != status::open || !_ctx->is_server()) return std::nullopt;
     // After a KeyUpdate (either way) the keys below would be the first generation's, and no
     // getter tells the current ones: refuse; the connection keeps userspace records.
@@ -160,12 +189,17 @@ std::optional<ktls_keys> session::ktls_export() const noexcept {
     keys.tx_iv = server_iv;
     keys.rx_key = client_key;
     keys.rx_iv = client_iv;
-    fill_direction(keys.tx, keys.version, nid, server_key, server_iv, keys.tx_seq);
-    fill_direction(keys.rx, keys.version, nid, client_key, client_iv, keys.rx_seq);
+    fill_direction(keys.tx, keys.version, cipher_of(nid), server_key, server_iv, keys.tx_seq);
+    fill_direction(keys.rx, keys.version, cipher_of(nid), client_key, client_iv, keys.rx_seq);
     return keys;
 }
 
 std::optional<record_keys> session::record_export() const noexcept {
+    if (_secrets->wolf_engine) {
+        // Taken at the handshake's end (hand_off_records), before any record went either way.
+        if (_status != status::open || !_secrets->wolf_keys || _secrets->records != nullptr) return std::nullopt;
+        return *_secrets->wolf_keys;
+    }
     auto k = ktls_export();
     if (!k) return std::nullopt;
     const SSL_CIPHER* cipher = SSL_get_current_cipher(_ssl);
@@ -173,9 +207,7 @@ std::optional<record_keys> session::record_export() const noexcept {
     const EVP_MD* md = SSL_CIPHER_get_handshake_digest(cipher);
     record_keys r;
     r.version = k->version;
-    r.cipher = nid == NID_aes_128_gcm   ? aead_cipher::aes_128_gcm
-               : nid == NID_aes_256_gcm ? aead_cipher::aes_256_gcm
-                                        : aead_cipher::chacha20_poly1305;
+    r.cipher = cipher_of(nid);
     r.sha384 = md != nullptr && EVP_MD_get_size(md) == 48;
     r.tx_key = std::move(k->tx_key);
     r.tx_iv = std::move(k->tx_iv);

@@ -186,8 +186,9 @@ int main(int argc, char** argv) {
         ktls = ktls_mode == tls::ktls_mode::off ? tls::ktls_support{false, "off (-ktls=off)"} : tls::probe_ktls();
         if (ktls_mode == tls::ktls_mode::require && !ktls.available)
             return fail("-ktls=require, but " + ktls.detail);
-        ring::log(log_level::info, "TLS: certificate {} for {}; kTLS {}",
+        ring::log(log_level::info, "TLS: certificate {} for {}; handshakes by {}; kTLS {}",
                   acme ? "from ACME (" + cfg.acme_directory + ")" : cert_path, cfg.hostname,
+                  acme ? std::string("OpenSSL") : tls::handshake_library(),
                   ktls.available ? "available: connections move to the kernel after the handshake"
                                  : "not used (" + ktls.detail + "): userspace records");
         if (cfg.http_port >= 0) {
