@@ -61,6 +61,12 @@ struct shard_config {
     std::uint64_t input_buffered_total_max = 64ull << 20;
     std::uint32_t inbound_batch_max = 256;   // messages taken from one ring per loop turn
     std::int64_t default_write_timeout_ns = 0;  // 0 = none
+    // The loop's sleep, batched (kernels with IORING_FEAT_MIN_TIMEOUT, 6.13+): once asleep it
+    // waits for wait_batch_cqes completions, or for wait_min_ns to pass with at least one, so
+    // that a busy shard wakes once per few completions instead of once per completion. Costs
+    // up to wait_min_ns of latency per wake-up. 0 = wake at the first completion.
+    std::int64_t wait_min_ns = 0;
+    std::uint32_t wait_batch_cqes = 16;
     std::int64_t shutdown_grace_ns = 5'000'000'000;
     std::vector<int> listen_fds;             // owned from start() on
     std::vector<std::uint8_t> listen_tags;   // per listen_fds entry; services read it per connection
@@ -240,6 +246,8 @@ private:
     void account_input(std::uint32_t slot) noexcept;  // _input_total follows the slot; sheds past the max
     void shed_input() noexcept;
     void flush_writes() noexcept;
+    // Submits and sleeps with the kernel's min-wait (see shard_config::wait_min_ns).
+    int submit_and_wait_batched(std::optional<std::uint64_t> wake_ns) noexcept;
     void drain_inbound() noexcept;
     void publish_outbound() noexcept;
     void start_stopping() noexcept;
@@ -264,6 +272,10 @@ private:
     bool _ring_ready = false;
     std::string _setup_note;
     bool _use_fixed_sends = false;
+    bool _min_wait_supported = false;  // IORING_FEAT_MIN_TIMEOUT
+    bool _ring_fd_registered = false;
+    // IORING_FEAT_MIN_TIMEOUT (Linux 6.13), newer than Debian 12's liburing headers.
+    static constexpr unsigned feature_min_timeout = 1u << 15;
     std::unique_ptr<buffer_pool> _send_pool;
     provided_ring _recv_buffers;  // group 0: multishot recv on TCP connections
     provided_ring _udp_buffers;   // group 1: multishot recvmsg on UDP sockets (admin)

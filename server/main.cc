@@ -385,6 +385,8 @@ int main(int argc, char** argv) {
     // only to drop them at full queues (docs/BENCHMARKS.md: the unlimited rows). Connections
     // that find the ring empty are re-armed the next turn.
     rc.shard_defaults.recv_buffer_count = static_cast<std::uint32_t>(cfg.recv_buffers);
+    rc.shard_defaults.wait_min_ns = cfg.wait_min_ns;
+    rc.shard_defaults.wait_batch_cqes = static_cast<std::uint32_t>(cfg.wait_batch);
     rc.handle_signals = true;
     // What each shard may hold, for /debug/varz (derpd_memory_ceiling_bytes).
     shared.memory.send_buffer_bytes = rc.shard_defaults.send_buffer_bytes;
