@@ -13,7 +13,8 @@
 //    2.5), taken in turn with no priority, as derper does;
 //  - staging: whole frames moved out of a full queue while a send was in flight (derper's
 //    writer drains its queue while the socket write runs; ours waits for the completion), the
-//    oldest packet data there is, bounded by staged_bytes_max.
+//    oldest packet data there is, bounded by staged_bytes_max and by the room the caller
+//    grants per enqueue (derpd: less while the client's send waits for it to read).
 //  Order: the unit that the last send stopped inside (a queue's head frame, staging or
 //  control) finishes first, so frames never interleave; then control (before the relay opens
 //  nothing else may go, and when it opens control starts with ServerInfo, so no RecvPacket

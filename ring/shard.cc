@@ -755,6 +755,7 @@ void shard::run() noexcept {
         }
         self.may_sleep.store(false, std::memory_order_relaxed);
         _counters.submits.add();
+        ++_batch;
         if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY)
             log(log_level::error, "thread {}: io_uring_enter: {}", _config.index, std::strerror(-rc));
         _now_ns = monotonic_ns();

@@ -129,6 +129,11 @@ public:
     // the end of the loop turn, unless a send is already in flight. For a service whose queue
     // for this connection is full and would otherwise drop.
     void flush_now(conn_id conn) noexcept;
+    // True when the connection's send has been in flight through a whole batch of completions:
+    // a send the socket takes completes in the first batch after its submission (the kernel
+    // issues it inline), so this one is waiting for the peer to read (its socket buffer is
+    // full). False when nothing is in flight or it may yet complete in the batch being handled.
+    bool send_waits_on_peer(conn_id conn) noexcept;
     // Offers the connection's unconsumed input to on_data again now: for a service that
     // consumed nothing while waiting for something else (a registration) and is ready now.
     // With nothing kept, on_data is called with no bytes (a layer above may hold input).
@@ -208,6 +213,9 @@ private:
         // of the shard's send pool while it waits (submit_send explains).
         bool send_slow = false;
         bool send_was_short = false;   // the send in flight came back short at least once
+        // The completion batch in which the send in flight would complete if the socket took it
+        // at once (send_waits_on_peer).
+        std::uint64_t send_batch = 0;
         bool send_from_heap = false;   // the send in flight writes send_heap
         std::vector<std::uint8_t> send_heap;
         std::int64_t write_timeout_ns = 0;
@@ -272,6 +280,7 @@ private:
     bool _ring_ready = false;
     std::string _setup_note;
     bool _use_fixed_sends = false;
+    std::uint64_t _batch = 0;          // completion batches reaped (one per loop wait)
     bool _min_wait_supported = false;  // IORING_FEAT_MIN_TIMEOUT
     bool _ring_fd_registered = false;
     // IORING_FEAT_MIN_TIMEOUT (Linux 6.13), newer than Debian 12's liburing headers.

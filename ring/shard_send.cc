@@ -29,6 +29,11 @@ void shard::flush_now(conn_id conn) noexcept {
     submit_send(conn.slot);
 }
 
+bool shard::send_waits_on_peer(conn_id conn) noexcept {
+    const conn_slot* s = lookup(conn);
+    return s != nullptr && s->send_in_flight && _batch > s->send_batch;
+}
+
 void shard::submit_send(std::uint32_t slot) noexcept {
     conn_slot& s = _slots[slot];
     DERP_ASSERT(s.state == conn_state::open && !s.send_in_flight);
@@ -103,6 +108,7 @@ void shard::prep_send(std::uint32_t slot) noexcept {
     }
     io_uring_sqe_set_data64(sqe, pack_user_data(op::send, slot, s.gen));
     s.send_in_flight = true;
+    s.send_batch = _batch + 1;  // submitted by the next enter, reaped in the batch that follows
     ++s.ops_in_flight;
     if (s.write_timeout_ns > 0) {
         timer_node& node = s.timers[write_timer_id];

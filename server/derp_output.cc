@@ -81,9 +81,12 @@ bool derp_service::enqueue(conn_id conn, client& c, const queued_frame& frame, p
     }
     output_hooks hooks(*this, conn, c);
     _counters.queued_packets.add();
-    // The shard's staging ceiling: what is left of it is all this client may stage now.
+    // The shard's staging ceiling: what is left of it is all this client may stage now; and
+    // a client whose send waits for it to read stages no more than staged_bytes_max.
     const std::size_t staged_before = c.out.staged_bytes();
-    const std::size_t room = _staged_total < _settings.staged_total_max ? _settings.staged_total_max - _staged_total : 0;
+    std::size_t room = _staged_total < _settings.staged_total_max ? _settings.staged_total_max - _staged_total : 0;
+    if (_shard.send_waits_on_peer(conn))
+        room = std::min<std::size_t>(room, staged_before < _settings.staged_bytes_max ? _settings.staged_bytes_max - staged_before : 0);
     const bool kept_all = c.out.enqueue(frame, kind, hooks, room);
     note_staged(staged_before, c.out.staged_bytes());
     if (c.out.pending()) _shard.want_write(conn);

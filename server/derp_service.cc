@@ -86,7 +86,7 @@ void derp_service::on_accept(conn_id conn, const sockaddr_storage& peer) noexcep
     if (_clients.size() <= conn.slot) _clients.resize(conn.slot + 1);
     client& c = _clients[conn.slot];
     c = client{};
-    c.out = client_output(_settings.queue_depth_max, _settings.staged_bytes_max);
+    c.out = client_output(_settings.queue_depth_max, std::max(_settings.staged_bytes_max, _settings.staged_burst_bytes_max));
     c.gen = conn.gen;
     c.open = true;
     c.connected_ns = _shard.now_ns();

@@ -65,7 +65,13 @@ struct derp_settings {
     std::string hostname = "derp.tailscale.com";           // -hostname (home page)
     debug_access_policy debug_policy;                      // TS_DEBUG_KEY_PATH & co. (spec 3.8)
     std::uint32_t queue_depth_max = 32;                    // per queue, two queues per client
-    std::uint32_t staged_bytes_max = 64 * 1024;            // per client: frames waiting for the next send
+    // Per client, frames waiting for the next send (beyond the queues): staged_bytes_max while
+    // its send waits on a full socket (a slow reader: derper's queue semantics, plus this);
+    // up to staged_burst_bytes_max while its socket takes what it is sent, so that what one
+    // loop turn reads (-recv-buffers x 16 KiB) never overflows a receiver that keeps up: its
+    // packets only wait for the loop, not for the receiver.
+    std::uint32_t staged_bytes_max = 64 * 1024;
+    std::uint32_t staged_burst_bytes_max = 512 * 1024;
     std::uint64_t staged_total_max = 64ull << 20;          // per shard: every client's staging together
     bool tls_mode = false;                                 // the main listener serves TLS (spec 3.1)
     std::uint32_t small_transfer_buffers = 8192;           // frames up to 2 KiB, per shard

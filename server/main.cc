@@ -257,6 +257,9 @@ int main(int argc, char** argv) {
     settings.keepalive_jitter_ns = cfg.keepalive_interval_ns / 12;
     settings.advertise_rate_limit = cfg.advertise_rate_limit;
     settings.cross_shard_backlog_max = static_cast<std::uint64_t>(cfg.cross_shard_backlog_max);
+    // A receiver whose socket keeps up may have to absorb what one loop turn reads.
+    settings.staged_burst_bytes_max = static_cast<std::uint32_t>(
+        std::max<std::int64_t>(settings.staged_bytes_max, cfg.recv_buffers * 16 * 1024));
     // Clients told to reconnect should be back before the drain ends: at most half of it.
     settings.drain_reconnect_spread_ns = std::min(cfg.drain_reconnect_spread_ns, cfg.drain_timeout_ns / 2);
     server::derp_shared shared(settings, shards);

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/frame.hh"
 #include "crypto/box.hh"
 #include "tests/support/derp_test_client.hh"
 #include "tests/support/derpd_process.hh"
@@ -213,4 +214,70 @@ TEST_CASE("-shard-staging-max: slow readers' staging stays under the shard's cei
     CHECK(staged <= 1048576 + 24 * 1037);
     CHECK(staged > 1048576 - 64 * 1037);  // it did fill up to the ceiling
     expect_relayed(b, a, "still");
+}
+
+TEST_CASE("staging: a burst larger than the queue reaches a receiver that reads; one that stopped reading stages 64 KiB") {
+    derpd_options o = with_admin();
+    o.shards = 1;
+    o.extra_args = {"-tcp-write-timeout", "0"};
+    derpd_process d(o);
+    auto sender = derp_client::connect(d.port(), d.server_public());
+    auto reader = derp_client::connect(d.port(), d.server_public());
+    const auto drops = [&] {
+        return varz_sum(http_get_body("127.0.0.1", d.admin_port(), "/debug/varz"), "derp_packets_dropped",
+                        {{"reason", "queue_head"}}).value_or(0);
+    };
+    // 300 packets of 1,400 bytes in one write: derpd reads them in one or a few loop turns
+    // (up to -recv-buffers x 16 KiB a turn), far more than a queue (32) and 64 KiB of staging
+    // hold while the reader's send is in flight. The reader reads meanwhile, so its socket takes
+    // every send: its packets wait only for the loop, and none may be dropped (derper's queue
+    // overflows only when the socket write itself is stuck).
+    constexpr int burst = 300;
+    bytes packet(1400, 0x5a);
+    bytes all;
+    for (int i = 0; i < burst; ++i) {
+        packet[0] = static_cast<std::uint8_t>(i);
+        packet[1] = static_cast<std::uint8_t>(i >> 8);
+        const std::size_t at = all.size();
+        all.resize(at + send_packet_frame_bytes(packet.size()));
+        encode_send_packet(std::span(all).subspan(at), reader.key(), packet);
+    }
+    int received = 0;
+    std::thread read_all([&] {
+        bytes storage;
+        try {
+            for (; received < burst; ++received) {
+                const recv_packet_view v = reader.expect_recv_packet(storage, 5000ms);
+                if (v.packet.size() != 1400 || v.packet[0] != static_cast<std::uint8_t>(received) ||
+                    v.packet[1] != static_cast<std::uint8_t>(received >> 8))
+                    break;
+            }
+        } catch (const std::exception&) {
+        }
+    });
+    sender.send_raw(all);
+    read_all.join();
+    CHECK(received == burst);
+    CHECK(drops() == 0);
+
+    // A receiver that never reads (a 4 KiB socket buffer): once a send to it waits for it, it
+    // stages no more than 64 KiB beyond its queue, and the oldest packets go (queue_head). Each
+    // packet is sent after derpd has read the one before, so that no loop turn reads more than
+    // one of them (within a turn the send cannot be known to wait yet).
+    client_options stuck_options;
+    stuck_options.rcvbuf_bytes = 4096;
+    auto stuck = derp_client::connect(d.port(), d.server_public(), stuck_options);
+    const bytes small(1000, 0x44);
+    double received_before = metric(d, "derp_packets_received");
+    int sent = 0;
+    for (; sent < 20'000 && drops() < 50; ++sent) {
+        sender.send_packet(stuck.key(), small);
+        REQUIRE(wait_metric(d, "derp_packets_received", received_before + 1) >= received_before + 1);
+        received_before += 1;
+    }
+    REQUIRE(sent < 20'000);
+    const double staged = memory_metric(d, "staging");
+    MESSAGE("a stalled reader: " << staged << " bytes staged after " << sent << " packets, " << drops() << " dropped");
+    CHECK(staged <= 64 * 1024 + 1037);
+    expect_relayed(sender, reader, "beside the stalled reader");
 }
