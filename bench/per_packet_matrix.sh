@@ -15,7 +15,8 @@
 #   high    80,000 for both sizes: 900 Mbit/s at 1400 B, where the issue saw derpd drop 1.8 %, and
 #           near the per-packet ceiling of the load generator's one core here (about 90k frames
 #           a second), so near saturation of whichever side gives first (the CPU columns say).
-# LOADS="low:5000:5000 ..." (name:pps at 570:pps at 1400), SIZES, WRITES, DURATION override.
+# LOADS="low:5000:5000 ..." (name:pps at 570:pps at 1400), SIZES, WRITES, DURATION override;
+# DERPD_FLAGS adds flags to derpd's command line (a candidate measured against the forwarder).
 set -uo pipefail
 build=${1:-build}
 rounds=${2:-3}
@@ -36,7 +37,7 @@ derpd_pid= fwd_pid=
 trap 'kill $derpd_pid $fwd_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
 taskset -c 0 "$build/server/derpd" -a 127.0.0.1:0 -c "$tmp/k" -stun=false -shards 1 -http-port -1 \
-  -pin-threads=false -drain-timeout=0 >"$tmp/derpd.log" 2>&1 &
+  -pin-threads=false -drain-timeout=0 ${DERPD_FLAGS:-} >"$tmp/derpd.log" 2>&1 &
 derpd_pid=$!
 taskset -c 0 "$build/bench/forwarder" --listen 127.0.0.1:0 >"$tmp/fwd.log" 2>&1 &
 fwd_pid=$!
@@ -50,7 +51,7 @@ declare -A pid=([derpd]=$derpd_pid [forwarder]=$fwd_pid)
 field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p" <<<"$2"; }
 median() { sort -g | awk '{v[NR]=$1} END {if (NR == 0) print "nan"; else print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 cmd_line="taskset -c 1 derpbench latency --url URL --pairs $pairs --size SIZE --rate RATE --write WRITE --duration $duration --probe-interval $probe_interval --server-pid PID --cpu 1 --json"
-echo "# $(date -u +%FT%TZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); each run: $cmd_line"
+echo "# $(date -u +%FT%TZ), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); derpd flags: ${DERPD_FLAGS:-none}; each run: $cmd_line"
 failed=0
 for round in $(seq "$rounds"); do
   order="derpd forwarder"; ((round % 2 == 0)) && order="forwarder derpd"
