@@ -10,6 +10,7 @@
 
 #include "core/result.hh"
 #include "crypto/tls.hh"
+#include "crypto/tls_record.hh"
 
 namespace derp::tls {
 
@@ -28,6 +29,10 @@ ktls_support probe_ktls() noexcept;
 // Attaches the tls ULP (once per socket) and installs one direction.
 result<void, std::string> ktls_attach(int fd) noexcept;
 result<void, std::string> ktls_install(int fd, bool transmit, const ktls_direction& direction) noexcept;
+// The kernel's crypto_info for one direction of `keys` (TX: tx_key, tx_iv, tx_seq), the same
+// material the userspace record layer starts from; defined beside the export
+// (crypto/tls_ktls_export.cc). Fails when a key or IV length does not fit the cipher.
+result<ktls_direction, std::string> ktls_direction_of(const record_keys& keys, bool transmit) noexcept;
 
 // A record that kTLS RX did not turn into data, read with its record type.
 struct control_record {

@@ -3,6 +3,7 @@
 // them (RFC 8446 7.3 for TLS 1.3, RFC 5246 6.3 for TLS 1.2), from the secrets the key-log and
 // message callbacks captured (crypto/tls_internal.hh); for a wolfSSL session, from the keys it
 // ended its handshake with (crypto/tls_wolfssl.cc).
+#include "crypto/ktls.hh"
 #include "crypto/tls.hh"
 #include "crypto/tls_internal.hh"
 #include "crypto/tls_record.hh"
@@ -105,6 +106,21 @@ aead_cipher cipher_of(int nid) {
 }
 
 }  // namespace
+
+result<ktls_direction, std::string> ktls_direction_of(const record_keys& keys, bool transmit) noexcept {
+    const std::size_t key_bytes = keys.cipher == aead_cipher::aes_128_gcm ? 16 : 32;
+    const bool salt_only = keys.version == TLS1_2_VERSION && keys.cipher != aead_cipher::chacha20_poly1305;
+    const secret_bytes& key = transmit ? keys.tx_key : keys.rx_key;
+    const secret_bytes& iv = transmit ? keys.tx_iv : keys.rx_iv;
+    if (keys.version != TLS1_2_VERSION && keys.version != TLS1_3_VERSION)
+        return unexpected(std::string("not TLS 1.2 or 1.3"));
+    if (key.size() != key_bytes) return unexpected(std::string("key length does not match the cipher"));
+    if (iv.size() != (salt_only ? 4U : 12U))
+        return unexpected(std::string("IV length does not match the cipher and version"));
+    ktls_direction d;
+    fill_direction(d, keys.version, keys.cipher, key, iv, transmit ? keys.tx_seq : keys.rx_seq);
+    return d;
+}
 
 std::optional<ktls_keys> session::wolf_ktls_export() const noexcept {
     // The keys wolfSSL ended the handshake with, at the sequence numbers the record layer has

@@ -1,11 +1,14 @@
 // The userspace record layer (crypto/tls_record): RFC 8448's TLS 1.3 trace byte for byte, then
 // records of OpenSSL itself both ways after a real in-memory handshake whose keys derpd's
-// session exports (each cipher, TLS 1.2 and 1.3), KeyUpdate both ways, and every close reason.
+// session exports (each cipher, TLS 1.2 and 1.3), KeyUpdate both ways, every close reason, and the
+// kernel crypto_info made from the same keys.
 #include <doctest/doctest.h>
 
+#include <linux/tls.h>
 #include <openssl/ssl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <functional>
 #include <memory>
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "crypto/box.hh"
+#include "crypto/ktls.hh"
 #include "crypto/tls.hh"
 #include "crypto/tls_record.hh"
 #include "tests/support/tls_memory_peer.hh"
@@ -510,6 +514,66 @@ TEST_CASE("tls record: make refuses material that does not fit the cipher") {
     CHECK(!record_layer::make(k));  // 1.2 GCM takes a 4-byte salt
     k.version = 0x0302;
     CHECK(!record_layer::make(k));
+}
+
+// The kernel's side of the same material (its records are compared with ours in the VM test
+// vm-ktls-records): each field where linux/tls.h puts it; lengths that do not fit refused.
+TEST_CASE("tls record: ktls_direction_of fills the kernel's crypto_info from the layer's keys") {
+    record_keys k;
+    k.version = TLS1_3_VERSION;
+    k.tx_key = hex("000102030405060708090a0b0c0d0e0f");
+    k.tx_iv = hex("a0a1a2a3 a4a5a6a7a8a9aaab");
+    k.rx_key = hex("101112131415161718191a1b1c1d1e1f");
+    k.rx_iv = hex("b0b1b2b3 b4b5b6b7b8b9babb");
+    k.tx_seq = 0x0102030405060708ULL;
+    k.rx_seq = 9;
+    const secret_bytes be_tx_seq = hex("0102030405060708"), be_rx_seq = hex("0000000000000009");
+    {
+        const auto d = ktls_direction_of(k, true);
+        REQUIRE(d);
+        tls12_crypto_info_aes_gcm_128 info;
+        REQUIRE(d.value().crypto_info_bytes == sizeof info);
+        std::memcpy(&info, d.value().crypto_info.data(), sizeof info);
+        CHECK(info.info.version == TLS_1_3_VERSION);
+        CHECK(info.info.cipher_type == TLS_CIPHER_AES_GCM_128);
+        CHECK(std::equal(k.tx_key.begin(), k.tx_key.end(), info.key));
+        CHECK(std::equal(k.tx_iv.begin(), k.tx_iv.begin() + 4, info.salt));  // 1.3: the IV split 4 + 8
+        CHECK(std::equal(k.tx_iv.begin() + 4, k.tx_iv.end(), info.iv));
+        CHECK(std::equal(be_tx_seq.begin(), be_tx_seq.end(), info.rec_seq));
+    }
+    k.version = TLS1_2_VERSION;
+    k.tx_iv = hex("a0a1a2a3");
+    k.rx_iv = hex("b0b1b2b3");
+    {
+        const auto d = ktls_direction_of(k, false);
+        REQUIRE(d);
+        tls12_crypto_info_aes_gcm_128 info;
+        std::memcpy(&info, d.value().crypto_info.data(), sizeof info);
+        CHECK(info.info.version == TLS_1_2_VERSION);
+        CHECK(std::equal(k.rx_key.begin(), k.rx_key.end(), info.key));
+        CHECK(std::equal(k.rx_iv.begin(), k.rx_iv.end(), info.salt));
+        // 1.2 GCM: the first explicit nonce the kernel writes is the sequence number, as ours.
+        CHECK(std::equal(be_rx_seq.begin(), be_rx_seq.end(), info.iv));
+        CHECK(std::equal(be_rx_seq.begin(), be_rx_seq.end(), info.rec_seq));
+    }
+    k.cipher = aead_cipher::chacha20_poly1305;
+    CHECK(!ktls_direction_of(k, true));  // a 16-byte key for ChaCha20
+    k.tx_key = secret_bytes(32, 0x11);
+    CHECK(!ktls_direction_of(k, true));  // 1.2 ChaCha20 takes a 12-byte IV
+    k.tx_iv = hex("c0c1c2c3c4c5c6c7c8c9cacb");
+    {
+        const auto d = ktls_direction_of(k, true);
+        REQUIRE(d);
+        tls12_crypto_info_chacha20_poly1305 info;
+        REQUIRE(d.value().crypto_info_bytes == sizeof info);
+        std::memcpy(&info, d.value().crypto_info.data(), sizeof info);
+        CHECK(info.info.cipher_type == TLS_CIPHER_CHACHA20_POLY1305);
+        CHECK(std::equal(k.tx_iv.begin(), k.tx_iv.end(), info.iv));
+        CHECK(std::equal(k.tx_key.begin(), k.tx_key.end(), info.key));
+        CHECK(std::equal(be_tx_seq.begin(), be_tx_seq.end(), info.rec_seq));
+    }
+    k.version = 0x0302;
+    CHECK(!ktls_direction_of(k, true));
 }
 
 TEST_CASE("tls record: many layers at once share the per-thread key cache and never mix keys") {
