@@ -5,7 +5,10 @@
 # connection attempts within 5 s from a separate process; ROUNDS rounds, alternating. Then a
 # slowloris: 19,000 connections held (silent, or one byte a second) while derpbench times
 # real clients' handshakes, against the same without them. Prints one line per measurement
-# and the RSS of derpd before and after each flood.
+# and the RSS of derpd before and after each flood. With taskset (and 2+ cores) derpd runs
+# alone on cpu 0 and the load on cpu 1, the flood beside it at nice 19, so that the flood's
+# own CPU does not come out of the clients' measurement (the kernel's SYN work still does:
+# on loopback it runs in the flooding process and in derpd's accepts).
 #   bench/pressure.sh [BUILD_DIR] [ROUNDS]       (from the source root)
 set -uo pipefail
 build=${1:-build}
@@ -14,8 +17,12 @@ derpd=$build/server/derpd derpbench=$build/bench/derpbench flood=$build/bench/co
 tmp=$(mktemp -d)
 pid=
 trap 'kill $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+on_server=() on_load=() on_flood=()
+if command -v taskset >/dev/null && (($(nproc) >= 2)); then
+    on_server=(taskset -c 0) on_load=(taskset -c 1) on_flood=(nice -n 19 taskset -c 1)
+fi
 start_derpd() {  # extra flags; sets pid, port, url
-    "$derpd" -a 127.0.0.1:0 -c "$tmp/k" -stun=false -shards 1 -http-port -1 --pin-threads=false \
+    "${on_server[@]}" "$derpd" -a 127.0.0.1:0 -c "$tmp/k" -stun=false -shards 1 -http-port -1 --pin-threads=false \
         -drain-timeout 0 "$@" >"$tmp/log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do grep -q "serving on" "$tmp/log" && break; sleep 0.05; done
@@ -27,14 +34,14 @@ rss() { awk '/VmRSS/{print $2}' /proc/$pid/status; }
 field() { grep -o "\"$1\":[0-9.]*" <<<"$2" | cut -d: -f2; }
 measure() {
     local out
-    out=$("$derpbench" latency --url "$url" --duration 6s --rate 20000 --json 2>/dev/null)
+    out=$("${on_load[@]}" "$derpbench" latency --url "$url" --duration 6s --rate 20000 --cpu 1 --json 2>/dev/null)
     echo "delivered_pps=$(field background_delivered_pps "$out") loss=$(field background_loss_ratio "$out")" \
          "rtt_p50_us=$(field rtt_p50_us "$out") rtt_p99_us=$(field rtt_p99_us "$out")"
 }
 for r in $(seq "$rounds"); do
     echo "round $r quiet:   $(measure)"
     before=$(rss)
-    (sleep 0.5; "$flood" flood "$port" 50000 5 >"$tmp/flood") &
+    (sleep 0.5; "${on_flood[@]}" "$flood" flood "$port" 50000 5 >"$tmp/flood") &
     flooded=$(measure)
     wait $!
     echo "round $r flooded: $flooded  flood: $(cat "$tmp/flood") rss_kib_before=$before rss_kib_after=$(rss)"
