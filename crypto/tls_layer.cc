@@ -87,6 +87,18 @@ void tls_layer::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
     _inner->on_accept(conn, peer);
 }
 
+bool tls_layer::client_hello_incomplete(std::span<const std::uint8_t> bytes) noexcept {
+    // A TLS record: type (22 = handshake), version 3.x, length (u16 BE, at most 2^14 for a
+    // plaintext record, RFC 8446 5.1), then the fragment.
+    constexpr std::size_t header_bytes = 5;
+    constexpr std::size_t fragment_bytes_max = 1u << 14;
+    if (bytes[0] != 22 || (bytes.size() >= 2 && bytes[1] != 3)) return false;
+    if (bytes.size() < header_bytes) return true;
+    const std::size_t fragment = std::size_t{bytes[3]} << 8 | bytes[4];
+    if (fragment == 0 || fragment > fragment_bytes_max) return false;
+    return bytes.size() < header_bytes + fragment;
+}
+
 void tls_layer::start_handshake(conn_tls& st) noexcept {
     const bool want_ktls = _config.kernel_has_ktls && _config.ktls != ktls_mode::off;
     st.tls = std::make_unique<session>(_config.contexts->current.load(), want_ktls);
@@ -467,6 +479,12 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
     if (st.records) return records_data(conn, st, bytes);
     if (st.waiting) {
         if (bytes.empty()) return 0;
+        // No place (and no SSL object) before the first record, normally the whole ClientHello,
+        // is here: a peer that trickles it a byte at a time (a TLS slowloris) holds only the
+        // bytes the shard keeps for it, bounded like any unfinished connection's, and cannot
+        // take the places real clients' handshakes need. Bytes that are not a TLS handshake
+        // record go to the library at once, which refuses them as before.
+        if (!st.queued && client_hello_incomplete(bytes)) return 0;
         if (!st.queued && _handshakes_in_flight < _config.handshakes_in_flight_max) {
             st.waiting = false;
             start_handshake(st);

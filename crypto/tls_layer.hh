@@ -62,8 +62,9 @@ struct tls_layer_config {
     bool kernel_has_ktls = false;
     std::int64_t handshake_timeout_ns = 10'000'000'000;
     std::uint32_t plaintext_buffered_max = 1u << 20;  // decrypted bytes the service left unread
-    // Server handshakes a shard runs at once, counted from the ClientHello's first bytes (a
-    // connection that sends nothing holds no place and no SSL object). A burst beyond this
+    // Server handshakes a shard runs at once, counted from the ClientHello's first whole
+    // record (a connection that sends nothing, or only part of it, holds no place and no SSL
+    // object). A burst beyond this
     // waits with its ClientHello unread (in the kernel, or the bytes the shard already holds):
     // each handshake in flight holds about 40 KB of OpenSSL state, which otherwise all 10,000
     // of a burst hold together. A peer stalling mid-handshake holds its place until the
@@ -152,6 +153,8 @@ private:
     // Server handshakes in flight: a session for an accepted connection, the count given back
     // when its handshake ends either way, and waiting connections let in behind it.
     void start_handshake(conn_tls& st) noexcept;
+    // True while bytes (not empty) are the start of a TLS handshake record not yet whole.
+    static bool client_hello_incomplete(std::span<const std::uint8_t> bytes) noexcept;
     void leave_handshake(conn_tls& st) noexcept;
     void admit_waiting() noexcept;
     // The SSL object gives way to the record layer (false: the export failed; OpenSSL stays).

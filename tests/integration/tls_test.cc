@@ -262,6 +262,45 @@ TEST_CASE("bad TLS input: each a counted close with a log line; a good client is
     CHECK(derpd.running());
 }
 
+TEST_CASE("TLS slowloris: partial ClientHellos on more connections than a shard has handshake places do not hold real clients") {
+    REQUIRE(crypto_init());
+    test::derpd_options o = tls_options();
+    o.shards = 1;
+    o.handshake_timeout = "60s";  // the trickling connections stay for the whole test
+    test::derpd_process derpd(o);
+    // 600 connections (a shard runs 512 handshakes at once), each sending the first 100
+    // bytes of a real ClientHello and then nothing: before, each took a handshake place with
+    // its first byte, and a real client waited for one until the deadline (60 s) freed it.
+    tls::session hello(test::insecure_client_context(), false);
+    std::string client_hello;
+    hello.start(client_hello);
+    REQUIRE(client_hello.size() > 100);
+    std::vector<int> stalled;
+    for (int i = 0; i < 600; ++i) {
+        const int fd = raw_connect(derpd.port());
+        REQUIRE(fd >= 0);
+        REQUIRE(::send(fd, client_hello.data(), 100, MSG_NOSIGNAL) == 100);
+        stalled.push_back(fd);
+    }
+    // A real client's handshake and relay now: well within the stalled ones' deadline.
+    const auto start = std::chrono::steady_clock::now();
+    const auto r = test::run_relay_pair(derpd.port(), client_tls(), {1200}, 5, 20000);
+    skip_if_no_io_uring(r);
+    CHECK_MESSAGE(r.ok, r.problem);
+    const auto took = std::chrono::steady_clock::now() - start;
+    MESSAGE("a real client's handshake and relay beside 600 partial ClientHellos: "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    CHECK(took < 30s);
+    // The trickling connections are all still open (nobody was closed to make room).
+    int open = 0;
+    for (int fd : stalled) {
+        char b;
+        if (::recv(fd, &b, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN) ++open;
+        ::close(fd);
+    }
+    CHECK(open == 600);
+}
+
 TEST_CASE("fast start over TLS 1.3: the meta certificate carries the server key") {
     REQUIRE(crypto_init());
     test::derpd_process derpd(tls_options());
