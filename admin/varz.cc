@@ -261,6 +261,11 @@ std::string render_varz(const metric_sources& shared) {
                                             std::pair{"failed", &tls::tls_counters::handshakes_failed},
                                             std::pair{"timeout", &tls::tls_counters::handshakes_timeout}})
             out += fmt::format("derpd_tls_handshakes_total{{result=\"{}\"}} {}\n", label, tls_sum(member));
+        metric(out, "derpd_tls_handshakes_in_flight", "gauge",
+               "Server TLS handshakes holding one of a shard's places (at most 512 a shard, -tls-handshakes-per-source from one address).",
+               tls_sum(&tls::tls_counters::handshakes_in_flight));
+        metric(out, "derpd_tls_handshakes_waiting", "gauge",
+               "Connections whose ClientHello waits for a handshake place.", tls_sum(&tls::tls_counters::handshakes_waiting));
         metric(out, "derpd_tls_ktls_install_failures_total", "counter",
                "kTLS installs the kernel refused (the connection stayed on userspace records).",
                tls_sum(&tls::tls_counters::ktls_install_failed));

@@ -34,6 +34,7 @@ std::string_view path_name(bool tx, bool rx, bool records) {
 tls_layer::tls_layer(ring::shard& sh, std::unique_ptr<ring::service> inner, tls_layer_config config,
                      tls_counters& counters)
     : _shard(sh), _inner(std::move(inner)), _config(config), _counters(counters),
+      _places(config.handshakes_in_flight_max, config.handshakes_per_source_max),
       _plain_out(sh.send_pool().buffer_bytes()) {}
 
 tls_layer::~tls_layer() = default;
@@ -82,7 +83,8 @@ void tls_layer::on_accept(conn_id conn, const sockaddr_storage& peer) noexcept {
         st.active = true;
         // The handshake deadline runs from the accept, waiting included.
         _shard.arm_timer(conn, timer_handshake, _shard.now_ns() + static_cast<std::uint64_t>(_config.handshake_timeout_ns));
-        st.waiting = true;  // the session starts with the ClientHello's first bytes
+        st.waiting = true;  // the session starts with the ClientHello's first record
+        st.source = handshake_source_of(peer);
     }
     _inner->on_accept(conn, peer);
 }
@@ -104,15 +106,19 @@ void tls_layer::start_handshake(conn_tls& st) noexcept {
     st.tls = std::make_unique<session>(_config.contexts->current.load(), want_ktls);
     // Without kTLS the record layer takes over behind the client's Finished.
     if (!want_ktls) st.tls->hand_off_records();
-    st.in_flight = true;
-    ++_handshakes_in_flight;
+    st.in_flight = true;  // its place was counted by _places
 }
 
 void tls_layer::leave_handshake(conn_tls& st) noexcept {
     if (!st.in_flight) return;
     st.in_flight = false;
-    --_handshakes_in_flight;
+    _places.leave(st.source);
     admit_waiting();
+}
+
+void tls_layer::publish_places() noexcept {
+    _counters.handshakes_in_flight.set(_places.in_flight());
+    _counters.handshakes_waiting.set(_waiting_live);
 }
 
 void tls_layer::admit_waiting() noexcept {
@@ -120,13 +126,16 @@ void tls_layer::admit_waiting() noexcept {
     // frees a place that this loop, still running, fills.
     if (_admitting) return;
     _admitting = true;
-    while (_handshakes_in_flight < _config.handshakes_in_flight_max && !_handshake_queue.empty()) {
-        const conn_id conn = _handshake_queue.front();
-        _handshake_queue.pop_front();
+    const auto still_waiting = [this](conn_id c) {
+        const conn_tls* w = find(c);
+        return w != nullptr && w->queued;  // not closed (timed out) while it waited
+    };
+    while (const auto next = _places.next(still_waiting)) {
+        const conn_id conn = *next;
         conn_tls* w = find(conn);
-        if (w == nullptr || !w->queued) continue;  // closed (timed out) while waiting
         w->waiting = false;
         w->queued = false;
+        --_waiting_live;
         start_handshake(*w);
         if (w->waiting_paused) {
             w->waiting_paused = false;
@@ -135,6 +144,7 @@ void tls_layer::admit_waiting() noexcept {
         _shard.replay_input(conn);  // the ClientHello the shard kept while it waited
     }
     _admitting = false;
+    publish_places();
 }
 
 void tls_layer::use_context(conn_id conn, std::shared_ptr<context> ctx) noexcept {
@@ -485,14 +495,18 @@ std::size_t tls_layer::on_data(conn_id conn, std::span<const std::uint8_t> bytes
         // take the places real clients' handshakes need. Bytes that are not a TLS handshake
         // record go to the library at once, which refuses them as before.
         if (!st.queued && client_hello_incomplete(bytes)) return 0;
-        if (!st.queued && _handshakes_in_flight < _config.handshakes_in_flight_max) {
+        const bool arrived = !st.queued;  // its ClientHello is here for the first time
+        if (arrived && _places.arrive(conn, st.source)) {
+            publish_places();
             st.waiting = false;
             start_handshake(st);
         } else {
-            // Its turn has not come: the shard keeps these bytes; no more are read until then.
-            if (!st.queued) {
+            // Its turn has not come (no place on the shard, or its source has its share): the
+            // shard keeps these bytes; no more are read until then.
+            if (arrived) {
                 st.queued = true;
-                _handshake_queue.push_back(conn);
+                ++_waiting_live;
+                publish_places();
             }
             if (!st.waiting_paused) {
                 st.waiting_paused = true;
@@ -666,9 +680,14 @@ void tls_layer::on_closed(conn_id conn, ring::close_cause cause) noexcept {
     if (st->version == TLS1_3_VERSION) _counters.open_tls13.sub();
     else if (st->version != 0) _counters.open_tls12.sub();
     const bool was_in_flight = st->in_flight;
+    const std::uint64_t source = st->source;
+    if (st->queued) {  // gone while it waited: its entry in _places goes stale
+        --_waiting_live;
+        publish_places();
+    }
     *st = conn_tls{};
     if (was_in_flight) {
-        --_handshakes_in_flight;
+        _places.leave(source);
         admit_waiting();
     }
 }

@@ -18,6 +18,7 @@
 
 #include "crypto/ktls.hh"
 #include "crypto/tls.hh"
+#include "crypto/tls_places.hh"
 #include "crypto/tls_record.hh"
 #include "ring/counters.hh"
 #include "ring/log.hh"
@@ -31,6 +32,8 @@ struct alignas(ring::cache_line_bytes) tls_counters {
     ring::counter handshakes_ok;
     ring::counter handshakes_failed;    // bad ClientHello, SNI refused, alert, ...
     ring::counter handshakes_timeout;   // not finished within the deadline
+    ring::counter handshakes_in_flight; // gauge: server handshakes holding a place
+    ring::counter handshakes_waiting;   // gauge: ClientHellos waiting for a place
     ring::counter path_ktls;            // both directions in the kernel
     ring::counter path_ktls_tx;         // TX in the kernel, RX stayed in userspace
     ring::counter path_userspace;       // OpenSSL records for the whole connection
@@ -70,6 +73,10 @@ struct tls_layer_config {
     // of a burst hold together. A peer stalling mid-handshake holds its place until the
     // handshake deadline, as it holds its memory.
     std::uint32_t handshakes_in_flight_max = 512;
+    // Of those, at most this many from one source (an IPv4 address, an IPv6 /64); 0 = no
+    // bound. Peers that send a whole ClientHello and stall then hold at most this many places
+    // per address until the handshake deadline (crypto/tls_places).
+    std::uint32_t handshakes_per_source_max = 64;
 };
 
 class tls_layer final : public ring::service {
@@ -124,9 +131,10 @@ private:
         bool path_counted = false;
         bool counted_full = false;
         bool waiting = false;         // server: no session yet (nothing received, or queued)
-        bool queued = false;          // in _handshake_queue: its ClientHello came beyond the limit
+        bool queued = false;          // waiting in _places: its ClientHello came beyond a bound
         bool waiting_paused = false;  // ... and its receiving is paused until its turn
-        bool in_flight = false;       // counted in _handshakes_in_flight
+        bool in_flight = false;       // holds a handshake place (_places)
+        std::uint64_t source = 0;     // server: the peer's source, for the per-source bound
         std::uint8_t rx_attempts = 0;
         std::uint16_t version = 0;
         std::unique_ptr<session> tls;  // null once both directions are in the kernel, or records took over
@@ -157,6 +165,7 @@ private:
     static bool client_hello_incomplete(std::span<const std::uint8_t> bytes) noexcept;
     void leave_handshake(conn_tls& st) noexcept;
     void admit_waiting() noexcept;
+    void publish_places() noexcept;  // the two gauges from _places
     // The SSL object gives way to the record layer (false: the export failed; OpenSSL stays).
     bool start_records(ring::conn_id conn, conn_tls& st) noexcept;
     // Opens the records of `bytes` and hands their plaintext up; a partial record at the end
@@ -168,8 +177,8 @@ private:
     tls_layer_config _config;
     tls_counters& _counters;
     std::vector<conn_tls> _conns;          // by slot
-    std::uint32_t _handshakes_in_flight = 0;
-    std::deque<ring::conn_id> _handshake_queue;  // waiting connections, oldest first (stale ids skipped)
+    handshake_places _places;  // server handshakes in flight and the connections waiting for a place
+    std::size_t _waiting_live = 0;  // connections queued in _places and still open
     bool _admitting = false;
     std::vector<std::uint8_t> _plain_out;  // what the service writes before encryption
     ring::log_limiter _fail_log{1'000'000'000, 20};

@@ -69,6 +69,7 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
     flags.add_duration("keepalive-interval", &c.keepalive_interval_ns, "derpd: KeepAlive period; each connection adds a jitter of up to 1/12 of it (derper: 60s + [0,5s))");
 
     flags.add_string("ktls", &c.ktls, "derpd: kernel TLS offload after the handshake: auto (where the kernel has it), off, or require (refuse to start without it, close connections that cannot use it)");
+    flags.add_int("tls-handshakes-per-source", &c.tls_handshakes_per_source, "derpd: TLS handshakes one source address (IPv4, or an IPv6 /64) may run at once on a shard, of the shard's 512; more wait their turn, so that peers stalling after their ClientHello cannot take every place (0 = no bound; behind a proxy that hides client addresses, 0)");
     flags.add_duration("wait-min", &c.wait_min_ns, "derpd: a shard that sleeps waits for -wait-batch completions, or this long once one is there, before it wakes (one wake-up per batch instead of one per completion; costs up to this much latency per hop; needs Linux 6.13+; 0 = wake at the first completion)");
     flags.add_int("wait-batch", &c.wait_batch, "derpd: with -wait-min, the completions that end a shard's sleep at once (1..4096)");
     flags.add_int("recv-buffers", &c.recv_buffers, "derpd: receive buffers (16 KiB each) per shard, a power of two from 8 to 4096; they bound what one loop turn reads, which keeps an overloaded shard sending instead of reading what it would drop");
@@ -117,6 +118,8 @@ result<parse_outcome, std::string> parse_command_line(std::span<const std::strin
                                       c.certmode));
     if (c.ktls != "auto" && c.ktls != "off" && c.ktls != "require")
         return unexpected(fmt::format("invalid value \"{}\" for flag -ktls: want auto, off or require", c.ktls));
+    if (c.tls_handshakes_per_source < 0 || c.tls_handshakes_per_source > 512)
+        return unexpected(fmt::format("invalid value {} for flag -tls-handshakes-per-source: want 0..512", c.tls_handshakes_per_source));
     if (c.wait_min_ns < 0 || c.wait_min_ns > 1'000'000'000)
         return unexpected(fmt::format("invalid value {} for flag -wait-min: want 0 to 1s", format_go_duration(c.wait_min_ns)));
     if (c.wait_batch < 1 || c.wait_batch > 4096)

@@ -59,6 +59,7 @@ struct config {
     std::string admin_addr;               // --admin-addr: operators' HTTP listener; "" = none
     bool stun_strict = false;             // --stun-strict: answer only Tailscale's requests, as derper
     std::string ktls = "auto";            // --ktls: auto, off, require
+    std::int64_t tls_handshakes_per_source = 64;  // --tls-handshakes-per-source: 0 = no bound
     std::int64_t wait_min_ns = 0;         // --wait-min: batched sleeps (kernel min-wait); 0 = off
     std::int64_t wait_batch = 16;         // --wait-batch: completions that end a batched sleep
     std::int64_t recv_buffers = 32;       // --recv-buffers: per shard, 16 KiB each, a power of two

@@ -432,6 +432,7 @@ int main(int argc, char** argv) {
                 layer.ktls = ktls_mode;
                 layer.kernel_has_ktls = ktls.available;
                 layer.handshake_timeout_ns = cfg.handshake_timeout_ns;
+                layer.handshakes_per_source_max = static_cast<std::uint32_t>(cfg.tls_handshakes_per_source);
                 auto wrapped = std::make_unique<tls::tls_layer>(sh, std::move(server_side), layer, tls_counters[sh.index()]);
                 derp_view->set_tls_layer(wrapped.get());
                 server_side = std::move(wrapped);

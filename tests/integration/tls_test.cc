@@ -78,9 +78,15 @@ std::array<std::uint8_t, 32> cert_sha256(const std::filesystem::path& cert, cons
     return ctx.value()->leaf_sha256();
 }
 
-// A raw TCP connection to the TLS port.
-int raw_connect(std::uint16_t port) {
+// A raw TCP connection to the TLS port, from 127.0.0.1 or the loopback address given.
+int raw_connect(std::uint16_t port, const char* from = nullptr) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (from != nullptr) {
+        sockaddr_in local{};
+        local.sin_family = AF_INET;
+        REQUIRE(::inet_pton(AF_INET, from, &local.sin_addr) == 1);
+        REQUIRE(::bind(fd, reinterpret_cast<const sockaddr*>(&local), sizeof local) == 0);
+    }
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(port);
@@ -260,6 +266,46 @@ TEST_CASE("bad TLS input: each a counted close with a log line; a good client is
     CHECK(varz_value(derpd.port(), "derpd_tls_handshakes_total{result=\"timeout\"}") >= 1);
     CHECK(varz_value(derpd.port(), "derpd_tls_record_failures_total") >= 1);
     CHECK(derpd.running());
+}
+
+TEST_CASE("TLS stalls after a whole ClientHello, from one address: it holds its share of the places, real clients get theirs") {
+    REQUIRE(crypto_init());
+    test::derpd_options o = tls_options();
+    o.shards = 1;
+    o.handshake_timeout = "60s";
+    test::derpd_process derpd(o);
+    // 600 connections from 127.0.0.2, each sending a whole ClientHello and then nothing (the
+    // server's flight goes unanswered): without -tls-handshakes-per-source they took all 512
+    // places of the shard until the deadline; with it (64 by default) they hold 64.
+    tls::session hello(test::insecure_client_context(), false);
+    std::string client_hello;
+    hello.start(client_hello);
+    std::vector<int> stalled;
+    for (int i = 0; i < 600; ++i) {
+        const int fd = raw_connect(derpd.port(), "127.0.0.2");
+        REQUIRE(::send(fd, client_hello.data(), client_hello.size(), MSG_NOSIGNAL) ==
+                static_cast<ssize_t>(client_hello.size()));
+        stalled.push_back(fd);
+    }
+    // Once derpd has read every one of them: 64 hold a place, the rest wait for one of theirs.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (varz_value(derpd.port(), "derpd_tls_handshakes_in_flight") +
+                   varz_value(derpd.port(), "derpd_tls_handshakes_waiting") < 600 &&
+           std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(20ms);
+    CHECK(varz_value(derpd.port(), "derpd_tls_handshakes_in_flight") == 64);
+    CHECK(varz_value(derpd.port(), "derpd_tls_handshakes_waiting") == 536);
+    const auto r = test::run_relay_pair(derpd.port(), client_tls(), {1200}, 5, 20000);
+    skip_if_no_io_uring(r);
+    CHECK_MESSAGE(r.ok, r.problem);
+    int open = 0;
+    for (int fd : stalled) {
+        char b[4096];
+        // Open: either unanswered yet (EAGAIN) or holding the server's flight (bytes).
+        if (::recv(fd, b, sizeof b, MSG_DONTWAIT) != 0) ++open;
+        ::close(fd);
+    }
+    CHECK(open == 600);
 }
 
 TEST_CASE("TLS slowloris: partial ClientHellos on more connections than a shard has handshake places do not hold real clients") {
