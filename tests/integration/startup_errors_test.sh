@@ -68,6 +68,9 @@ expect_failure "gcp" "-certmode gcp .* is not available in derpd" "$derpd" -a 12
 expect_failure "bad -acme-timeout" "invalid value for flag -acme-timeout: at least 1s" "$derpd" -dev -acme-timeout 10ms
 expect_failure "bad -ktls" 'invalid value "maybe" for flag -ktls' "$derpd" -dev -ktls maybe
 expect_failure "bad -recv-buffers" 'invalid value 100 for flag -recv-buffers: want a power of two' "$derpd" -dev -recv-buffers 100
+expect_failure "bad -tls-handshakes-per-source" 'invalid value 600 for flag -tls-handshakes-per-source: want 0..512' "$derpd" -dev -tls-handshakes-per-source 600
+expect_failure "bad -wait-min" 'invalid value 2s for flag -wait-min: want 0 to 1s' "$derpd" -dev -wait-min 2s
+expect_failure "bad -wait-batch" 'invalid value 0 for flag -wait-batch: want 1..4096' "$derpd" -dev -wait-batch 0
 expect_failure "negative -memory-trim-interval" 'invalid negative duration for flag -memory-trim-interval' \
   "$derpd" -dev -memory-trim-interval -1s
 expect_failure "negative -cert-poll-interval" 'invalid negative duration for flag -cert-poll-interval' \
