@@ -32,7 +32,10 @@ class restart_load final : public client::handler {
 public:
     restart_load(shared_state& shared, const restart_options& o) : _shared(shared), _o(o) {
         _ends.resize(2 * static_cast<std::size_t>(o.pairs));
-        for (auto& e : _ends) e.key = generate_private_key();
+        for (auto& e : _ends) {
+            e.key = generate_private_key();
+            e.public_key = public_key_of(e.key);
+        }
         _rate_per_end = o.rate_pps / static_cast<double>(_ends.size());
     }
     void attach(client::client_pool& pool) { _pool = &pool; }
@@ -143,10 +146,8 @@ public:
         // One frame per write, as Go's derphttp client writes.
         const std::size_t frame = send_packet_frame_bytes(_o.packet_bytes);
         if (out.size() < frame) return 0;
-        const std::size_t peer = *e ^ 1;
         encode_frame_header(out, frame_type::send_packet, key_bytes + _o.packet_bytes);
-        const auto peer_key = public_key_of(_ends[peer].key);
-        std::memcpy(out.data() + frame_header_bytes, peer_key.bytes().data(), key_bytes);
+        std::memcpy(out.data() + frame_header_bytes, _ends[*e ^ 1].public_key.bytes().data(), key_bytes);
         std::uint8_t* payload = out.data() + frame_header_bytes + key_bytes;
         std::memset(payload, 0, _o.packet_bytes);
         const std::uint64_t seq = x.sent_at.size(), sender = *e, now = ring::monotonic_ns();
@@ -237,6 +238,7 @@ public:
 private:
     struct end {
         private_key key;
+        node_key public_key;  // its peer addresses packets to it
         std::optional<ring::conn_id> current;  // where this client sends and listens
         std::optional<ring::conn_id> pending;  // a reconnect not yet ready
         std::uint64_t reconnect_at = no_time;  // dial again at this time
