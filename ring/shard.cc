@@ -4,7 +4,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
-#include <sys/syscall.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
@@ -126,10 +125,11 @@ result<void, std::string> shard::init() noexcept {
     _ring_fd_registered = io_uring_register_ring_fd(&_ring) == 1;  // saves an fd lookup per enter; optional
     // Batched sleeps (wait_min_ns) need the kernel's min-wait (6.13+); elsewhere the loop wakes
     // at the first completion, as it always did, and says so once.
-    _min_wait_supported = (_ring.features & feature_min_timeout) != 0;
-    if (_config.wait_min_ns > 0 && !_min_wait_supported)
+    if (_config.wait_min_ns > 0 && (_ring.features & feature_min_timeout) == 0) {
         log(log_level::warn, "{}: this kernel has no io_uring min-wait (IORING_FEAT_MIN_TIMEOUT, 6.13+): "
             "the loop wakes at each completion", who);
+        _config.wait_min_ns = 0;
+    }
     _links[_config.index].ring_fd = _ring.ring_fd;
 
     // Send buffers, registered so that WRITE_FIXED skips per-send page pinning. Registration
@@ -658,36 +658,6 @@ void shard::publish_outbound() noexcept {
     }
 }
 
-int shard::submit_and_wait_batched(std::optional<std::uint64_t> wake_ns) noexcept {
-    // liburing 2.3 (Debian 12) predates min-wait (io_uring_submit_and_wait_min_timeout came in
-    // 2.8), so the enter is made here: the SQ tail is published as liburing's own flush does
-    // for a ring without SQPOLL, and one io_uring_enter submits and sleeps. The kernel then
-    // wakes this thread when wait_batch_cqes completions are ready, or when min_wait_usec has
-    // passed and at least one is (one timer instead of a wake-up per completion), or at the
-    // timeout (the next timer of the wheel; no timeout: a second, and the loop sleeps again).
-    io_uring_sq& sq = _ring.sq;
-    const unsigned tail = sq.sqe_tail;
-    if (sq.sqe_head != tail) {
-        sq.sqe_head = tail;
-        io_uring_smp_store_release(sq.ktail, tail);
-    }
-    const unsigned to_submit = tail - io_uring_smp_load_acquire(sq.khead);
-    const std::uint64_t delta = wake_ns ? (*wake_ns > _now_ns ? *wake_ns - _now_ns : 0) : 1'000'000'000;
-    __kernel_timespec ts{static_cast<long long>(delta / 1'000'000'000), static_cast<long long>(delta % 1'000'000'000)};
-    io_uring_getevents_arg arg{};
-    arg.pad = static_cast<std::uint32_t>(std::max<std::int64_t>(_config.wait_min_ns / 1000, 1));  // min_wait_usec
-    arg.ts = reinterpret_cast<std::uint64_t>(&ts);
-    unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
-    int fd = _ring.ring_fd;
-    if (_ring_fd_registered) {
-        flags |= IORING_ENTER_REGISTERED_RING;
-        fd = _ring.enter_ring_fd;
-    }
-    const long rc = ::syscall(__NR_io_uring_enter, fd, to_submit, std::max(_config.wait_batch_cqes, 1u), flags, &arg,
-                              sizeof arg);
-    return rc < 0 ? -errno : static_cast<int>(rc);
-}
-
 void shard::run() noexcept {
     DERP_ASSERT(_ring_ready && (_service || _config.is_admin));
     thread_link& self = _links[_config.index];
@@ -742,12 +712,10 @@ void shard::run() noexcept {
         if (!may_block) {
             self.may_sleep.store(false, std::memory_order_relaxed);
             rc = io_uring_submit_and_get_events(&_ring);
-        } else if (_config.wait_min_ns > 0 && _min_wait_supported) {
+        } else if (_config.wait_min_ns > 0) {
             rc = submit_and_wait_batched(wake_ns);
         } else if (wake_ns) {
-            const std::uint64_t delta = *wake_ns > _now_ns ? *wake_ns - _now_ns : 0;
-            __kernel_timespec ts{static_cast<long long>(delta / 1'000'000'000),
-                                 static_cast<long long>(delta % 1'000'000'000)};
+            __kernel_timespec ts = timespec_until(*wake_ns);
             io_uring_cqe* cqe = nullptr;
             rc = io_uring_submit_and_wait_timeout(&_ring, &cqe, 1, &ts, nullptr);
         } else {

@@ -254,7 +254,10 @@ private:
     void account_input(std::uint32_t slot) noexcept;  // _input_total follows the slot; sheds past the max
     void shed_input() noexcept;
     void flush_writes() noexcept;
-    // Submits and sleeps with the kernel's min-wait (see shard_config::wait_min_ns).
+    // From now (_now_ns) to deadline_ns, at least 0: a wait's timeout.
+    __kernel_timespec timespec_until(std::uint64_t deadline_ns) const noexcept;
+    // Submits and sleeps with the kernel's min-wait (see shard_config::wait_min_ns; init()
+    // sets it to 0 where the kernel has none).
     int submit_and_wait_batched(std::optional<std::uint64_t> wake_ns) noexcept;
     void drain_inbound() noexcept;
     void publish_outbound() noexcept;
@@ -281,7 +284,6 @@ private:
     std::string _setup_note;
     bool _use_fixed_sends = false;
     std::uint64_t _batch = 0;          // completion batches reaped (one per loop wait)
-    bool _min_wait_supported = false;  // IORING_FEAT_MIN_TIMEOUT
     bool _ring_fd_registered = false;
     // IORING_FEAT_MIN_TIMEOUT (Linux 6.13), newer than Debian 12's liburing headers.
     static constexpr unsigned feature_min_timeout = 1u << 15;
