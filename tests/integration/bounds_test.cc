@@ -5,7 +5,9 @@
 // which keeps a slowloris from taking the slots a real client needs.
 #include <doctest/doctest.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,11 +60,21 @@ TEST_CASE("-accept-connection-limit: the excess is reset at once and counted; co
     const auto start = clock_type::now();
     constexpr int flood = 60;
     std::vector<tcp_conn> conns;
-    for (int i = 0; i < flood; ++i) conns.push_back(tcp_conn::connect_loopback(d.port()));
+    std::size_t reset = 0;
+    const std::string reset_text = std::strerror(ECONNRESET);
+    for (int i = 0; i < flood; ++i) {
+        try {
+            conns.push_back(tcp_conn::connect_loopback(d.port()));
+        } catch (const std::runtime_error& e) {
+            // derpd's reset can reach the socket before connect() returns on loopback: the
+            // connect itself then fails with ECONNRESET, the same reset seen earlier.
+            REQUIRE_MESSAGE(std::string(e.what()).find(reset_text) != std::string::npos, e.what());
+            ++reset;
+        }
+    }
     const double elapsed_s = std::chrono::duration<double>(clock_type::now() - start).count();
     // The bucket held 4 - 2 tokens and refills at 1/s: at most that many of the flood stay.
     const double may_stay = 2 + 1 + elapsed_s * 1.0;
-    std::size_t reset = 0;
     for (auto& c : conns) {
         const auto closed = c.wait_closed(2000ms);
         if (closed.status == io_status::reset || closed.status == io_status::eof) ++reset;
