@@ -154,6 +154,9 @@ out=$("$bench" throughput --url "http://127.0.0.1:$port/nope" 2>&1)
 (($? == 2)) && grep -q "path must be /derp" <<<"$out" && echo "ok: wrong path refused" || fail "path: $out"
 out=$("$bench" nosuchworkload --url "$url" 2>&1)
 (($? == 2)) && grep -q 'unknown workload' <<<"$out" && echo "ok: unknown workload" || fail "workload: $out"
+out=$("$bench" restart --url "$url" --size 23 --duration 1s 2>&1)
+(($? != 0)) && grep -q 'packets must be 24..65536 bytes' <<<"$out" && echo "ok: restart refuses packets too small for its stamp" ||
+  fail "restart --size 23: $out"
 # restart: pairs that follow Restarting across a restart without a gap (issue 16). An old node
 # with a drain, a new one joined with -takeover on the same port (and key), SIGTERM to the old:
 # every client hears Restarting, moves to the new process before leaving the old one, and the
